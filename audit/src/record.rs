@@ -1,0 +1,176 @@
+//! The audit record, schema version 1 (`../shared/design/audit.md`): one JSON
+//! object per line. Field names and codes are a public interface: golden tests
+//! pin the exact bytes; changing them needs a new `v`.
+
+use std::net::SocketAddr;
+
+use egressd_policy::{Decision, Reason, Verdict};
+use serde::{Deserialize, Serialize};
+
+/// The schema version written in every record's `v`.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// What kind of traffic (or event) the record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A TCP connection (transparent or through the CONNECT proxy).
+    Tcp,
+    /// A DNS query.
+    Dns,
+    /// A UDP datagram other than DNS (denied in the kernel).
+    Udp,
+    /// An ICMP socket (denied in the kernel).
+    Icmp,
+    /// A raw or packet socket (denied in the kernel).
+    Raw,
+    /// Not traffic: something about egressd itself that a security team must
+    /// see (a rejected policy reload, a removed journal segment, tampering).
+    Event,
+}
+
+/// Where the record's `host` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostSource {
+    /// TLS ClientHello server_name.
+    Sni,
+    /// HTTP/1 `Host` header.
+    HttpHost,
+    /// The HTTP CONNECT request line.
+    Connect,
+    /// The name asked in a DNS query.
+    DnsQuery,
+    /// A recent DNS answer that gave this IP for the name.
+    DnsCache,
+    /// No name known.
+    None,
+}
+
+/// The job active on the runner when the decision was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct JobTags {
+    /// `GITHUB_REPOSITORY` (`owner/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// `GITHUB_WORKFLOW`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// `GITHUB_RUN_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// `GITHUB_RUN_ATTEMPT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_attempt: Option<String>,
+    /// `GITHUB_JOB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+/// The process behind the traffic, as far as the kernel told us.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Process {
+    /// Thread-group id (what users call the pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The kernel's 16-byte task name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// `/proc/PID/exe`, when the process still existed to ask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// cgroup v2 path relative to the cgroup mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Container id when the cgroup path shows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// One audit record (schema v1). Serialised field order is the order below.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Schema version, [`SCHEMA_VERSION`].
+    pub v: u8,
+    /// Unique, time-ordered id (ULID): the idempotency key for shipping.
+    pub id: ulid::Ulid,
+    /// When the decision was made: RFC 3339 UTC with microseconds.
+    #[serde(with = "crate::time_format")]
+    pub ts: jiff::Timestamp,
+    /// Runner name / host id.
+    pub runner: String,
+    /// The job active at the time, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobTags>,
+    /// Traffic kind.
+    pub kind: Kind,
+    /// What happened to the traffic.
+    pub decision: Verdict,
+    /// Audit mode only: what enforce mode would have done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforce_would: Option<Verdict>,
+    /// Stable reason code.
+    pub reason: Reason,
+    /// The rule id that decided (`allow[3]`, `builtin:metadata`, `default`).
+    pub rule: String,
+    /// The name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Where `host` came from.
+    pub host_source: HostSource,
+    /// `ip:port` actually (or would have been) connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<SocketAddr>,
+    /// `ip:port` of the client socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<SocketAddr>,
+    /// The process, as far as the kernel told us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// Closing record of an allowed TCP connection: bytes client -> upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_up: Option<u64>,
+    /// Closing record: bytes upstream -> client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_down: Option<u64>,
+    /// Closing record: how long the connection lived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Free-text detail for people (an error message, the event's subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Record {
+    /// A record for `decision` now, with a fresh id. The caller fills in
+    /// host, dst, src, process and job.
+    pub fn new(runner: &str, kind: Kind, decision: &Decision) -> Self {
+        Record {
+            v: SCHEMA_VERSION,
+            id: crate::id::next(),
+            ts: jiff::Timestamp::now(),
+            runner: runner.to_owned(),
+            job: None,
+            kind,
+            decision: decision.verdict,
+            enforce_would: decision.enforce_would,
+            reason: decision.reason,
+            rule: decision.rule.to_string(),
+            host: None,
+            host_source: HostSource::None,
+            dst: None,
+            src: None,
+            process: None,
+            bytes_up: None,
+            bytes_down: None,
+            duration_ms: None,
+            detail: None,
+        }
+    }
+
+    /// True for the closing record of a TCP connection (it carries byte
+    /// counts); every other record is exactly one decision.
+    pub fn is_closing(&self) -> bool {
+        self.bytes_up.is_some() || self.duration_ms.is_some()
+    }
+}

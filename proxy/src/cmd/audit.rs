@@ -1,0 +1,12 @@
+//! `egressd audit ...`.
+
+use std::process::ExitCode;
+
+/// Subcommands of `egressd audit`.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {}
+
+/// Entry point.
+pub fn run(c: Command) -> anyhow::Result<ExitCode> {
+    match c {}
+}
