@@ -1,2 +1,11 @@
 //! End-to-end tests: the real `egressd` binary against real clients. One
-//! integration binary with a module per area.
+//! integration binary with a module per area (style.md).
+
+mod support;
+
+mod audit_cli;
+mod check_explain;
+mod dns;
+mod explicit;
+mod service;
+mod transparent;

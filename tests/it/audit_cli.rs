@@ -1,0 +1,1 @@
+//! audit_cli end-to-end tests (being written).

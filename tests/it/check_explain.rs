@@ -1,0 +1,1 @@
+//! check_explain end-to-end tests (being written).

@@ -1,0 +1,1 @@
+//! dns end-to-end tests (being written).

@@ -1,0 +1,1 @@
+//! explicit end-to-end tests (being written).

@@ -1,0 +1,1 @@
+//! service end-to-end tests (being written).

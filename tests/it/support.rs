@@ -1,0 +1,1 @@
+//! support end-to-end tests (being written).

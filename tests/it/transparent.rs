@@ -1,0 +1,1 @@
+//! transparent end-to-end tests (being written).
