@@ -90,7 +90,9 @@ pub struct Process {
 /// One audit record (schema v1). Serialised field order is the order below.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// Schema version, [`SCHEMA_VERSION`].
+    /// Schema version, [`SCHEMA_VERSION`]; any other value is rejected when
+    /// reading, because its fields may not mean what v1's mean.
+    #[serde(deserialize_with = "schema_version")]
     pub v: u8,
     /// Unique, time-ordered id (ULID): the idempotency key for shipping.
     pub id: ulid::Ulid,
@@ -141,6 +143,18 @@ pub struct Record {
     pub detail: Option<String>,
 }
 
+/// Accept only [`SCHEMA_VERSION`].
+fn schema_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let v = u8::deserialize(d)?;
+    if v == SCHEMA_VERSION {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format_args!(
+            "schema version {v} is not supported (this egressd reads version {SCHEMA_VERSION})"
+        )))
+    }
+}
+
 impl Record {
     /// A record for `decision` now, with a fresh id. The caller fills in
     /// host, dst, src, process and job.
@@ -148,7 +162,7 @@ impl Record {
         Record {
             v: SCHEMA_VERSION,
             id: crate::id::next(),
-            ts: jiff::Timestamp::now(),
+            ts: crate::time_format::now(),
             runner: runner.to_owned(),
             job: None,
             kind,

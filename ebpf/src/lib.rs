@@ -1,3 +1,46 @@
 //! egressd kernel side: loads the C eBPF programs built from `bpf/`, attaches
 //! them to a cgroup v2 directory, and answers "what was the original
 //! destination of this accepted socket, and which process made it?".
+//!
+//! The programs never decide policy. They steer every outbound TCP connection
+//! and DNS query of the filtered cgroup to the egressd proxy and deny in the
+//! kernel what the proxy cannot see (UDP other than DNS, ping, raw and packet
+//! sockets, anything that slipped past the socket hooks), reporting each deny
+//! as a [`DenyEvent`].
+//!
+//! The object is built by `cargo xtask ebpf-build` and committed
+//! (`bpf/egressd.bpf.o`), so building this crate needs no clang.
+
+mod abi;
+pub mod cgroup;
+mod config;
+mod enforcer;
+mod error;
+mod events;
+mod pin;
+mod probe;
+
+pub use cgroup::{CgroupEntry, ChildCgroup, cgroup_path_of_id, cgroup2_mount, container_id_of_cgroup_path};
+pub use config::EnforcerConfig;
+pub use enforcer::{Enforcer, OriginalDst};
+pub use error::EbpfError;
+pub use events::{DenyEvent, DenyEvents, DenyKind};
+pub use pin::{DEFAULT_PIN_DIR, cleanup};
+
+/// The compiled kernel programs (`bpf/egressd.bpf.c`, built with clang-19).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/egressd.bpf.o");
+
+/// Names of the kernel programs, in attach order; also the names of their pins.
+pub const PROGRAMS: [&str; 11] = [
+    "sock_create",
+    "sock_ops",
+    "getpeername4",
+    "getpeername6",
+    "recvmsg4",
+    "recvmsg6",
+    "skb_egress",
+    "sendmsg4",
+    "sendmsg6",
+    "connect4",
+    "connect6",
+];

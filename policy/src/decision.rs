@@ -82,6 +82,12 @@ pub enum Reason {
     OriginalDstUnknown,
     /// The upstream could not be reached (allowed, but the connect failed).
     UpstreamFailed,
+    /// An `event` record: the audit journal removed its oldest segment to stay
+    /// within its size bound, so the records in it are gone from this runner.
+    JournalSegmentRemoved,
+    /// An `event` record: a changed policy file was invalid and was not
+    /// loaded; the previous policy stays active.
+    PolicyReloadRejected,
 }
 
 impl Reason {
@@ -110,6 +116,8 @@ impl Reason {
             Reason::LimitExceeded => "limit_exceeded",
             Reason::OriginalDstUnknown => "original_dst_unknown",
             Reason::UpstreamFailed => "upstream_failed",
+            Reason::JournalSegmentRemoved => "journal_segment_removed",
+            Reason::PolicyReloadRejected => "policy_reload_rejected",
         }
     }
 }

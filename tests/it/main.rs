@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `egressd` binary against real clients. One
 //! integration binary with a module per area (style.md).
 
+mod fake_dns;
 mod support;
 
 mod audit_cli;

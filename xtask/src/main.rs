@@ -1,13 +1,31 @@
 //! egressd developer tasks (`cargo xtask ...`): building and checking the
 //! committed eBPF object, running the benchmark harness.
 
-use clap::Parser;
+mod ebpf;
+
+use clap::{Parser, Subcommand};
 
 /// egressd developer tasks.
 #[derive(Parser)]
 #[command(name = "xtask")]
-enum Task {}
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// One task per subcommand.
+#[derive(Subcommand)]
+enum Task {
+    /// Rebuild ebpf/bpf/egressd.bpf.o from its C source with clang-19.
+    EbpfBuild,
+    /// Rebuild the eBPF object into a temporary file and fail unless it matches the
+    /// committed one byte for byte.
+    EbpfCheck,
+}
 
 fn main() -> anyhow::Result<()> {
-    match Task::parse() {}
+    match Cli::parse().task {
+        Task::EbpfBuild => ebpf::build(),
+        Task::EbpfCheck => ebpf::check(),
+    }
 }

@@ -1,0 +1,2 @@
+//! Journal throughput benchmark (being written).
+fn main() {}

@@ -1,0 +1,164 @@
+//! Export formats: JSON Lines (each record's journal line, byte for byte) and
+//! CSV with a fixed, documented column order ([`CSV_COLUMNS`]) and a header
+//! row. Both stream: one record in, one line out.
+
+use std::io::{self, Write};
+
+use crate::reader::RawRecord;
+use crate::record::Record;
+
+/// Output format of `egressd audit export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// One JSON object per line, exactly as in the journal.
+    #[default]
+    Jsonl,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// The CSV columns, in order. Nested fields are flattened (`job.repository`
+/// becomes `repository`, `process.pid` becomes `pid`); an absent field is an
+/// empty cell. Part of the public interface, like the record's field names.
+pub const CSV_COLUMNS: [&str; 27] = [
+    "v",
+    "id",
+    "ts",
+    "runner",
+    "repository",
+    "workflow",
+    "run_id",
+    "run_attempt",
+    "job",
+    "kind",
+    "decision",
+    "enforce_would",
+    "reason",
+    "rule",
+    "host",
+    "host_source",
+    "dst",
+    "src",
+    "pid",
+    "comm",
+    "exe",
+    "cgroup",
+    "container",
+    "bytes_up",
+    "bytes_down",
+    "duration_ms",
+    "detail",
+];
+
+/// The CSV cells of one record, in [`CSV_COLUMNS`] order.
+pub fn csv_row(r: &Record) -> [String; 27] {
+    fn opt<T: ToString>(v: Option<T>) -> String {
+        v.map(|v| v.to_string()).unwrap_or_default()
+    }
+    // Enum values as their stable serialised strings.
+    fn code<T: serde::Serialize>(v: &T) -> String {
+        match serde_json::to_value(v) {
+            Ok(serde_json::Value::String(s)) => s,
+            _ => String::new(),
+        }
+    }
+    let job = r.job.as_ref();
+    let p = r.process.as_ref();
+    [
+        r.v.to_string(),
+        r.id.to_string(),
+        code(&TsField(r.ts)),
+        r.runner.clone(),
+        opt(job.and_then(|j| j.repository.as_deref())),
+        opt(job.and_then(|j| j.workflow.as_deref())),
+        opt(job.and_then(|j| j.run_id.as_deref())),
+        opt(job.and_then(|j| j.run_attempt.as_deref())),
+        opt(job.and_then(|j| j.job.as_deref())),
+        code(&r.kind),
+        r.decision.as_str().to_owned(),
+        opt(r.enforce_would.map(|v| v.as_str())),
+        r.reason.as_str().to_owned(),
+        r.rule.clone(),
+        opt(r.host.as_deref()),
+        code(&r.host_source),
+        opt(r.dst),
+        opt(r.src),
+        opt(p.and_then(|p| p.pid)),
+        opt(p.and_then(|p| p.comm.as_deref())),
+        opt(p.and_then(|p| p.exe.as_deref())),
+        opt(p.and_then(|p| p.cgroup.as_deref())),
+        opt(p.and_then(|p| p.container.as_deref())),
+        opt(r.bytes_up),
+        opt(r.bytes_down),
+        opt(r.duration_ms),
+        opt(r.detail.as_deref()),
+    ]
+}
+
+/// `ts` through the record's own serialiser, so CSV and JSON agree.
+struct TsField(jiff::Timestamp);
+
+impl serde::Serialize for TsField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::time_format::serialize(&self.0, s)
+    }
+}
+
+/// Writes records in one [`Format`] to a byte sink.
+pub struct Writer<W: Write> {
+    inner: Inner<W>,
+}
+
+enum Inner<W: Write> {
+    Jsonl(W),
+    Csv(csv::Writer<W>),
+}
+
+impl<W: Write> Writer<W> {
+    /// Start writing; for CSV this writes the header row.
+    pub fn new(format: Format, out: W) -> io::Result<Self> {
+        let inner = match format {
+            Format::Jsonl => Inner::Jsonl(out),
+            Format::Csv => {
+                let mut w = csv::WriterBuilder::new()
+                    .terminator(csv::Terminator::Any(b'\n'))
+                    .from_writer(out);
+                w.write_record(CSV_COLUMNS).map_err(csv_io)?;
+                Inner::Csv(w)
+            }
+        };
+        Ok(Writer { inner })
+    }
+
+    /// Write one record.
+    pub fn write(&mut self, raw: &RawRecord) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Jsonl(w) => {
+                w.write_all(raw.line.as_bytes())?;
+                w.write_all(b"\n")
+            }
+            Inner::Csv(w) => w.write_record(csv_row(&raw.record)).map_err(csv_io),
+        }
+    }
+
+    /// Flush and hand back the sink.
+    pub fn finish(self) -> io::Result<W> {
+        match self.inner {
+            Inner::Jsonl(mut w) => {
+                w.flush()?;
+                Ok(w)
+            }
+            Inner::Csv(w) => w.into_inner().map_err(|e| e.into_error()),
+        }
+    }
+}
+
+fn csv_io(e: csv::Error) -> io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! The journal: flush durability, back-pressure, close, the directory lock,
+//! reopening, and size-bounded rotation that records its own removals.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use egressd_audit::journal::{Journal, JournalConfig, JournalError};
+use egressd_audit::{Kind, reader, segment};
+use egressd_policy::Reason;
+
+use crate::records::{number_of, numbered};
+
+fn small(dir: &std::path::Path) -> JournalConfig {
+    JournalConfig {
+        segment_bytes: 4096,
+        max_total_bytes: 1 << 30,
+        flush_interval: Duration::from_millis(20),
+        queue_capacity: 16,
+        ..JournalConfig::new(dir)
+    }
+}
+
+fn numbers(dir: &std::path::Path) -> Vec<u64> {
+    reader::read_dir(dir)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .filter_map(|r| number_of(&r))
+        .collect()
+}
+
+#[tokio::test]
+async fn flushed_records_are_on_disk_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(small(tmp.path())).unwrap();
+    for n in 0..100 {
+        j.append(numbered(n)).await.unwrap();
+    }
+    j.flush().await.unwrap();
+    assert_eq!(numbers(tmp.path()), (0..100).collect::<Vec<_>>());
+    j.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_waits_and_drops_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig {
+        queue_capacity: 1,
+        ..small(tmp.path())
+    };
+    let j = Journal::open(cfg).unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let j = j.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..250 {
+                j.append(numbered(t * 1000 + n)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    j.close().await.unwrap();
+    let got: BTreeSet<u64> = numbers(tmp.path()).into_iter().collect();
+    let want: BTreeSet<u64> = (0..8u64).flat_map(|t| (0..250).map(move |n| t * 1000 + n)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn blocking_callers_work_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(small(tmp.path())).unwrap();
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    j.append_blocking(numbered(t * 100 + n)).unwrap();
+                }
+                j.flush_blocking().unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(numbers(tmp.path()).len(), 200);
+    j.close_blocking().unwrap();
+}
+
+#[tokio::test]
+async fn close_writes_everything_then_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(small(tmp.path())).unwrap();
+    let other = j.clone();
+    for n in 0..10 {
+        j.append(numbered(n)).await.unwrap();
+    }
+    j.close().await.unwrap();
+    assert_eq!(numbers(tmp.path()).len(), 10);
+    assert!(matches!(other.append(numbered(99)).await, Err(JournalError::Closed)));
+    assert!(matches!(other.flush().await, Err(JournalError::Closed)));
+    other.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_writer_per_directory_and_reopen_starts_a_new_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::open(small(tmp.path())).unwrap();
+    let second = Journal::open(small(tmp.path()));
+    assert!(matches!(second, Err(JournalError::Locked { .. })), "{second:?}");
+    j.append(numbered(1)).await.unwrap();
+    j.close().await.unwrap();
+    drop(j);
+    // The lock is released once the writer thread has stopped.
+    let mut reopened = None;
+    for _ in 0..500 {
+        match Journal::open(small(tmp.path())) {
+            Ok(j) => {
+                reopened = Some(j);
+                break;
+            }
+            Err(JournalError::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let j = reopened.expect("the lock was never released");
+    j.append(numbered(2)).await.unwrap();
+    j.close().await.unwrap();
+    let seqs: Vec<u64> = segment::list(tmp.path()).unwrap().iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    assert_eq!(numbers(tmp.path()), [1, 2]);
+}
+
+#[test]
+fn invalid_configuration_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cfg in [
+        JournalConfig { segment_bytes: 0, ..small(tmp.path()) },
+        JournalConfig { max_total_bytes: 10, ..small(tmp.path()) },
+        JournalConfig { queue_capacity: 0, ..small(tmp.path()) },
+        JournalConfig { flush_interval: Duration::ZERO, ..small(tmp.path()) },
+    ] {
+        assert!(matches!(Journal::open(cfg), Err(JournalError::Config(_))));
+    }
+}
+
+#[tokio::test]
+async fn rotation_removes_oldest_first_and_records_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig {
+        segment_bytes: 2048,
+        max_total_bytes: 8192,
+        ..small(tmp.path())
+    };
+    let j = Journal::open(cfg).unwrap();
+    let total = 300;
+    for n in 0..total {
+        j.append(numbered(n)).await.unwrap();
+    }
+    j.close().await.unwrap();
+
+    let listed = segment::list(tmp.path()).unwrap();
+    let seqs: Vec<u64> = listed.iter().map(|l| l.seq).collect();
+    assert!(seqs.len() > 1 && seqs[0] > 1, "old segments must be gone: {seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "only the newest remain: {seqs:?}");
+    let size: u64 = listed.iter().map(|l| l.len).sum();
+    assert!(size <= 8192, "over the bound: {size}");
+
+    let recs: Vec<_> = reader::read_dir(tmp.path()).unwrap().map(|r| r.unwrap()).collect();
+    // What survives is the newest records, in order, without a gap.
+    let nums: Vec<u64> = recs.iter().filter_map(number_of).collect();
+    let first = nums[0];
+    assert_eq!(nums, (first..total).collect::<Vec<_>>());
+    // Each removal is an event naming an older segment.
+    let removals: Vec<_> = recs
+        .iter()
+        .filter(|r| r.kind == Kind::Event && r.reason == Reason::JournalSegmentRemoved)
+        .collect();
+    assert!(!removals.is_empty());
+    for r in removals {
+        assert_eq!(r.runner, "test-runner");
+        let detail = r.detail.as_deref().unwrap();
+        let name = detail.strip_prefix("removed ").unwrap().split(' ').next().unwrap();
+        let seq = segment::parse_name(name).unwrap();
+        assert!(seq < seqs[0], "{detail}");
+    }
+}

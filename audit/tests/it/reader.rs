@@ -1,0 +1,103 @@
+//! The reader's torn-line rule, checked on hand-made segment files: an
+//! incomplete last line of the newest segment is waited for, one in an older
+//! segment is skipped, and neither is ever returned as a record.
+
+use std::io::Write;
+use std::path::Path;
+
+use egressd_audit::reader::{self, Position, ReadError};
+use egressd_audit::segment;
+
+use crate::records::{number_of, numbered};
+
+fn line(n: u64) -> String {
+    format!("{}\n", serde_json::to_string(&numbered(n)).unwrap())
+}
+
+fn append(dir: &Path, seq: u64, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(segment::path(dir, seq))
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+#[test]
+fn an_incomplete_line_in_the_newest_segment_is_read_once_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = line(2);
+    let (head, tail) = full.split_at(40);
+    append(tmp.path(), 1, &line(1));
+    append(tmp.path(), 1, head);
+
+    let got: Vec<_> = reader::read_from(tmp.path(), Position::default())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(number_of(&got[0].1), Some(1));
+    let checkpoint = got[0].0;
+    assert_eq!(checkpoint, Position { segment: 1, offset: line(1).len() as u64 });
+
+    append(tmp.path(), 1, tail);
+    let rest: Vec<_> = reader::read_from(tmp.path(), checkpoint)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(number_of(&rest[0].1), Some(2));
+    assert_eq!(rest[0].0.offset, (line(1).len() + full.len()) as u64);
+}
+
+#[test]
+fn a_torn_line_in_an_older_segment_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    append(tmp.path(), 1, &line(1));
+    append(tmp.path(), 1, &line(2)[..30]);
+    append(tmp.path(), 2, &line(3));
+    let nums: Vec<_> = reader::read_dir(tmp.path())
+        .unwrap()
+        .map(|r| number_of(&r.unwrap()).unwrap())
+        .collect();
+    assert_eq!(nums, [1, 3]);
+}
+
+#[test]
+fn a_corrupt_complete_line_is_an_error_and_reading_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    append(tmp.path(), 1, &line(1));
+    append(tmp.path(), 1, "\0\0\0garbage\n");
+    append(tmp.path(), 1, &line(2));
+    let items: Vec<_> = reader::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(items.len(), 3);
+    assert_eq!(number_of(items[0].as_ref().unwrap()), Some(1));
+    match &items[1] {
+        Err(ReadError::Corrupt { offset, .. }) => assert_eq!(*offset, line(1).len() as u64),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(number_of(items[2].as_ref().unwrap()), Some(2));
+}
+
+#[test]
+fn a_checkpoint_in_a_removed_segment_continues_with_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    append(tmp.path(), 5, &line(5));
+    append(tmp.path(), 6, &line(6));
+    let nums: Vec<_> = reader::read_from(tmp.path(), Position { segment: 3, offset: 999 })
+        .unwrap()
+        .map(|r| number_of(&r.unwrap().1).unwrap())
+        .collect();
+    assert_eq!(nums, [5, 6]);
+    let after: Vec<_> = reader::read_from(tmp.path(), Position { segment: 6, offset: line(6).len() as u64 })
+        .unwrap()
+        .collect();
+    assert!(after.is_empty());
+}
+
+#[test]
+fn a_missing_directory_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = reader::read_dir(&tmp.path().join("nope")).err().unwrap();
+    assert!(err.to_string().contains("cannot read the audit journal"), "{err}");
+}

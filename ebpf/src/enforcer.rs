@@ -1,0 +1,286 @@
+//! [`Enforcer`]: loads the programs with the proxy's ports and exemptions,
+//! attaches all of them to one cgroup (or none), and answers original-destination
+//! lookups from the `tuple_orig` map.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, MapData, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::abi::{self, Orig, Tuple};
+use crate::events::DenyEvents;
+use crate::{EbpfError, EnforcerConfig, PROGRAMS, pin};
+
+/// The original destination of a redirected socket and the process that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// Where the application wanted to go (IPv4 also when it used a v4-mapped address).
+    pub dst: SocketAddr,
+    /// Process (thread group) id at connect/send time.
+    pub pid: u32,
+    /// The process's `comm` (at most 15 bytes).
+    pub comm: String,
+    /// cgroup id of the process (see `cgroup_path_of_id`).
+    pub cgroup_id: u64,
+    /// Network namespace cookie of the socket (differs from the host's for containers).
+    pub netns_cookie: u64,
+}
+
+impl From<Orig> for OriginalDst {
+    fn from(o: Orig) -> Self {
+        Self {
+            dst: abi::socket_addr(o.addr, o.port, o.family),
+            pid: o.pid,
+            comm: abi::comm(&o.comm),
+            cgroup_id: o.cgroup_id,
+            netns_cookie: o.netns_cookie,
+        }
+    }
+}
+
+/// A program's link to the cgroup: owned by this process (detached when dropped)
+/// or pinned under bpffs (kept when the process dies).
+#[derive(Debug)]
+enum Attached {
+    Owned(FdLink),
+    Pinned(PinnedLink),
+}
+
+/// The attached kernel programs. Dropping it detaches them unless they are pinned.
+pub struct Enforcer {
+    tuple_orig: HashMap<MapData, Tuple, Orig>,
+    events: Option<RingBuf<MapData>>,
+    links: Vec<(&'static str, Attached)>,
+    pin_dir: Option<PathBuf>,
+    dns_targets: Vec<IpAddr>,
+    dns_port: u16,
+    // Last: the programs stay loaded until the links above are released.
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Enforcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enforcer")
+            .field("links", &self.links.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enforcer {
+    /// Checks that the kernel can run every program (loads them without attaching).
+    /// The error names the missing feature.
+    pub fn probe() -> Result<(), EbpfError> {
+        crate::probe::probe()
+    }
+
+    /// Loads and attaches every program to `cfg.cgroup`. On any failure nothing stays
+    /// attached. With `cfg.pin_dir` the links are pinned there (replacing the pins of
+    /// an earlier run only after the new links are in place).
+    pub fn attach(cfg: EnforcerConfig) -> Result<Enforcer, EbpfError> {
+        if cfg.proxy_port == 0 || cfg.dns_port == 0 {
+            return Err(EbpfError::Config("proxy_port and dns_port must be set".into()));
+        }
+        crate::probe::require_cgroup2_dir(&cfg.cgroup)?;
+        if let Some(dir) = &cfg.pin_dir {
+            pin::prepare_dir(dir)?;
+        }
+        let mut ebpf = load(&cfg)?;
+        fill_passthrough(&mut ebpf, &cfg)?;
+        let cgroup = File::open(&cfg.cgroup).map_err(|e| EbpfError::io("opening cgroup", &cfg.cgroup, e))?;
+
+        // Dropping `owned` on an early return detaches what was attached so far.
+        let mut owned = Vec::with_capacity(PROGRAMS.len());
+        for name in PROGRAMS {
+            owned.push((name, attach_one(&mut ebpf, name, &cgroup)?));
+        }
+        let links = match &cfg.pin_dir {
+            None => owned.into_iter().map(|(n, l)| (n, Attached::Owned(l))).collect(),
+            Some(dir) => pin::pin_all(dir, owned)?
+                .into_iter()
+                .map(|(n, l)| (n, Attached::Pinned(l)))
+                .collect(),
+        };
+
+        let tuple_orig = take_map(&mut ebpf, "tuple_orig", |m| HashMap::try_from(m))?;
+        let events = take_map(&mut ebpf, "events", |m| RingBuf::try_from(m))?;
+        let mut dns_targets: Vec<IpAddr> =
+            vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+        dns_targets.extend(first_gateways(&cfg.container_gateways).0.map(IpAddr::V4));
+        dns_targets.extend(first_gateways(&cfg.container_gateways).1.map(IpAddr::V6));
+        tracing::info!(cgroup = %cfg.cgroup.display(), pinned = cfg.pin_dir.is_some(), "eBPF programs attached");
+        Ok(Enforcer {
+            tuple_orig,
+            events: Some(events),
+            links,
+            pin_dir: cfg.pin_dir,
+            dns_targets,
+            dns_port: cfg.dns_port,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// For a socket the transparent listener accepted (`client` = its peer address,
+    /// `local` = its local address): the original destination and the process.
+    /// Works for DNS over TCP and UDP too when the proxy knows its local address.
+    pub fn original_dst(&self, client: SocketAddr, local: SocketAddr) -> Option<OriginalDst> {
+        self.tuple_orig.get(&abi::tuple(client, local), 0).ok().map(OriginalDst::from)
+    }
+
+    /// For a DNS datagram or stream the DNS proxy received from `client`: the resolver
+    /// the application asked and the process. Tries each address the programs redirect
+    /// DNS to (loopback, container gateways) on the DNS port.
+    pub fn dns_origin(&self, client: SocketAddr) -> Option<OriginalDst> {
+        let client_is_v4 = match client.ip() {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+        };
+        self.dns_targets
+            .iter()
+            .filter(|t| t.is_ipv4() == client_is_v4)
+            .find_map(|&t| self.original_dst(client, SocketAddr::new(t, self.dns_port)))
+    }
+
+    /// The in-kernel denies (UDP other than DNS, ping/raw/packet sockets, backstop
+    /// drops). Call once, inside a tokio runtime.
+    pub fn deny_events(&mut self) -> Result<DenyEvents, EbpfError> {
+        let ring = self.events.take().ok_or_else(|| EbpfError::Events("already taken".into()))?;
+        DenyEvents::new(ring).map_err(|e| {
+            EbpfError::Events(format!("cannot watch the ring buffer (inside a tokio runtime?): {e}"))
+        })
+    }
+
+    /// Whether the links are pinned (they outlive this process).
+    pub fn is_pinned(&self) -> bool {
+        self.pin_dir.is_some()
+    }
+
+    /// Detaches every program now, pinned or not, and removes the pins.
+    pub fn detach(mut self) -> Result<(), EbpfError> {
+        let mut first_error = None;
+        for (name, link) in self.links.drain(..) {
+            let result = match link {
+                Attached::Owned(l) => {
+                    drop(l);
+                    Ok(())
+                }
+                Attached::Pinned(l) => l.unpin().map(drop).map_err(|e| EbpfError::program(name, "unpin", e)),
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(dir) = &self.pin_dir {
+            let _ = std::fs::remove_dir(dir); // only if empty: other files are not ours
+        }
+        tracing::info!("eBPF programs detached");
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The first IPv4 and the first IPv6 container gateway.
+fn first_gateways(gateways: &[IpAddr]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let v4 = gateways.iter().find_map(|g| match g {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = gateways.iter().find_map(|g| match g {
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_none() => Some(*a),
+        _ => None,
+    });
+    (v4, v6)
+}
+
+/// Loads the object with the configuration written into its `volatile const` globals.
+fn load(cfg: &EnforcerConfig) -> Result<Ebpf, EbpfError> {
+    let (gw4, gw6) = first_gateways(&cfg.container_gateways);
+    // Addresses go in network byte order, i.e. the octets as they are in memory.
+    let gw4 = gw4.map_or(0, |a| u32::from_ne_bytes(a.octets()));
+    let gw6 = gw6.map_or([0u32; 4], |a| {
+        let o = a.octets();
+        std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    });
+    let proxy_cgroup_id = cfg.proxy_cgroup_id.unwrap_or(0);
+    let ebpf = EbpfLoader::new()
+        .override_global("proxy_port", &cfg.proxy_port, true)
+        .override_global("dns_port", &cfg.dns_port, true)
+        .override_global("bypass_mark", &cfg.bypass_mark, true)
+        .override_global("proxy_cgroup_id", &proxy_cgroup_id, true)
+        .override_global("gw4", &gw4, true)
+        .override_global("gw6", &gw6, true)
+        .load(crate::OBJECT)?;
+    Ok(ebpf)
+}
+
+fn fill_passthrough(ebpf: &mut Ebpf, cfg: &EnforcerConfig) -> Result<(), EbpfError> {
+    if cfg.passthrough.is_empty() {
+        return Ok(());
+    }
+    let map = ebpf
+        .map_mut("passthrough")
+        .ok_or_else(|| EbpfError::Config("the object has no passthrough map".into()))?;
+    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
+        LpmTrie::try_from(map).map_err(|source| EbpfError::Map { map: "passthrough", source })?;
+    for net in &cfg.passthrough {
+        let net = net.trunc();
+        let prefix = match net {
+            ipnet::IpNet::V4(n) => u32::from(n.prefix_len()) + 96,
+            ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
+        };
+        trie.insert(&Key::new(prefix, abi::addr16(net.addr())), 1, 0)
+            .map_err(|source| EbpfError::Map { map: "passthrough", source })?;
+    }
+    Ok(())
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, EbpfError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| EbpfError::Config(format!("the object has no map {name}")))?;
+    convert(map).map_err(|source| EbpfError::Map { map: name, source })
+}
+
+/// Loads one program and attaches it to the cgroup, returning its link.
+pub(crate) fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, EbpfError> {
+    let mode = CgroupAttachMode::Single;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| EbpfError::Config(format!("the object has no program {name}")))?;
+    let load_err = |e: aya::programs::ProgramError| EbpfError::program(name, "load", e);
+    let attach_err = |e: aya::programs::ProgramError| EbpfError::program(name, "attach", e);
+    let take_err = |e: aya::programs::ProgramError| EbpfError::program(name, "take link", e);
+    let link_err = |e: aya::programs::links::LinkError| EbpfError::program(name, "take link", e);
+    let link = match program {
+        Program::CgroupSockAddr(p) => {
+            p.load().map_err(load_err)?;
+            let id = p.attach(cgroup, mode).map_err(attach_err)?;
+            FdLink::try_from(p.take_link(id).map_err(take_err)?).map_err(link_err)?
+        }
+        Program::SockOps(p) => {
+            p.load().map_err(load_err)?;
+            let id = p.attach(cgroup, mode).map_err(attach_err)?;
+            FdLink::try_from(p.take_link(id).map_err(take_err)?).map_err(link_err)?
+        }
+        Program::CgroupSock(p) => {
+            p.load().map_err(load_err)?;
+            let id = p.attach(cgroup, mode).map_err(attach_err)?;
+            FdLink::try_from(p.take_link(id).map_err(take_err)?).map_err(link_err)?
+        }
+        Program::CgroupSkb(p) => {
+            p.load().map_err(load_err)?;
+            let id = p.attach(cgroup, CgroupSkbAttachType::Egress, mode).map_err(attach_err)?;
+            FdLink::try_from(p.take_link(id).map_err(take_err)?).map_err(link_err)?
+        }
+        _ => return Err(EbpfError::Config(format!("program {name} has an unexpected type"))),
+    };
+    Ok(link)
+}

@@ -1,0 +1,10 @@
+//! Privileged tests of the kernel programs: a real child cgroup, a real network
+//! namespace holding the "outside world", real clients (python3, kdig) inside the
+//! cgroup. Not root: one `skipped: needs root and bpf()` line (a failure when CI=true).
+
+mod support;
+
+mod dns;
+mod lifecycle;
+mod sockets;
+mod tcp;

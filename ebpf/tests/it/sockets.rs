@@ -1,0 +1,103 @@
+//! In-kernel denies: UDP other than DNS, ping sockets and raw sockets get EPERM,
+//! each reported with the process that tried.
+
+use std::net::SocketAddr;
+
+use egressd_ebpf::DenyKind;
+
+use crate::support::{self, World};
+
+#[test]
+fn udp_other_than_dns_gets_eperm_and_a_deny_event() {
+    if !support::privileged() {
+        return;
+    }
+    let mut world = World::new();
+    let mut events = world.deny_events();
+    let script = r#"
+import socket, sys
+for host, port, connect in [("198.51.100.10", 9999, False), ("198.51.100.10", 443, True),
+                            ("2001:db8::10", 9999, False), ("::ffff:198.51.100.10", 443, True)]:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        if connect:
+            s.connect((host, port))
+        else:
+            s.sendto(b"x", (host, port))
+        print(host, port, "sent", flush=True)
+    except OSError as e:
+        print(host, port, e.errno, flush=True)
+"#;
+    let client = world.python(script);
+    let pid = client.pid();
+    let out = client.finish();
+    let eperm = libc::EPERM;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("198.51.100.10 9999 {eperm}"),
+            format!("198.51.100.10 443 {eperm}"),
+            format!("2001:db8::10 9999 {eperm}"),
+            format!("::ffff:198.51.100.10 443 {eperm}"),
+        ]
+    );
+    let denies = support::collect_denies(&world, &mut events, 4);
+    let dsts: Vec<SocketAddr> = denies.iter().filter_map(|d| d.dst).collect();
+    assert_eq!(
+        dsts,
+        ["198.51.100.10:9999", "198.51.100.10:443", "[2001:db8::10]:9999", "198.51.100.10:443"]
+            .map(|a| a.parse::<SocketAddr>().unwrap())
+    );
+    for d in &denies {
+        assert_eq!(d.kind, DenyKind::Udp);
+        assert_eq!(d.pid, pid);
+        assert_eq!(d.comm, "python3");
+        assert_eq!(d.cgroup_id, world.cgroup.id().unwrap());
+        assert_eq!(d.protocol, 17);
+    }
+}
+
+#[test]
+fn ping_and_raw_sockets_get_eperm_and_deny_events() {
+    if !support::privileged() {
+        return;
+    }
+    let mut world = World::new();
+    let mut events = world.deny_events();
+    // Inside the test namespace, where ping sockets are enabled for every group: the
+    // EPERM can only come from the cgroup hook.
+    let script = r#"
+import socket
+for name, fam, typ, proto in [("ping4", socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
+                              ("ping6", socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6),
+                              ("raw4", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+                              ("raw6", socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6),
+                              ("rawudp", socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)]:
+    try:
+        socket.socket(fam, typ, proto)
+        print(name, "created", flush=True)
+    except OSError as e:
+        print(name, e.errno, flush=True)
+"#;
+    let mut cmd = world.netns.command(support::python());
+    cmd.args(["-c", script]);
+    let client = world.spawn_command(cmd);
+    let out = client.finish();
+    let eperm = libc::EPERM;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["ping4", "ping6", "raw4", "raw6", "rawudp"].map(|n| format!("{n} {eperm}"))
+    );
+    let denies = support::collect_denies(&world, &mut events, 5);
+    let kinds: Vec<(DenyKind, u32)> = denies.iter().map(|d| (d.kind, d.protocol)).collect();
+    assert_eq!(
+        kinds,
+        [(DenyKind::Icmp, 1), (DenyKind::Icmp, 58), (DenyKind::Raw, 1), (DenyKind::Raw, 58), (DenyKind::Raw, 17)]
+    );
+    for d in &denies {
+        assert_eq!(d.comm, "python3");
+        assert_eq!(d.cgroup_id, world.cgroup.id().unwrap());
+        assert_eq!(d.dst, None);
+    }
+}

@@ -1,0 +1,196 @@
+//! Host names: validating the patterns a policy may contain (exact names and
+//! the one wildcard form `*.suffix`) and normalising names seen at run time
+//! (SNI, Host header, DNS question) without allocating.
+
+use std::net::IpAddr;
+
+/// The longest DNS name in presentation form, without the trailing dot.
+pub(crate) const MAX_NAME: usize = 253;
+
+/// A validated, normalised (lower-case, no trailing dot) host pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum HostPattern {
+    /// Exactly this name.
+    Exact(String),
+    /// Any name with one or more labels in front of this suffix; never the
+    /// suffix itself.
+    Below(String),
+}
+
+impl HostPattern {
+    /// The pattern as a person writes it.
+    pub(crate) fn display(&self) -> String {
+        match self {
+            HostPattern::Exact(n) => n.clone(),
+            HostPattern::Below(s) => format!("*.{s}"),
+        }
+    }
+}
+
+/// Validate a host pattern as written in a policy. The error is a complete
+/// sentence that quotes the input and says what to write instead.
+pub(crate) fn parse_pattern(raw: &str) -> Result<HostPattern, String> {
+    let q = format!("{raw:?}");
+    if raw.is_empty() {
+        return Err("an empty host name; write a name such as \"example.com\"".to_owned());
+    }
+    if raw.chars().any(char::is_whitespace) {
+        return Err(format!("{q}: a host name cannot contain spaces"));
+    }
+    if let Some((_, rest)) = raw.split_once("://") {
+        let host = rest.split(['/', ':', '?', '#']).next().unwrap_or(rest);
+        return Err(format!(
+            "{q}: a rule names a host, not a URL; write {host:?}"
+        ));
+    }
+    if raw.contains('/') {
+        let host = raw.split('/').next().unwrap_or(raw);
+        return Err(format!(
+            "{q}: a host rule cannot have a path; write {host:?} (for a network, write a CIDR like \"198.51.100.0/24\")"
+        ));
+    }
+    if let Some((host, port)) = raw.rsplit_once(':') {
+        if !raw[..raw.len() - port.len() - 1].contains(':') && port.parse::<u16>().is_ok() {
+            return Err(format!(
+                "{q}: a port does not go in the name; write `host: {host}` with `ports: [{port}]`"
+            ));
+        }
+        return Err(format!(
+            "{q}: not a host name, IP address or CIDR; check the address"
+        ));
+    }
+    if !raw.is_ascii() {
+        let (prefix, rest) = match raw.strip_prefix("*.") {
+            Some(rest) => ("*.", rest),
+            None => ("", raw),
+        };
+        return Err(match idna::domain_to_ascii(rest) {
+            Ok(ascii) if !ascii.is_empty() => format!(
+                "{q}: host names must be ASCII; write the punycode form \"{prefix}{ascii}\""
+            ),
+            _ => format!("{q}: host names must be ASCII, and this is not a valid internationalised name"),
+        });
+    }
+    let lower = raw.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    if name.is_empty() || name.ends_with('.') {
+        return Err(format!("{q}: empty label (two dots in a row); remove the extra dot"));
+    }
+    if name.contains('*') {
+        return wildcard(&q, name);
+    }
+    check_labels(&q, name)?;
+    Ok(HostPattern::Exact(name.to_owned()))
+}
+
+fn wildcard(q: &str, name: &str) -> Result<HostPattern, String> {
+    if name == "*" {
+        return Err(format!(
+            "{q}: a bare wildcard would match every name; name the domain, e.g. \"*.example.com\""
+        ));
+    }
+    if let Some(suffix) = name.strip_prefix("*.")
+        && !suffix.contains('*')
+    {
+        if suffix.split('.').count() < 2 {
+            return Err(format!(
+                "{q}: a wildcard needs at least two labels after \"*.\" (a whole top-level domain is too broad); write e.g. \"*.example.{suffix}\""
+            ));
+        }
+        check_labels(q, suffix)?;
+        return Ok(HostPattern::Below(suffix.to_owned()));
+    }
+    let first_label_end = name.find('.').unwrap_or(name.len());
+    let only_in_first_label = !name[first_label_end..].contains('*');
+    let candidate = if !only_in_first_label {
+        // `api.*.example.com`, `example.*`: keep what follows the last `*`.
+        name.rsplit('*').next().unwrap_or("").trim_start_matches('.')
+    } else if name.starts_with('*') && name.matches('*').count() == 1 {
+        // `*example.com` almost always meant `*.example.com`.
+        &name[1..]
+    } else {
+        // `api*.example.com`: the partial label goes.
+        name[first_label_end..].trim_start_matches('.')
+    };
+    let hint = if candidate.split('.').count() >= 2 && check_labels(q, candidate).is_ok() {
+        format!("\"*.{candidate}\"")
+    } else {
+        "a leading \"*.\" and the domain, e.g. \"*.example.com\"".to_owned()
+    };
+    let what = if only_in_first_label {
+        "a wildcard must be a whole leading label"
+    } else {
+        "a wildcard may only be the leftmost label (it already matches any depth)"
+    };
+    Err(format!("{q}: {what}; write {hint}"))
+}
+
+fn check_labels(q: &str, name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME {
+        return Err(format!("{q}: longer than {MAX_NAME} characters, so no DNS name can match it"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(format!("{q}: empty label (two dots in a row); remove the extra dot"));
+        }
+        if label.len() > 63 {
+            return Err(format!("{q}: the label {label:?} is longer than 63 characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "{q}: {c:?} is not allowed in a host name (letters, digits, '-' and '_' only)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{q}: the label {label:?} starts or ends with '-'"));
+        }
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{q}: looks like an IP address but is not a valid one; check the numbers"
+        ));
+    }
+    Ok(())
+}
+
+/// A name seen at run time, lower-cased into a stack buffer with one trailing
+/// dot removed. `None` when it cannot be a DNS name a rule could match
+/// (empty, too long, non-ASCII, or an IP literal: an IP literal never
+/// satisfies a host name rule).
+pub(crate) struct Normalised {
+    buf: [u8; MAX_NAME],
+    len: usize,
+}
+
+impl Normalised {
+    pub(crate) fn new(name: &str) -> Option<Self> {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty() || name.len() > MAX_NAME || !name.is_ascii() {
+            return None;
+        }
+        let mut buf = [0u8; MAX_NAME];
+        for (d, s) in buf.iter_mut().zip(name.bytes()) {
+            *d = s.to_ascii_lowercase();
+        }
+        let n = Normalised {
+            buf,
+            len: name.len(),
+        };
+        if n.as_str().parse::<IpAddr>().is_ok() {
+            return None;
+        }
+        Some(n)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Built from ASCII bytes only, so always valid UTF-8.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,530 @@
+//! The explicit HTTP CONNECT proxy (`--explicit ADDR`): how a user without
+//! eBPF (or root) filters with egressd (`HTTPS_PROXY`). The request line is
+//! this path's original destination; from there it shares the decision path,
+//! the peek, the relay and the records with the transparent listener.
+//!
+//! `CONNECT host:port`: a name is first asked the DNS question (a name the
+//! DNS server would refuse is not resolved through the proxy either), then
+//! resolved with the proxy's resolver and decided per address; allowed ->
+//! `200 Connection Established` and a tunnel, denied -> `403 Forbidden` with a
+//! one-line body naming the reason code and rule id. Inside an allowed tunnel
+//! the TLS SNI (or HTTP Host) must be the CONNECT host.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use egressd_audit::{HostSource, Process, Record};
+use egressd_policy::{Decision, Reason, RuleId, Verdict};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::decide::{Decided, same_name};
+use crate::engine::Engine;
+use crate::tunnel::{self, FirstBytes};
+
+/// Accept on `listener` until the engine stops accepting.
+pub async fn serve(engine: Arc<Engine>, listener: TcpListener, tasks: tokio_util::task::TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = engine.stop_accepting().cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let engine = Arc::clone(&engine);
+                tasks.spawn(async move { handle(engine, stream, peer).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed on the CONNECT listener");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A parsed CONNECT request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTarget {
+    /// The host as requested: a name (lowercase, no trailing dot) or an IP.
+    pub host: Target,
+    /// The port.
+    pub port: u16,
+}
+
+/// The host part of a CONNECT target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A host name.
+    Name(String),
+    /// An IP literal (v4-mapped IPv6 already IPv4).
+    Ip(IpAddr),
+}
+
+/// Why a request head is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Not a parseable HTTP/1 request head.
+    #[error("not an HTTP request: {0}")]
+    Malformed(String),
+    /// A method other than CONNECT.
+    #[error("only CONNECT is supported, not {0}")]
+    NotConnect(String),
+    /// The CONNECT target is not `host:port`.
+    #[error("bad CONNECT target {0:?}: write host:port")]
+    BadTarget(String),
+}
+
+/// Parse a complete request head (up to and including the blank line).
+pub fn parse_head(head: &[u8]) -> Result<ConnectTarget, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("incomplete".into())),
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    }
+    let method = req.method.unwrap_or_default();
+    if !method.eq_ignore_ascii_case("CONNECT") {
+        return Err(HeadError::NotConnect(method.chars().take(16).collect()));
+    }
+    let target = req.path.unwrap_or_default();
+    parse_target(target).ok_or_else(|| HeadError::BadTarget(target.chars().take(64).collect()))
+}
+
+/// `host:port`, `[v6]:port`; the port is required.
+fn parse_target(target: &str) -> Option<ConnectTarget> {
+    let (host, port) = if let Some(rest) = target.strip_prefix('[') {
+        let (v6, port) = rest.split_once("]:")?;
+        (v6, port)
+    } else {
+        target.rsplit_once(':')?
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        return Some(ConnectTarget {
+            host: Target::Ip(ip),
+            port,
+        });
+    }
+    if target.starts_with('[') {
+        return None;
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    valid.then_some(ConnectTarget {
+        host: Target::Name(name),
+        port,
+    })
+}
+
+/// Read a request head: up to the blank line, within the size cap and the
+/// peek timeout. Returns the head and any bytes the client sent after it.
+async fn read_head(client: &mut TcpStream, engine: &Engine) -> Result<(Vec<u8>, Vec<u8>), (Reason, String)> {
+    let limits = engine.limits();
+    let deadline = Instant::now() + limits.peek_timeout;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find_head_end(&buf) {
+            let rest = buf.split_off(end);
+            return Ok((buf, rest));
+        }
+        if buf.len() >= limits.max_connect_head {
+            return Err((
+                Reason::LimitExceeded,
+                format!("the CONNECT request head exceeds {} bytes", limits.max_connect_head),
+            ));
+        }
+        match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
+            Ok(Ok(0)) => {
+                return Err((
+                    Reason::MalformedRequest,
+                    "the client closed the connection before its request was complete".into(),
+                ));
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Ok(Err(e)) => return Err((Reason::MalformedRequest, format!("client read failed: {e}"))),
+            Err(_) => {
+                return Err((
+                    Reason::MalformedRequest,
+                    format!(
+                        "the client sent {} bytes of its request and then nothing within {} ms",
+                        buf.len(),
+                        limits.peek_timeout.as_millis()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// An HTTP response with a one-line text body, then close.
+async fn respond(client: &mut TcpStream, status: &str, body: &str, extra_headers: &str) {
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(response.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
+/// The 403 (or 502/503/400) body: one line naming the reason and rule.
+fn refusal_body(d: &Decision, host: Option<&str>) -> String {
+    match host {
+        Some(h) => format!(
+            "egressd denied {h}: reason={} rule={}\n",
+            d.reason.as_str(),
+            d.rule
+        ),
+        None => format!("egressd denied: reason={} rule={}\n", d.reason.as_str(), d.rule),
+    }
+}
+
+async fn refuse(client: &mut TcpStream, status: &str, d: &Decision, host: Option<&str>) {
+    let headers = format!(
+        "X-Egressd-Reason: {}\r\nX-Egressd-Rule: {}\r\n",
+        d.reason.as_str(),
+        d.rule
+    );
+    respond(client, status, &refusal_body(d, host), &headers).await;
+}
+
+fn status_for(reason: Reason) -> &'static str {
+    match reason {
+        Reason::UpstreamFailed => "502 Bad Gateway",
+        Reason::LimitExceeded => "503 Service Unavailable",
+        Reason::MalformedRequest => "400 Bad Request",
+        _ => "403 Forbidden",
+    }
+}
+
+async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    let Some(_permit) = engine.try_tunnel() else {
+        let d = Decision::engine_deny(Reason::LimitExceeded);
+        tunnel::audit_decision(&engine, &d, |r| {
+            r.src = Some(peer);
+            r.detail = Some(format!("more than {} tunnels open", engine.limits().max_tunnels));
+        })
+        .await;
+        refuse(&mut client, status_for(d.reason), &d, None).await;
+        return;
+    };
+    let (head, rest) = match read_head(&mut client, &engine).await {
+        Ok(h) => h,
+        Err((reason, detail)) => {
+            let d = Decision::engine_deny(reason);
+            tunnel::audit_decision(&engine, &d, |r| {
+                r.src = Some(peer);
+                r.detail = Some(detail);
+            })
+            .await;
+            refuse(&mut client, status_for(reason), &d, None).await;
+            return;
+        }
+    };
+    let target = match parse_head(&head) {
+        Ok(t) => t,
+        Err(e) => {
+            let d = Decision::engine_deny(Reason::MalformedRequest);
+            tunnel::audit_decision(&engine, &d, |r| {
+                r.src = Some(peer);
+                r.detail = Some(e.to_string());
+            })
+            .await;
+            let status = match e {
+                HeadError::NotConnect(_) => "405 Method Not Allowed",
+                _ => "400 Bad Request",
+            };
+            refuse(&mut client, status, &d, None).await;
+            return;
+        }
+    };
+    let opened = match &target.host {
+        Target::Ip(ip) => open_ip(&engine, SocketAddr::new(*ip, target.port)).await,
+        Target::Name(name) => open_name(&engine, name, target.port).await,
+    };
+    let (decided, dst, upstream) = match opened {
+        Opened::Refused { decided, dst, detail } => {
+            tunnel::audit_decision(&engine, &decided.decision, |r| {
+                fill(r, &decided, dst, peer, None);
+                r.detail = detail;
+            })
+            .await;
+            refuse(
+                &mut client,
+                status_for(decided.decision.reason),
+                &decided.decision,
+                decided.host.as_deref(),
+            )
+            .await;
+            return;
+        }
+        Opened::Connected {
+            decided,
+            dst,
+            upstream,
+        } => (decided, dst, upstream),
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await
+        .is_err()
+    {
+        // The client left; nothing was relayed, so the decision still stands
+        // as the record of the attempt.
+        tunnel::audit_decision(&engine, &decided.decision, |r| {
+            fill(r, &decided, Some(dst), peer, None);
+            r.detail = Some("the client left before the tunnel opened".into());
+        })
+        .await;
+        return;
+    }
+    let peeked = tunnel::peek(&mut client, &engine, rest).await;
+    let final_decided = match &peeked.first {
+        FirstBytes::Refused { reason, detail } => {
+            let d = Decision::engine_deny(*reason);
+            let decided = Decided {
+                decision: d,
+                host: decided.host.clone(),
+                host_source: decided.host_source,
+            };
+            tunnel::audit_decision(&engine, &d, |r| {
+                fill(r, &decided, Some(dst), peer, None);
+                r.detail = Some(detail.clone());
+            })
+            .await;
+            tunnel::reset(client);
+            return;
+        }
+        FirstBytes::Nameless => decided,
+        FirstBytes::Named { name, source } => {
+            inner_name(&engine, &decided, &target.host, dst, name, *source).await
+        }
+    };
+    let record = tunnel::audit_decision(&engine, &final_decided.decision, |r| {
+        fill(r, &final_decided, Some(dst), peer, None);
+        if let (Target::Name(connect_host), Some(inner)) = (&target.host, &final_decided.host)
+            && !same_name(connect_host, inner)
+        {
+            r.detail = Some(format!("CONNECT {connect_host}:{}", target.port));
+        }
+    })
+    .await;
+    if !final_decided.decision.is_allow() {
+        tunnel::reset(client);
+        return;
+    }
+    tunnel::run(engine, client, upstream, &peeked.bytes, record, started).await;
+}
+
+fn fill(r: &mut Record, d: &Decided, dst: Option<SocketAddr>, src: SocketAddr, process: Option<Process>) {
+    r.host = d.host.clone();
+    r.host_source = d.host_source;
+    r.dst = dst;
+    r.src = Some(src);
+    r.process = process;
+}
+
+/// The outcome of deciding and connecting a CONNECT target.
+enum Opened {
+    /// Denied (or the upstream unreachable): answer with the decision.
+    Refused {
+        decided: Decided,
+        dst: Option<SocketAddr>,
+        detail: Option<String>,
+    },
+    /// Allowed and connected.
+    Connected {
+        decided: Decided,
+        dst: SocketAddr,
+        upstream: TcpStream,
+    },
+}
+
+/// `CONNECT ip:port`: decided by address (IP rules, recent DNS answers).
+async fn open_ip(engine: &Engine, dst: SocketAddr) -> Opened {
+    let t = Instant::now();
+    let decided = engine.decide_tcp(dst, None).await;
+    engine.metrics().decision_latency.observe(t.elapsed());
+    if !decided.decision.is_allow() {
+        return Opened::Refused {
+            decided,
+            dst: Some(dst),
+            detail: None,
+        };
+    }
+    match tunnel::connect_upstream(engine, dst).await {
+        Ok(upstream) => Opened::Connected {
+            decided,
+            dst,
+            upstream,
+        },
+        Err(e) => Opened::Refused {
+            decided: upstream_failed(decided),
+            dst: Some(dst),
+            detail: Some(format!("cannot connect to {dst}: {e}")),
+        },
+    }
+}
+
+/// `CONNECT name:port`: the DNS question first, then resolve, decide per
+/// address and connect to the first allowed one that answers.
+async fn open_name(engine: &Engine, name: &str, port: u16) -> Opened {
+    let t = Instant::now();
+    let named = |decision: Decision| Decided {
+        decision,
+        host: Some(name.to_owned()),
+        host_source: HostSource::Connect,
+    };
+    let dns = engine.decide_name(name);
+    if !dns.is_allow() {
+        // A TCP record says why no rule allowed the name, not "dns".
+        let decision = Decision {
+            reason: if dns.reason == Reason::DnsRefused {
+                Reason::NoRule
+            } else {
+                dns.reason
+            },
+            ..dns
+        };
+        engine.metrics().decision_latency.observe(t.elapsed());
+        return Opened::Refused {
+            decided: named(decision),
+            dst: None,
+            detail: None,
+        };
+    }
+    let ips = match engine.resolver().lookup(name).await {
+        Ok(ips) if !ips.is_empty() => ips,
+        Ok(_) => {
+            return Opened::Refused {
+                decided: named(Decision::engine_deny(Reason::UpstreamFailed)),
+                dst: None,
+                detail: Some(format!("{name} has no address")),
+            };
+        }
+        Err(e) => {
+            return Opened::Refused {
+                decided: named(Decision::engine_deny(Reason::UpstreamFailed)),
+                dst: None,
+                detail: Some(format!("cannot resolve {name}: {e}")),
+            };
+        }
+    };
+    let mut first_refusal: Option<(Decided, SocketAddr)> = None;
+    let mut last_error: Option<(Decided, SocketAddr, String)> = None;
+    for ip in ips {
+        let dst = SocketAddr::new(ip, port);
+        let t = Instant::now();
+        let decided = engine
+            .decide_tcp_resolved(dst, name, HostSource::Connect, &[ip])
+            .await;
+        engine.metrics().decision_latency.observe(t.elapsed());
+        if !decided.decision.is_allow() {
+            if first_refusal.is_none() {
+                first_refusal = Some((decided, dst));
+            }
+            continue;
+        }
+        match tunnel::connect_upstream(engine, dst).await {
+            Ok(upstream) => {
+                return Opened::Connected {
+                    decided,
+                    dst,
+                    upstream,
+                };
+            }
+            Err(e) => last_error = Some((decided, dst, e.to_string())),
+        }
+    }
+    if let Some((decided, dst, e)) = last_error {
+        return Opened::Refused {
+            decided: upstream_failed(decided),
+            dst: Some(dst),
+            detail: Some(format!("cannot connect to {dst}: {e}")),
+        };
+    }
+    match first_refusal {
+        Some((decided, dst)) => Opened::Refused {
+            decided,
+            dst: Some(dst),
+            detail: None,
+        },
+        None => Opened::Refused {
+            decided: named(Decision::engine_deny(Reason::UpstreamFailed)),
+            dst: None,
+            detail: Some(format!("{name} has no address")),
+        },
+    }
+}
+
+/// An allowed decision whose upstream could not be reached: the traffic did
+/// not pass, and the rule that allowed it stays on the record.
+fn upstream_failed(d: Decided) -> Decided {
+    Decided {
+        decision: Decision {
+            verdict: Verdict::Deny,
+            enforce_would: None,
+            reason: Reason::UpstreamFailed,
+            rule: d.decision.rule,
+        },
+        ..d
+    }
+}
+
+/// Inside an allowed tunnel: the name the client's first bytes carry must be
+/// the CONNECT host (for a name target), and must itself be allowed for this
+/// address (for an IP target, exactly as on the transparent path).
+async fn inner_name(
+    engine: &Engine,
+    connect: &Decided,
+    target: &Target,
+    dst: SocketAddr,
+    name: &str,
+    source: HostSource,
+) -> Decided {
+    match target {
+        Target::Name(host) if same_name(host, name) => Decided {
+            decision: connect.decision,
+            host: Some(name.to_owned()),
+            host_source: source,
+        },
+        Target::Name(_) => {
+            let mismatch = Decision::enforce(Verdict::Deny, Reason::SniIpMismatch, RuleId::Engine);
+            // In audit mode the policy lets it through and records it.
+            let decision = if connect.decision.enforce_would.is_some() {
+                mismatch.into_audit_mode()
+            } else {
+                mismatch
+            };
+            Decided {
+                decision,
+                host: Some(name.to_owned()),
+                host_source: source,
+            }
+        }
+        Target::Ip(_) => engine.decide_tcp(dst, Some((name, source))).await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

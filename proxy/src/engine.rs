@@ -1,0 +1,199 @@
+//! The one runtime state every listener shares: the active policy (swapped
+//! atomically on reload), the job tags, the audit journal, the DNS memory and
+//! resolver, metrics, limits, the tunnel budget and the shutdown tokens. The
+//! transparent listener, the CONNECT proxy and the DNS server all hold the
+//! same `Arc<Engine>`, so they decide with the same policy and write to the
+//! same journal. Reads on the hot path are lock-free (`ArcSwap` loads and
+//! atomics).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use egressd_audit::{JobTags, Journal, Kind, Record};
+use egressd_policy::{Decision, JobContext, Policy};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::dns::{DnsMemory, Resolver};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+
+/// The job running on the runner, as far as the policy and the records care.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActiveJob {
+    /// Tags written into every record; `None` between jobs.
+    pub tags: Option<JobTags>,
+    /// The runner labels the job asked for (they select policy overrides).
+    pub labels: Vec<String>,
+}
+
+impl ActiveJob {
+    /// What the policy needs to pick the job's rule set.
+    pub fn context(&self) -> JobContext<'_> {
+        JobContext {
+            repository: self.tags.as_ref().and_then(|t| t.repository.as_deref()),
+            labels: &self.labels,
+        }
+    }
+}
+
+/// What the engine is built from (see [`Engine::new`]).
+pub struct EngineParts {
+    /// The validated policy.
+    pub policy: Policy,
+    /// The open audit journal.
+    pub journal: Journal,
+    /// Addresses recently answered by the DNS server, per name.
+    pub dns_memory: Arc<DnsMemory>,
+    /// The proxy's own resolver (upstreams, never the redirected system one).
+    pub resolver: Resolver,
+    /// The runner name written into every record.
+    pub runner: String,
+    /// Protective limits.
+    pub limits: Limits,
+    /// `SO_MARK` for upstream sockets so the kernel hooks let them pass; `None`
+    /// when nothing in the kernel redirects (`--no-ebpf`).
+    pub upstream_mark: Option<u32>,
+    /// Also filter loopback destinations (policy.md step 1 skipped): for
+    /// testing a policy against local servers.
+    pub filter_loopback: bool,
+}
+
+/// The shared runtime state. See the module documentation.
+pub struct Engine {
+    policy: ArcSwap<Policy>,
+    job: ArcSwap<ActiveJob>,
+    journal: Journal,
+    dns_memory: Arc<DnsMemory>,
+    resolver: Resolver,
+    runner: String,
+    metrics: Metrics,
+    limits: Limits,
+    tunnels: Arc<Semaphore>,
+    upstream_mark: Option<u32>,
+    filter_loopback: bool,
+    stop_accepting: CancellationToken,
+    cut_tunnels: CancellationToken,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("runner", &self.runner)
+            .field("limits", &self.limits)
+            .field("upstream_mark", &self.upstream_mark)
+            .field("filter_loopback", &self.filter_loopback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Assemble the engine.
+    pub fn new(parts: EngineParts) -> Arc<Engine> {
+        Arc::new(Engine {
+            policy: ArcSwap::from_pointee(parts.policy),
+            job: ArcSwap::from_pointee(ActiveJob::default()),
+            journal: parts.journal,
+            dns_memory: parts.dns_memory,
+            resolver: parts.resolver,
+            runner: parts.runner,
+            metrics: Metrics::default(),
+            tunnels: Arc::new(Semaphore::new(parts.limits.max_tunnels)),
+            limits: parts.limits,
+            upstream_mark: parts.upstream_mark,
+            filter_loopback: parts.filter_loopback,
+            stop_accepting: CancellationToken::new(),
+            cut_tunnels: CancellationToken::new(),
+        })
+    }
+
+    /// The active policy (a cheap snapshot; a reload does not change it).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Make `policy` the active one. Decisions already made keep the old one.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The active job.
+    pub fn job(&self) -> Arc<ActiveJob> {
+        self.job.load_full()
+    }
+
+    /// Set (or, with `ActiveJob::default()`, clear) the active job.
+    pub fn set_job(&self, job: ActiveJob) {
+        self.job.store(Arc::new(job));
+    }
+
+    /// The audit journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Addresses the DNS server recently answered.
+    pub fn dns_memory(&self) -> &Arc<DnsMemory> {
+        &self.dns_memory
+    }
+
+    /// The proxy's own resolver.
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// The runner name.
+    pub fn runner(&self) -> &str {
+        &self.runner
+    }
+
+    /// Process-wide metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Protective limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The bypass mark for upstream sockets, if any.
+    pub fn upstream_mark(&self) -> Option<u32> {
+        self.upstream_mark
+    }
+
+    /// Whether loopback destinations are filtered too.
+    pub fn filter_loopback(&self) -> bool {
+        self.filter_loopback
+    }
+
+    /// Take a slot of the tunnel budget; `None` when `max_tunnels` are in use.
+    pub fn try_tunnel(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.tunnels).try_acquire_owned().ok()
+    }
+
+    /// Cancelled when listeners must stop accepting (shutdown begins).
+    pub fn stop_accepting(&self) -> &CancellationToken {
+        &self.stop_accepting
+    }
+
+    /// Cancelled when open tunnels must be cut (the shutdown grace is over).
+    pub fn cut_tunnels(&self) -> &CancellationToken {
+        &self.cut_tunnels
+    }
+
+    /// A record of `decision` now, with the runner and the active job filled in.
+    pub fn record(&self, kind: Kind, decision: &Decision) -> Record {
+        let mut rec = Record::new(&self.runner, kind, decision);
+        rec.job = self.job.load().tags.clone();
+        rec
+    }
+
+    /// Append `rec` to the journal (waits only for queue room, never drops).
+    /// A closed journal is logged: the record cannot be kept anywhere else.
+    pub async fn audit(&self, rec: Record) {
+        if let Err(e) = self.journal.append(rec).await {
+            tracing::error!(error = %e, "audit record not written");
+        }
+    }
+}

@@ -1,0 +1,80 @@
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{Ending, relay};
+
+/// A connected pair of sockets.
+async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (b, _) = l.accept().await.unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn moves_bytes_both_ways_and_passes_half_close_on() {
+    let (mut client, proxy_client_side) = pair().await;
+    let (proxy_upstream_side, mut server) = pair().await;
+    let token = CancellationToken::new();
+    let relay = tokio::spawn(async move {
+        relay(
+            proxy_client_side,
+            proxy_upstream_side,
+            Duration::from_secs(30),
+            token,
+            &|_, _| {},
+        )
+        .await
+    });
+    let big = vec![7u8; 3 * 1024 * 1024];
+    client.write_all(&big).await.unwrap();
+    // Half-close: the server sees EOF after the data but can still answer.
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got.len(), big.len());
+    server.write_all(b"answer after the client's FIN").await.unwrap();
+    server.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"answer after the client's FIN");
+    let t = tokio::time::timeout(Duration::from_secs(10), relay)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.up, big.len() as u64);
+    assert_eq!(t.down, answer.len() as u64);
+    assert_eq!(t.ending, Ending::Closed);
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_cut() {
+    let (_client, a) = pair().await;
+    let (b, _server) = pair().await;
+    let t = tokio::time::timeout(
+        Duration::from_secs(10),
+        relay(
+            a,
+            b,
+            Duration::from_millis(100),
+            CancellationToken::new(),
+            &|_, _| {},
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.ending, Ending::Idle);
+}
+
+#[tokio::test]
+async fn shutdown_cuts_the_tunnel() {
+    let (_client, a) = pair().await;
+    let (b, _server) = pair().await;
+    let token = CancellationToken::new();
+    token.cancel();
+    let t = relay(a, b, Duration::from_secs(30), token, &|_, _| {}).await;
+    assert_eq!(t.ending, Ending::Shutdown);
+}

@@ -1,0 +1,246 @@
+//! The steps every TCP connection shares once its destination is known, in
+//! whichever way it arrived (transparent listener or CONNECT proxy): peek at
+//! the client's first bytes within the size and time limits, connect to the
+//! original destination from a marked socket, replay the peeked bytes, relay,
+//! and write the closing record. A denied connection is reset at once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egressd_audit::{HostSource, Record};
+use egressd_policy::{Decision, Reason};
+use socket2::SockRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use crate::engine::Engine;
+use crate::peek::{self, PeekError, Peeked};
+use crate::relay::{self, Ending};
+
+/// What the client's first bytes said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstBytes {
+    /// A name to decide on.
+    Named {
+        /// The name (lowercase).
+        name: String,
+        /// TLS SNI or HTTP Host.
+        source: HostSource,
+    },
+    /// No name: another protocol, TLS without SNI, HTTP without Host, or a
+    /// client that waits for the server to speak first.
+    Nameless,
+    /// The bytes are refused before any policy question: malformed, too
+    /// large, or sent too slowly.
+    Refused {
+        /// `malformed_request` or `limit_exceeded`.
+        reason: Reason,
+        /// For the record's `detail`.
+        detail: String,
+    },
+}
+
+/// The client's first bytes and what they are.
+#[derive(Debug)]
+pub struct Peek {
+    /// Everything read so far; replayed to the upstream.
+    pub bytes: Vec<u8>,
+    /// The classification.
+    pub first: FirstBytes,
+}
+
+/// Read the client's first bytes until the parser can classify them, the
+/// size cap is reached, or a timeout fires. `initial` holds bytes already
+/// read (after a CONNECT head).
+pub async fn peek(client: &mut TcpStream, engine: &Engine, initial: Vec<u8>) -> Peek {
+    let limits = engine.limits();
+    let cap = limits.peek.buffer_cap();
+    let started = Instant::now();
+    let mut buf = initial;
+    loop {
+        match peek::classify(&buf, &limits.peek) {
+            Ok(p) => {
+                return Peek {
+                    first: classified(p),
+                    bytes: buf,
+                };
+            }
+            Err(PeekError::Incomplete) if buf.len() < cap => {}
+            Err(PeekError::Incomplete | PeekError::TooLarge) => {
+                return refused(
+                    buf,
+                    Reason::LimitExceeded,
+                    "the ClientHello or request head exceeds the size limit".into(),
+                );
+            }
+            Err(PeekError::Malformed(why)) => {
+                return refused(buf, Reason::MalformedRequest, format!("malformed: {why}"));
+            }
+        }
+        // A client that has not started may be waiting for the server to
+        // speak first; one that started must finish within peek_timeout.
+        let deadline = if buf.is_empty() {
+            started + limits.first_byte_wait.min(limits.peek_timeout)
+        } else {
+            started + limits.peek_timeout
+        };
+        let room = cap.saturating_sub(buf.len()).min(16 * 1024);
+        let old_len = buf.len();
+        buf.resize(old_len + room, 0);
+        let read = tokio::time::timeout_at(deadline, client.read(&mut buf[old_len..])).await;
+        match read {
+            Ok(Ok(n)) => {
+                buf.truncate(old_len + n);
+                if n == 0 {
+                    return if buf.is_empty() {
+                        // Closed without a byte: decided by address, like a
+                        // server-first protocol.
+                        Peek {
+                            bytes: buf,
+                            first: FirstBytes::Nameless,
+                        }
+                    } else {
+                        refused(
+                            buf,
+                            Reason::MalformedRequest,
+                            "the client closed the connection in the middle of its first message"
+                                .into(),
+                        )
+                    };
+                }
+            }
+            Ok(Err(e)) => {
+                buf.truncate(old_len);
+                return refused(buf, Reason::MalformedRequest, format!("client read failed: {e}"));
+            }
+            Err(_elapsed) => {
+                buf.truncate(old_len);
+                return if buf.is_empty() {
+                    Peek {
+                        bytes: buf,
+                        first: FirstBytes::Nameless,
+                    }
+                } else {
+                    refused(
+                        buf,
+                        Reason::MalformedRequest,
+                        format!(
+                            "the client sent {} bytes and then nothing within {} ms",
+                            old_len,
+                            limits.peek_timeout.as_millis()
+                        ),
+                    )
+                };
+            }
+        }
+    }
+}
+
+fn refused(bytes: Vec<u8>, reason: Reason, detail: String) -> Peek {
+    Peek {
+        bytes,
+        first: FirstBytes::Refused { reason, detail },
+    }
+}
+
+fn classified(p: Peeked) -> FirstBytes {
+    match p {
+        Peeked::Tls { sni: Some(name), .. } => FirstBytes::Named {
+            name,
+            source: HostSource::Sni,
+        },
+        Peeked::Http {
+            host: Some(name), ..
+        } => FirstBytes::Named {
+            name,
+            source: HostSource::HttpHost,
+        },
+        Peeked::Tls { sni: None, .. } | Peeked::Http { host: None, .. } | Peeked::Other => {
+            FirstBytes::Nameless
+        }
+    }
+}
+
+/// Connect to `dst` from a socket carrying the bypass mark (when set), within
+/// the connect timeout.
+pub async fn connect_upstream(engine: &Engine, dst: SocketAddr) -> io::Result<TcpStream> {
+    let started = Instant::now();
+    let socket = if dst.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(mark) = engine.upstream_mark() {
+        SockRef::from(&socket).set_mark(mark)?;
+    }
+    let stream = tokio::time::timeout(engine.limits().connect_timeout, socket.connect(dst))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    engine.metrics().connect_latency.observe(started.elapsed());
+    Ok(stream)
+}
+
+/// Close `stream` with a TCP reset (SO_LINGER 0): the client fails at once
+/// instead of waiting.
+pub fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Write the decision record for `decision`, count it, and return the record
+/// (the closing record is cut from it).
+pub async fn audit_decision(
+    engine: &Engine,
+    decision: &Decision,
+    fill: impl FnOnce(&mut Record),
+) -> Record {
+    let mut rec = engine.record(egressd_audit::Kind::Tcp, decision);
+    fill(&mut rec);
+    engine.metrics().decision(decision);
+    engine.audit(rec.clone()).await;
+    rec
+}
+
+/// Replay `replay` to the upstream, relay both ways until the tunnel ends,
+/// then write the closing record derived from `decision_record`.
+pub async fn run(
+    engine: Arc<Engine>,
+    client: TcpStream,
+    mut upstream: TcpStream,
+    replay: &[u8],
+    decision_record: Record,
+    started: Instant,
+) {
+    let _open = engine.metrics().connection_opened();
+    let (up_extra, transferred) = if let Err(e) = upstream.write_all(replay).await {
+        tracing::debug!(error = %e, "upstream closed before the first bytes were replayed");
+        (0, None)
+    } else {
+        let t = relay::relay(
+            client,
+            upstream,
+            engine.limits().idle_timeout,
+            engine.cut_tunnels().clone(),
+            &|up, down| engine.metrics().bytes(up, down),
+        )
+        .await;
+        (replay.len() as u64, Some(t))
+    };
+    engine.metrics().bytes(up_extra, 0);
+    let mut closing = decision_record;
+    closing.id = egressd_audit::id::next();
+    closing.ts = egressd_audit::time_format::now();
+    closing.bytes_up = Some(up_extra + transferred.map_or(0, |t| t.up));
+    closing.bytes_down = Some(transferred.map_or(0, |t| t.down));
+    closing.duration_ms = Some(started.elapsed().as_millis() as u64);
+    closing.detail = match transferred.map(|t| t.ending) {
+        None => Some("upstream closed before the first bytes were replayed".into()),
+        Some(Ending::Closed) => None,
+        Some(other) => Some(format!("ended: {}", other.as_str())),
+    };
+    engine.audit(closing).await;
+}

@@ -1,0 +1,1 @@
+//! A small authoritative DNS server for tests (being written).

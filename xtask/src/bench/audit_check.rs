@@ -1,0 +1,74 @@
+//! Counting egressd's audit records after a run: one decision record per
+//! decision the load generator caused, plus closing records (with
+//! `bytes_up`) for allowed tunnels. A single missing record fails the run.
+
+use std::path::Path;
+
+/// Records found in an audit directory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AuditCount {
+    /// Decision records (no `bytes_up`).
+    pub decisions: u64,
+    /// Closing records (with `bytes_up`).
+    pub closing: u64,
+    /// Lines that are not a JSON object (a torn tail, at most one per segment).
+    pub unreadable: u64,
+}
+
+/// Counts every JSON Lines record under `dir` (recursively).
+pub fn count(dir: &Path) -> std::io::Result<AuditCount> {
+    let mut c = AuditCount::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(serde_json::Value::Object(o)) if o.contains_key("v") && o.contains_key("decision") => {
+                        if o.get("bytes_up").is_some_and(|b| !b.is_null()) {
+                            c.closing += 1;
+                        } else {
+                            c.decisions += 1;
+                        }
+                    }
+                    _ => c.unreadable += 1,
+                }
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// The verdict on one egressd lifetime.
+#[derive(Clone, Debug)]
+pub struct AuditCheck {
+    /// Decisions the load generator saw egressd make.
+    pub expected_decisions: u64,
+    /// Allowed tunnels that must have a closing record.
+    pub expected_closing: u64,
+    /// What the journal holds.
+    pub found: AuditCount,
+}
+
+impl AuditCheck {
+    /// Records missing (0 when the journal is complete).
+    pub fn missing(&self) -> u64 {
+        self.expected_decisions.saturating_sub(self.found.decisions)
+            + self.expected_closing.saturating_sub(self.found.closing)
+    }
+
+    /// One table cell.
+    pub fn cell(&self) -> String {
+        let m = self.missing();
+        let status = if m == 0 { "ok" } else { "**MISSING**" };
+        format!(
+            "{status}: {}/{} decisions, {}/{} closing",
+            self.found.decisions, self.expected_decisions, self.found.closing, self.expected_closing
+        )
+    }
+}

@@ -1,0 +1,158 @@
+//! `cargo xtask bench`: egressd beside its peers (performance.md, issue 8).
+//!
+//! One command installs the peers (as root, from Debian's packages),
+//! configures each for the same job in a temp dir on loopback ports, runs
+//! W1-W7 against direct, the reference relay, each peer and egressd, and
+//! prints one Markdown table per workload. Every run is bounded in time and
+//! count; every process is killed on drop.
+
+mod allowlist;
+mod audit_check;
+mod backend;
+mod install;
+mod loadgen;
+mod measure;
+mod peers;
+mod process;
+mod relay;
+mod report;
+mod tls;
+mod workloads;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use measure::{Bench, Settings};
+use peers::{Egressd, Env};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A 2-3 minute run: 3 repetitions of 1 s, smaller bulk and idle counts.
+    #[arg(long)]
+    quick: bool,
+    /// Workloads to run, comma separated (W1..W7).
+    #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W5,W6,W7")]
+    workloads: Vec<String>,
+    /// Also write the Markdown report to FILE.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Use this egressd binary instead of building `cargo build --release -p egressd`.
+    #[arg(long)]
+    egressd: Option<PathBuf>,
+    /// Do not install missing peers (they are then skipped).
+    #[arg(long)]
+    no_install: bool,
+    /// Internal: serve the reference relay in MODE (started by the harness).
+    #[arg(long, hide = true)]
+    serve_relay: Option<relay::Mode>,
+    /// Internal: the relay's listen address.
+    #[arg(long, hide = true)]
+    relay_listen: Option<SocketAddr>,
+    /// Internal: the relay's fixed upstream (SNI mode).
+    #[arg(long, hide = true)]
+    relay_upstream: Option<SocketAddr>,
+    /// Internal: the relay's allowlist size.
+    #[arg(long, hide = true, default_value_t = 10)]
+    relay_rules: usize,
+}
+
+/// Entry point.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(mode) = args.serve_relay {
+        let listen = args.relay_listen.context("--serve-relay needs --relay-listen")?;
+        return relay::serve(mode, listen, args.relay_upstream, args.relay_rules);
+    }
+    if cfg!(debug_assertions) && std::env::var_os("EGRESSD_BENCH_DEBUG").is_none() {
+        // A debug load generator would measure itself: rerun optimised.
+        eprintln!("bench: rebuilding xtask with --release (set EGRESSD_BENCH_DEBUG=1 to skip)");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["run", "--release", "--quiet", "-p", "xtask", "--"])
+            .args(std::env::args_os().skip(1))
+            .status()
+            .context("run cargo")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    process::raise_nofile(262_144);
+    let wanted: Vec<String> = args.workloads.iter().map(|w| w.trim().to_ascii_uppercase()).collect();
+    let missing = install::ensure_peers(!args.no_install)?;
+
+    let egressd = match args.egressd.clone() {
+        Some(bin) => Some(Egressd::probe(bin)),
+        None => match install::build_egressd() {
+            Ok(bin) => Some(Egressd::probe(bin)),
+            Err(e) => {
+                eprintln!("bench: egressd not built, its rows will say so: {e:#}");
+                None
+            }
+        },
+    };
+
+    let pki = tls::Pki::generate()?;
+    let servers = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bench-backend").enable_all().build()?;
+    let load = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bench-load").enable_all().build()?;
+    let backends = backend::start(&servers, pki.server.clone())?;
+    let dir = tempfile::Builder::new().prefix("egressd-bench-").tempdir()?;
+    let bench = Bench {
+        env: Env { dir: dir.path().to_path_buf(), backends, exe: std::env::current_exe()?, egressd: egressd.clone() },
+        load: load.handle().clone(),
+        settings: if args.quick {
+            Settings { reps: 3, dur: Duration::from_secs(1) }
+        } else {
+            Settings { reps: 5, dur: Duration::from_secs(5) }
+        },
+        next_op: Cell::new(0),
+    };
+    let hellos = loadgen::tunnel::Hellos::new(&pki)?;
+    let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
+    let (bulk_bytes, idle) = if args.quick { (1u64 << 30, 2_000) } else { (4u64 << 30, 10_000) };
+
+    let mut tables = Vec::new();
+    for w in &wanted {
+        let table = match w.as_str() {
+            "W1" => workloads::w1(&bench),
+            "W2" => workloads::w2(&bench, &connector),
+            "W3" => workloads::w3(&bench, &hellos, bulk_bytes),
+            "W4" => workloads::w4(&bench),
+            "W5" => workloads::w5(&bench, &hellos),
+            "W6" => workloads::w6(&bench, &hellos, idle),
+            "W7" => workloads::w7(&bench),
+            other => bail!("unknown workload {other:?}: use W1..W7"),
+        };
+        eprintln!("{}", table.markdown());
+        tables.push(table);
+    }
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Command: `cargo xtask bench{}{}`; {} CPUs, kernel {}; egressd: {}.\n\n",
+        if args.quick { " --quick" } else { "" },
+        if wanted.len() < 7 { format!(" --workloads {}", wanted.join(",")) } else { String::new() },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        egressd.as_ref().map_or("not built".to_owned(), |e| e.bin.display().to_string()),
+    ));
+    if !missing.is_empty() {
+        md.push_str(&format!("Peers not installed (skipped): {}.\n\n", missing.join(", ")));
+    }
+    for t in &tables {
+        md.push_str(&t.markdown());
+    }
+    println!("{md}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &md).with_context(|| format!("write {}", out.display()))?;
+    }
+    drop(load);
+    drop(servers);
+    let failed: Vec<&str> = tables.iter().filter(|t| t.failed).map(|t| t.title.as_str()).collect();
+    if !failed.is_empty() {
+        bail!("runs failed (unexpected errors or missing audit records) in: {}", failed.join("; "));
+    }
+    Ok(())
+}
