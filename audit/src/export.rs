@@ -109,6 +109,10 @@ pub struct Writer<W: Write> {
     inner: Inner<W>,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one writer per export; the size does not matter"
+)]
 enum Inner<W: Write> {
     Jsonl(W),
     Csv(csv::Writer<W>),

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 thread_local! {
-    static GENERATOR: RefCell<ulid::Generator> = RefCell::new(ulid::Generator::new());
+    static GENERATOR: RefCell<ulid::Generator> = const { RefCell::new(ulid::Generator::new()) };
 }
 
 /// The next id.

@@ -111,7 +111,7 @@ pub struct ShipStats {
 }
 
 /// What the shipper has done, published after every step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Position after the last acknowledged record (the checkpoint).
     pub acked: Position,
@@ -234,7 +234,7 @@ impl Shipper {
 impl ShipperHandle {
     /// The latest progress.
     pub fn progress(&self) -> Progress {
-        *self.progress.borrow()
+        self.progress.borrow().clone()
     }
 
     /// Ship everything in the journal now and wait until the service has
@@ -257,10 +257,10 @@ impl ShipperHandle {
             Ok(Ok(p)) => Ok(p.stats),
             Ok(Err(_)) => Err(ShipError::Stopped),
             Err(_) => {
-                let p = *self.progress.borrow();
+                let p = self.progress.borrow();
                 Err(ShipError::FlushTimeout {
                     acked: p.acked,
-                    last_error: self.progress.borrow().failing.as_ref().map(|e| e.to_string()),
+                    last_error: p.failing.as_ref().map(|e| e.to_string()),
                 })
             }
         }

@@ -13,7 +13,9 @@
 //! - Private addresses (which no name rule opens) become explicit `ip:` rules.
 //! - What no rule can or should allow (cloud metadata, link-local and the other
 //!   built-in classes, UDP/ICMP/raw sockets, explicit deny rules, malformed
-//!   traffic) is listed in comments at the end, never as a rule.
+//!   traffic), and what enforce mode really refused (only audit mode says what
+//!   a policy would have needed), is listed in comments at the end, never as a
+//!   rule.
 //! - Every rule has a comment: how often it was used and by which processes.
 //!   Text from the network is reduced to printable ASCII before it reaches a
 //!   comment, and names are emitted only when they are valid host names.
@@ -222,6 +224,9 @@ fn not_allowable(rec: &Record, enforced: Verdict) -> Option<&'static str> {
         | Reason::UdpBlocked
         | Reason::IcmpBlocked
         | Reason::RawBlocked => rec.reason.as_str(),
+        _ if rec.decision == Verdict::Deny => {
+            "refused in enforce mode; run in audit mode to have it suggested"
+        }
         _ => return None,
     };
     Some(why)

@@ -112,7 +112,10 @@ mod tests {
 
     #[test]
     fn ipv4_and_v4_mapped_give_one_key() {
-        let a = tuple("127.0.0.1:4000".parse().unwrap(), "127.0.0.1:15001".parse().unwrap());
+        let a = tuple(
+            "127.0.0.1:4000".parse().unwrap(),
+            "127.0.0.1:15001".parse().unwrap(),
+        );
         let b = tuple(
             "[::ffff:127.0.0.1]:4000".parse().unwrap(),
             "[::ffff:127.0.0.1]:15001".parse().unwrap(),

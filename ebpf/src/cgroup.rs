@@ -39,7 +39,9 @@ fn unescape_mountinfo(field: &str) -> String {
             && let Some(oct) = bytes.get(i + 1..i + 4)
             && oct.iter().all(|b| (b'0'..=b'7').contains(b))
         {
-            let v = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            let v = oct
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
             if let Ok(v) = u8::try_from(v) {
                 out.push(v);
                 i += 4;
@@ -94,7 +96,10 @@ pub fn container_id_of_cgroup_path(path: &str) -> Option<String> {
     path.split('/').rev().find_map(|segment| {
         let segment = segment.strip_suffix(".scope").unwrap_or(segment);
         let id = segment.rsplit(['-', ':']).next().unwrap_or(segment);
-        let is_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let is_id = id.len() == 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         is_id.then(|| id.to_string())
     })
 }
@@ -143,7 +148,9 @@ impl ChildCgroup {
     /// A handle that moves the calling process into this cgroup, for
     /// `CommandExt::pre_exec` (it outlives the borrow of `self`).
     pub fn entry(&self) -> CgroupEntry {
-        CgroupEntry { procs: self.procs.clone() }
+        CgroupEntry {
+            procs: self.procs.clone(),
+        }
     }
 
     /// Kills what runs inside and removes the directory, waiting briefly for the
@@ -218,16 +225,28 @@ mod tests {
     fn finds_cgroup2_in_mountinfo() {
         let text = "25 1 0:23 / /sys rw - sysfs sysfs rw\n\
                     41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount_in(text), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(cgroup2_mount_in("25 1 0:23 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            cgroup2_mount_in(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount_in("25 1 0:23 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
         let escaped = "41 31 0:38 / /mnt/cg\\040two rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount_in(escaped), Some(PathBuf::from("/mnt/cg two")));
+        assert_eq!(
+            cgroup2_mount_in(escaped),
+            Some(PathBuf::from("/mnt/cg two"))
+        );
     }
 
     #[test]
     fn container_ids_from_paths() {
         let id = "a".repeat(64);
-        assert_eq!(container_id_of_cgroup_path(&format!("/docker/{id}")), Some(id.clone()));
+        assert_eq!(
+            container_id_of_cgroup_path(&format!("/docker/{id}")),
+            Some(id.clone())
+        );
         assert_eq!(
             container_id_of_cgroup_path(&format!("/system.slice/docker-{id}.scope")),
             Some(id.clone())
@@ -236,6 +255,9 @@ mod tests {
             container_id_of_cgroup_path(&format!("/kubepods/pod1/cri-containerd-{id}.scope")),
             Some(id)
         );
-        assert_eq!(container_id_of_cgroup_path("/user.slice/user-1000.slice"), None);
+        assert_eq!(
+            container_id_of_cgroup_path("/user.slice/user-1000.slice"),
+            None
+        );
     }
 }

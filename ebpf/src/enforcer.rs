@@ -66,7 +66,10 @@ pub struct Enforcer {
 impl std::fmt::Debug for Enforcer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Enforcer")
-            .field("links", &self.links.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "links",
+                &self.links.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("pin_dir", &self.pin_dir)
             .finish_non_exhaustive()
     }
@@ -84,7 +87,9 @@ impl Enforcer {
     /// an earlier run only after the new links are in place).
     pub fn attach(cfg: EnforcerConfig) -> Result<Enforcer, EbpfError> {
         if cfg.proxy_port == 0 || cfg.dns_port == 0 {
-            return Err(EbpfError::Config("proxy_port and dns_port must be set".into()));
+            return Err(EbpfError::Config(
+                "proxy_port and dns_port must be set".into(),
+            ));
         }
         crate::probe::require_cgroup2_dir(&cfg.cgroup)?;
         if let Some(dir) = &cfg.pin_dir {
@@ -92,7 +97,8 @@ impl Enforcer {
         }
         let mut ebpf = load(&cfg)?;
         fill_passthrough(&mut ebpf, &cfg)?;
-        let cgroup = File::open(&cfg.cgroup).map_err(|e| EbpfError::io("opening cgroup", &cfg.cgroup, e))?;
+        let cgroup =
+            File::open(&cfg.cgroup).map_err(|e| EbpfError::io("opening cgroup", &cfg.cgroup, e))?;
 
         // Dropping `owned` on an early return detaches what was attached so far.
         let mut owned = Vec::with_capacity(PROGRAMS.len());
@@ -100,15 +106,18 @@ impl Enforcer {
             owned.push((name, attach_one(&mut ebpf, name, &cgroup)?));
         }
         let links = match &cfg.pin_dir {
-            None => owned.into_iter().map(|(n, l)| (n, Attached::Owned(l))).collect(),
+            None => owned
+                .into_iter()
+                .map(|(n, l)| (n, Attached::Owned(l)))
+                .collect(),
             Some(dir) => pin::pin_all(dir, owned)?
                 .into_iter()
                 .map(|(n, l)| (n, Attached::Pinned(l)))
                 .collect(),
         };
 
-        let tuple_orig = take_map(&mut ebpf, "tuple_orig", |m| HashMap::try_from(m))?;
-        let events = take_map(&mut ebpf, "events", |m| RingBuf::try_from(m))?;
+        let tuple_orig = take_map(&mut ebpf, "tuple_orig", HashMap::try_from)?;
+        let events = take_map(&mut ebpf, "events", RingBuf::try_from)?;
         let mut dns_targets: Vec<IpAddr> =
             vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
         dns_targets.extend(first_gateways(&cfg.container_gateways).0.map(IpAddr::V4));
@@ -129,7 +138,10 @@ impl Enforcer {
     /// `local` = its local address): the original destination and the process.
     /// Works for DNS over TCP and UDP too when the proxy knows its local address.
     pub fn original_dst(&self, client: SocketAddr, local: SocketAddr) -> Option<OriginalDst> {
-        self.tuple_orig.get(&abi::tuple(client, local), 0).ok().map(OriginalDst::from)
+        self.tuple_orig
+            .get(&abi::tuple(client, local), 0)
+            .ok()
+            .map(OriginalDst::from)
     }
 
     /// For a DNS datagram or stream the DNS proxy received from `client`: the resolver
@@ -149,9 +161,14 @@ impl Enforcer {
     /// The in-kernel denies (UDP other than DNS, ping/raw/packet sockets, backstop
     /// drops). Call once, inside a tokio runtime.
     pub fn deny_events(&mut self) -> Result<DenyEvents, EbpfError> {
-        let ring = self.events.take().ok_or_else(|| EbpfError::Events("already taken".into()))?;
+        let ring = self
+            .events
+            .take()
+            .ok_or_else(|| EbpfError::Events("already taken".into()))?;
         DenyEvents::new(ring).map_err(|e| {
-            EbpfError::Events(format!("cannot watch the ring buffer (inside a tokio runtime?): {e}"))
+            EbpfError::Events(format!(
+                "cannot watch the ring buffer (inside a tokio runtime?): {e}"
+            ))
         })
     }
 
@@ -169,7 +186,10 @@ impl Enforcer {
                     drop(l);
                     Ok(())
                 }
-                Attached::Pinned(l) => l.unpin().map(drop).map_err(|e| EbpfError::program(name, "unpin", e)),
+                Attached::Pinned(l) => l
+                    .unpin()
+                    .map(drop)
+                    .map_err(|e| EbpfError::program(name, "unpin", e)),
             };
             if let Err(e) = result {
                 first_error.get_or_insert(e);
@@ -203,7 +223,9 @@ fn load(cfg: &EnforcerConfig) -> Result<Ebpf, EbpfError> {
     let gw4 = gw4.map_or(0, |a| u32::from_ne_bytes(a.octets()));
     let gw6 = gw6.map_or([0u32; 4], |a| {
         let o = a.octets();
-        std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+        std::array::from_fn(|i| {
+            u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+        })
     });
     let proxy_cgroup_id = cfg.proxy_cgroup_id.unwrap_or(0);
     let ebpf = EbpfLoader::new()
@@ -225,7 +247,10 @@ fn fill_passthrough(ebpf: &mut Ebpf, cfg: &EnforcerConfig) -> Result<(), EbpfErr
         .map_mut("passthrough")
         .ok_or_else(|| EbpfError::Config("the object has no passthrough map".into()))?;
     let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
-        LpmTrie::try_from(map).map_err(|source| EbpfError::Map { map: "passthrough", source })?;
+        LpmTrie::try_from(map).map_err(|source| EbpfError::Map {
+            map: "passthrough",
+            source,
+        })?;
     for net in &cfg.passthrough {
         let net = net.trunc();
         let prefix = match net {
@@ -233,7 +258,10 @@ fn fill_passthrough(ebpf: &mut Ebpf, cfg: &EnforcerConfig) -> Result<(), EbpfErr
             ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
         };
         trie.insert(&Key::new(prefix, abi::addr16(net.addr())), 1, 0)
-            .map_err(|source| EbpfError::Map { map: "passthrough", source })?;
+            .map_err(|source| EbpfError::Map {
+                map: "passthrough",
+                source,
+            })?;
     }
     Ok(())
 }
@@ -250,7 +278,11 @@ fn take_map<T>(
 }
 
 /// Loads one program and attaches it to the cgroup, returning its link.
-pub(crate) fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, EbpfError> {
+pub(crate) fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, EbpfError> {
     let mode = CgroupAttachMode::Single;
     let program = ebpf
         .program_mut(name)
@@ -277,10 +309,16 @@ pub(crate) fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> 
         }
         Program::CgroupSkb(p) => {
             p.load().map_err(load_err)?;
-            let id = p.attach(cgroup, CgroupSkbAttachType::Egress, mode).map_err(attach_err)?;
+            let id = p
+                .attach(cgroup, CgroupSkbAttachType::Egress, mode)
+                .map_err(attach_err)?;
             FdLink::try_from(p.take_link(id).map_err(take_err)?).map_err(link_err)?
         }
-        _ => return Err(EbpfError::Config(format!("program {name} has an unexpected type"))),
+        _ => {
+            return Err(EbpfError::Config(format!(
+                "program {name} has an unexpected type"
+            )));
+        }
     };
     Ok(link)
 }

@@ -66,8 +66,16 @@ pub enum EbpfError {
 }
 
 impl EbpfError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn program(
@@ -75,6 +83,10 @@ impl EbpfError {
         action: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self::Program { program, action, source: Box::new(source) }
+        Self::Program {
+            program,
+            action,
+            source: Box::new(source),
+        }
     }
 }

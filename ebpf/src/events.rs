@@ -131,7 +131,10 @@ impl DenyEvents {
 
 fn next_event(ring: &mut RingBuf<MapData>) -> Option<DenyEvent> {
     while let Some(item) = ring.next() {
-        if let Some(event) = RawDenyEvent::parse(&item).as_ref().and_then(DenyEvent::from_raw) {
+        if let Some(event) = RawDenyEvent::parse(&item)
+            .as_ref()
+            .and_then(DenyEvent::from_raw)
+        {
             return Some(event);
         }
     }

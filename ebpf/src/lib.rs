@@ -20,7 +20,9 @@ mod events;
 mod pin;
 mod probe;
 
-pub use cgroup::{CgroupEntry, ChildCgroup, cgroup_path_of_id, cgroup2_mount, container_id_of_cgroup_path};
+pub use cgroup::{
+    CgroupEntry, ChildCgroup, cgroup_path_of_id, cgroup2_mount, container_id_of_cgroup_path,
+};
 pub use config::EnforcerConfig;
 pub use enforcer::{Enforcer, OriginalDst};
 pub use error::EbpfError;

@@ -38,7 +38,8 @@ pub(crate) fn pin_all(
     for (name, link) in links {
         let path = dir.join(name);
         let result = remove_pin(&path).and_then(|_| {
-            link.pin(&path).map_err(|e| EbpfError::program(name, "pin", e))
+            link.pin(&path)
+                .map_err(|e| EbpfError::program(name, "pin", e))
         });
         match result {
             Ok(p) => pinned.push((name, p)),
@@ -80,9 +81,12 @@ pub fn cleanup(pin_dir: &Path) -> Result<Vec<PathBuf>, EbpfError> {
             removed.push(path);
         }
     }
-    let empty = std::fs::read_dir(pin_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let empty = std::fs::read_dir(pin_dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
     if empty {
-        std::fs::remove_dir(pin_dir).map_err(|e| EbpfError::io("removing pin directory", pin_dir, e))?;
+        std::fs::remove_dir(pin_dir)
+            .map_err(|e| EbpfError::io("removing pin directory", pin_dir, e))?;
         removed.push(pin_dir.to_path_buf());
     }
     Ok(removed)

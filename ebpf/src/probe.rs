@@ -45,9 +45,16 @@ pub(crate) fn probe() -> Result<(), EbpfError> {
             aya::programs::Program::SockOps(p) => p.load(),
             aya::programs::Program::CgroupSock(p) => p.load(),
             aya::programs::Program::CgroupSkb(p) => p.load(),
-            _ => return Err(EbpfError::Config(format!("program {name} has an unexpected type"))),
+            _ => {
+                return Err(EbpfError::Config(format!(
+                    "program {name} has an unexpected type"
+                )));
+            }
         };
-        loaded.map_err(|e| EbpfError::MissingFeature { feature: feature_of(name), detail: error_chain(&e) })?;
+        loaded.map_err(|e| EbpfError::MissingFeature {
+            feature: feature_of(name),
+            detail: error_chain(&e),
+        })?;
     }
     Ok(())
 }
@@ -73,10 +80,18 @@ pub(crate) fn fs_magic(path: &Path) -> Result<i64, EbpfError> {
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out pointer.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     if rc != 0 {
-        return Err(EbpfError::io("inspecting", path, std::io::Error::last_os_error()));
+        return Err(EbpfError::io(
+            "inspecting",
+            path,
+            std::io::Error::last_os_error(),
+        ));
     }
-    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
-    Ok(st.f_type as i64)
+    #[allow(
+        clippy::useless_conversion,
+        reason = "f_type is i64 on 64-bit glibc but narrower on other targets (not `expect`: it holds only here)"
+    )]
+    let f_type = i64::from(st.f_type);
+    Ok(f_type)
 }
 
 /// Fails unless `path` is a directory on a cgroup v2 filesystem.

@@ -47,9 +47,11 @@ impl Builder {
             Target::Host(HostPattern::Exact(n)) => self.table.names.add_exact(n, hit),
             Target::Host(HostPattern::Below(s)) => self.table.names.add_below(s, hit),
             Target::Net(IpNet::V4(n)) => {
-                self.table
-                    .v4
-                    .insert(u128::from(u32::from(n.network())) << 96, n.prefix_len(), hit);
+                self.table.v4.insert(
+                    u128::from(u32::from(n.network())) << 96,
+                    n.prefix_len(),
+                    hit,
+                );
             }
             Target::Net(IpNet::V6(n)) => {
                 self.table
@@ -164,25 +166,57 @@ fn describe(file: &File) -> HashMap<RuleId, RuleInfo> {
         line: Some(r.at.line),
     };
     for (index, r) in (0u32..).zip(&file.allow) {
-        out.insert(RuleId::Base { list: RuleList::Allow, index }, info(r));
+        out.insert(
+            RuleId::Base {
+                list: RuleList::Allow,
+                index,
+            },
+            info(r),
+        );
     }
     for (index, r) in (0u32..).zip(&file.deny) {
-        out.insert(RuleId::Base { list: RuleList::Deny, index }, info(r));
+        out.insert(
+            RuleId::Base {
+                list: RuleList::Deny,
+                index,
+            },
+            info(r),
+        );
     }
     for set in &file.include {
         for (index, entry) in (0u32..).zip(set.entries()) {
             out.insert(
-                RuleId::Include { set: set.name(), index },
-                RuleInfo { text: entry.to_owned(), line: None },
+                RuleId::Include {
+                    set: set.name(),
+                    index,
+                },
+                RuleInfo {
+                    text: entry.to_owned(),
+                    line: None,
+                },
             );
         }
     }
     for (overr, o) in (0u32..).zip(&file.overrides) {
         for (index, r) in (0u32..).zip(&o.allow) {
-            out.insert(RuleId::Override { overr, list: RuleList::Allow, index }, info(r));
+            out.insert(
+                RuleId::Override {
+                    overr,
+                    list: RuleList::Allow,
+                    index,
+                },
+                info(r),
+            );
         }
         for (index, r) in (0u32..).zip(&o.deny) {
-            out.insert(RuleId::Override { overr, list: RuleList::Deny, index }, info(r));
+            out.insert(
+                RuleId::Override {
+                    overr,
+                    list: RuleList::Deny,
+                    index,
+                },
+                info(r),
+            );
         }
     }
     out

@@ -95,6 +95,15 @@ impl Sink {
         });
     }
 
+    /// How many errors so far; comparing two counts tells whether a step
+    /// reported something.
+    pub(crate) fn error_count(&self) -> usize {
+        self.found
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+
     pub(crate) fn has_errors(&self) -> bool {
         self.found.iter().any(|d| d.severity == Severity::Error)
     }

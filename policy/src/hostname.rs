@@ -68,13 +68,17 @@ pub(crate) fn parse_pattern(raw: &str) -> Result<HostPattern, String> {
             Ok(ascii) if !ascii.is_empty() => format!(
                 "{q}: host names must be ASCII; write the punycode form \"{prefix}{ascii}\""
             ),
-            _ => format!("{q}: host names must be ASCII, and this is not a valid internationalised name"),
+            _ => format!(
+                "{q}: host names must be ASCII, and this is not a valid internationalised name"
+            ),
         });
     }
     let lower = raw.to_ascii_lowercase();
     let name = lower.strip_suffix('.').unwrap_or(&lower);
     if name.is_empty() || name.ends_with('.') {
-        return Err(format!("{q}: empty label (two dots in a row); remove the extra dot"));
+        return Err(format!(
+            "{q}: empty label (two dots in a row); remove the extra dot"
+        ));
     }
     if name.contains('*') {
         return wildcard(&q, name);
@@ -104,7 +108,10 @@ fn wildcard(q: &str, name: &str) -> Result<HostPattern, String> {
     let only_in_first_label = !name[first_label_end..].contains('*');
     let candidate = if !only_in_first_label {
         // `api.*.example.com`, `example.*`: keep what follows the last `*`.
-        name.rsplit('*').next().unwrap_or("").trim_start_matches('.')
+        name.rsplit('*')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('.')
     } else if name.starts_with('*') && name.matches('*').count() == 1 {
         // `*example.com` almost always meant `*.example.com`.
         &name[1..]
@@ -127,14 +134,20 @@ fn wildcard(q: &str, name: &str) -> Result<HostPattern, String> {
 
 fn check_labels(q: &str, name: &str) -> Result<(), String> {
     if name.len() > MAX_NAME {
-        return Err(format!("{q}: longer than {MAX_NAME} characters, so no DNS name can match it"));
+        return Err(format!(
+            "{q}: longer than {MAX_NAME} characters, so no DNS name can match it"
+        ));
     }
     for label in name.split('.') {
         if label.is_empty() {
-            return Err(format!("{q}: empty label (two dots in a row); remove the extra dot"));
+            return Err(format!(
+                "{q}: empty label (two dots in a row); remove the extra dot"
+            ));
         }
         if label.len() > 63 {
-            return Err(format!("{q}: the label {label:?} is longer than 63 characters"));
+            return Err(format!(
+                "{q}: the label {label:?} is longer than 63 characters"
+            ));
         }
         if let Some(c) = label
             .chars()

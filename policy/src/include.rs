@@ -48,8 +48,8 @@ impl IncludeSet {
     /// skipped here (its index stays reserved) and caught by the test that
     /// loads every set.
     pub(crate) fn patterns(self) -> impl Iterator<Item = (u32, HostPattern)> {
-        self.entries().zip(0u32..).filter_map(|(e, i)| {
-            hostname::parse_pattern(e).ok().map(|p| (i, p))
-        })
+        self.entries()
+            .zip(0u32..)
+            .filter_map(|(e, i)| hostname::parse_pattern(e).ok().map(|p| (i, p)))
     }
 }

@@ -31,4 +31,4 @@ pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use include::IncludeSet;
 pub use policy::{JobContext, Loaded, Mode, Policy};
 pub use resolutions::{AssumeBound, NoResolutions, Resolutions};
-pub use ruleset::Ruleset;
+pub use ruleset::{ConnectOptions, Ruleset};

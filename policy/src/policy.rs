@@ -115,9 +115,11 @@ impl Policy {
                 (Some(_), None) => false,
             };
             repo_ok
-                && o.labels
-                    .iter()
-                    .all(|want| job.labels.iter().any(|have| have.eq_ignore_ascii_case(want)))
+                && o.labels.iter().all(|want| {
+                    job.labels
+                        .iter()
+                        .any(|have| have.eq_ignore_ascii_case(want))
+                })
         })
     }
 

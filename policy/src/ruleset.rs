@@ -11,6 +11,13 @@ use crate::hostname::Normalised;
 use crate::matcher::{Hit, PortQuery, Table, earlier};
 use crate::resolutions::Resolutions;
 
+/// Options of [`Ruleset::decide_connect_opts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Filter loopback destinations too (policy.md step 1 skipped).
+    pub filter_loopback: bool,
+}
+
 /// A compiled rule set: what `decide_*` consult.
 #[derive(Debug, Clone)]
 pub struct Ruleset {
@@ -95,7 +102,30 @@ impl Ruleset {
         name: Option<&str>,
         dns: &dyn Resolutions,
     ) -> Decision {
-        self.in_mode(self.connect_enforced(dst, name, dns))
+        self.decide_connect_opts(dst, name, dns, ConnectOptions::default())
+    }
+
+    /// [`Ruleset::decide_connect`] with options. `filter_loopback` skips step 1:
+    /// loopback destinations are then ordinary addresses (no built-in class),
+    /// decided by the rules like any other, which is how a policy is tried
+    /// against local test servers.
+    ///
+    /// ```
+    /// use egressd_policy::{ConnectOptions, NoResolutions, Policy, Verdict};
+    /// let p = Policy::parse("p.yaml", "version: 1\nallow: [127.0.0.2]\n").unwrap().policy;
+    /// let opts = ConnectOptions { filter_loopback: true };
+    /// let d = |a: &str| p.base().decide_connect_opts(a.parse().unwrap(), None, &NoResolutions, opts);
+    /// assert_eq!(d("127.0.0.2:443").verdict, Verdict::Allow);
+    /// assert_eq!(d("127.0.0.3:443").verdict, Verdict::Deny);
+    /// ```
+    pub fn decide_connect_opts(
+        &self,
+        dst: SocketAddr,
+        name: Option<&str>,
+        dns: &dyn Resolutions,
+        opts: ConnectOptions,
+    ) -> Decision {
+        self.in_mode(self.connect_enforced(dst, name, dns, opts))
     }
 
     fn connect_enforced(
@@ -103,10 +133,12 @@ impl Ruleset {
         dst: SocketAddr,
         name: Option<&str>,
         dns: &dyn Resolutions,
+        opts: ConnectOptions,
     ) -> Decision {
         let ip = canonical(dst.ip());
         let port = PortQuery::Port(dst.port());
-        let class = classify(ip);
+        let class =
+            classify(ip).filter(|c| !(opts.filter_loopback && c.class == AddrClass::Loopback));
         // 1. Loopback is never filtered.
         if let Some(c) = class
             && c.class == AddrClass::Loopback
@@ -190,8 +222,12 @@ impl Ruleset {
     /// True when the allow list has a host name rule matching `name` on some
     /// port (used to tell "allowed on other ports" apart in explanations).
     pub fn names_allowed_any_port(&self, name: &str) -> bool {
-        Normalised::new(name)
-            .is_some_and(|n| self.allow.names.lookup(n.as_str(), PortQuery::AnyRule).is_some())
+        Normalised::new(name).is_some_and(|n| {
+            self.allow
+                .names
+                .lookup(n.as_str(), PortQuery::AnyRule)
+                .is_some()
+        })
     }
 }
 

@@ -95,6 +95,35 @@ fn list_keys(keys: &[&str]) -> String {
     keys.join(", ")
 }
 
+/// The allowed key a misspelt one most likely meant: within two edits, or
+/// one is the start of the other (`hostname` for `host`).
+fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let key = key.to_ascii_lowercase();
+    allowed
+        .iter()
+        .map(|a| (edit_distance(&key, a), *a))
+        .filter(|(d, a)| {
+            *d <= 2 || (a.len() >= 3 && (key.starts_with(a) || a.starts_with(key.as_str())))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 /// Walk a mapping: report duplicate and unknown keys, hand known ones to `f`.
 fn each_key<'n>(
     node: &'n Node,
@@ -106,27 +135,44 @@ fn each_key<'n>(
     let Kind::Map(pairs) = &node.kind else {
         sink.error(
             node.at,
-            format!("{what} must be a mapping of keys ({}), found {}", list_keys(allowed), node.shape()),
+            format!(
+                "{what} must be a mapping of keys ({}), found {}",
+                list_keys(allowed),
+                node.shape()
+            ),
         );
         return;
     };
     let mut seen: HashMap<&str, Pos> = HashMap::new();
     for (k, v) in pairs {
         let Some(key) = k.scalar() else {
-            sink.error(k.at, format!("keys in {what} are plain words ({})", list_keys(allowed)));
+            sink.error(
+                k.at,
+                format!("keys in {what} are plain words ({})", list_keys(allowed)),
+            );
             continue;
         };
         if !allowed.contains(&key) {
+            let hint = match closest(key, allowed) {
+                Some(k) => format!("did you mean {k:?}? "),
+                None => String::new(),
+            };
             sink.error(
                 k.at,
-                format!("unknown key {key:?} in {what}; allowed keys: {}", list_keys(allowed)),
+                format!(
+                    "unknown key {key:?} in {what}; {hint}allowed keys: {}",
+                    list_keys(allowed)
+                ),
             );
             continue;
         }
         if let Some(first) = seen.insert(key, k.at) {
             sink.error(
                 k.at,
-                format!("{key:?} appears twice in {what} (first at line {}); keep one", first.line),
+                format!(
+                    "{key:?} appears twice in {what} (first at line {}); keep one",
+                    first.line
+                ),
             );
             seen.insert(key, first);
             continue;
@@ -158,10 +204,15 @@ pub(crate) fn read(root: Option<&Node>, sink: &mut Sink) -> File {
         return file;
     }
     let mut version_seen = false;
-    each_key(root, TOP_KEYS, "the policy", sink, |key, _k, v, sink| match key {
-        "version" => {
-            version_seen = true;
-            match v.scalar() {
+    each_key(
+        root,
+        TOP_KEYS,
+        "the policy",
+        sink,
+        |key, _k, v, sink| match key {
+            "version" => {
+                version_seen = true;
+                match v.scalar() {
                 Some(VERSION) => {}
                 _ => sink.error(
                     v.at,
@@ -171,22 +222,26 @@ pub(crate) fn read(root: Option<&Node>, sink: &mut Sink) -> File {
                     ),
                 ),
             }
-        }
-        "mode" => file.mode = mode(v, sink),
-        "private_ranges" => match v.scalar() {
-            Some("deny") => file.private_ranges_allow = false,
-            Some("allow") => file.private_ranges_allow = true,
-            _ => sink.error(
-                v.at,
-                format!("`private_ranges` must be \"deny\" or \"allow\", found {}", found(v)),
-            ),
+            }
+            "mode" => file.mode = mode(v, sink),
+            "private_ranges" => match v.scalar() {
+                Some("deny") => file.private_ranges_allow = false,
+                Some("allow") => file.private_ranges_allow = true,
+                _ => sink.error(
+                    v.at,
+                    format!(
+                        "`private_ranges` must be \"deny\" or \"allow\", found {}",
+                        found(v)
+                    ),
+                ),
+            },
+            "include" => file.include = include(v, sink),
+            "allow" => file.allow = rules(v, "allow", sink),
+            "deny" => file.deny = rules(v, "deny", sink),
+            "overrides" => file.overrides = overrides(v, sink),
+            _ => {}
         },
-        "include" => file.include = include(v, sink),
-        "allow" => file.allow = rules(v, "allow", sink),
-        "deny" => file.deny = rules(v, "deny", sink),
-        "overrides" => file.overrides = overrides(v, sink),
-        _ => {}
-    });
+    );
     if !version_seen {
         sink.error(
             root.at,
@@ -199,7 +254,13 @@ pub(crate) fn read(root: Option<&Node>, sink: &mut Sink) -> File {
     for (i, o) in file.overrides.iter().enumerate() {
         duplicates(&o.allow, &format!("overrides[{i}].allow"), sink);
         duplicates(&o.deny, &format!("overrides[{i}].deny"), sink);
-        shadowed(&o.allow, &format!("overrides[{i}].allow"), &file.deny, "deny", sink);
+        shadowed(
+            &o.allow,
+            &format!("overrides[{i}].allow"),
+            &file.deny,
+            "deny",
+            sink,
+        );
     }
     file
 }
@@ -218,7 +279,10 @@ fn mode(v: &Node, sink: &mut Sink) -> Option<Mode> {
         _ => {
             sink.error(
                 v.at,
-                format!("`mode` must be \"enforce\" or \"audit\", found {}", found(v)),
+                format!(
+                    "`mode` must be \"enforce\" or \"audit\", found {}",
+                    found(v)
+                ),
             );
             None
         }
@@ -233,7 +297,10 @@ fn items<'n>(v: &'n Node, what: &str, example: &str, sink: &mut Sink) -> &'n [No
         _ => {
             sink.error(
                 v.at,
-                format!("`{what}` must be a list, e.g. `{what}: [{example}]`; found {}", v.shape()),
+                format!(
+                    "`{what}` must be a list, e.g. `{what}: [{example}]`; found {}",
+                    v.shape()
+                ),
             );
             &[]
         }
@@ -246,7 +313,10 @@ fn include(v: &Node, sink: &mut Sink) -> Vec<IncludeSet> {
         let name = item.scalar().filter(|_| !item.is_null());
         match name.and_then(IncludeSet::from_name) {
             Some(set) if sets.contains(&set) => {
-                sink.warn(item.at, format!("{:?} is included twice; remove one", set.name()));
+                sink.warn(
+                    item.at,
+                    format!("{:?} is included twice; remove one", set.name()),
+                );
             }
             Some(set) => sets.push(set),
             None => sink.error(
@@ -254,7 +324,11 @@ fn include(v: &Node, sink: &mut Sink) -> Vec<IncludeSet> {
                 format!(
                     "unknown include set {}; known sets: {}",
                     found(item),
-                    IncludeSet::ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                    IncludeSet::ALL
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ),
         }
@@ -301,6 +375,7 @@ fn keyed(item: &Node, sink: &mut Sink) -> Option<RuleSpec> {
     let mut ports_v: Option<Option<Vec<u16>>> = None;
     let mut ok = true;
     let mut kinds = 0;
+    let errors_before = sink.error_count();
     each_key(item, RULE_KEYS, "a rule", sink, |key, _k, v, sink| {
         if key == "ports" {
             let p = ports(v, sink);
@@ -331,7 +406,7 @@ fn keyed(item: &Node, sink: &mut Sink) -> Option<RuleSpec> {
         return None;
     }
     let Some((at, parsed)) = target else {
-        if kinds == 0 && ok {
+        if kinds == 0 && ok && sink.error_count() == errors_before {
             sink.error(
                 item.at,
                 "this rule has no target; add `host:`, `ip:` or `cidr:`",
@@ -365,7 +440,13 @@ fn ports(v: &Node, sink: &mut Sink) -> Option<Vec<u16>> {
             return None;
         }
         _ => {
-            sink.error(v.at, format!("`ports` is a list such as `ports: [443]`, found {}", v.shape()));
+            sink.error(
+                v.at,
+                format!(
+                    "`ports` is a list such as `ports: [443]`, found {}",
+                    v.shape()
+                ),
+            );
             return None;
         }
     };
@@ -390,7 +471,10 @@ fn ports(v: &Node, sink: &mut Sink) -> Option<Vec<u16>> {
                 }
             }
             Ok(n) => {
-                sink.error(p.at, format!("port {n} is out of range; ports are 1 to 65535"));
+                sink.error(
+                    p.at,
+                    format!("port {n} is out of range; ports are 1 to 65535"),
+                );
                 ok = false;
             }
             Err(_) => {
@@ -436,7 +520,9 @@ fn ip_only(text: &str) -> Result<Target, String> {
         return Ok(Target::Net(single(ip)));
     }
     if text.contains('/') {
-        return Err(format!("{text:?} is a network, and `ip:` takes one address; write `cidr: {text}`"));
+        return Err(format!(
+            "{text:?} is a network, and `ip:` takes one address; write `cidr: {text}`"
+        ));
     }
     Err(format!(
         "{text:?} is not an IP address; for a host name write `host: {text}`"
@@ -446,22 +532,38 @@ fn ip_only(text: &str) -> Result<Target, String> {
 fn cidr(text: &str) -> Result<Target, String> {
     let Some((addr, len)) = text.split_once('/') else {
         return Err(match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => format!("{text:?} has no prefix length; write \"{text}/32\" or `ip: {text}`"),
-            Ok(IpAddr::V6(_)) => format!("{text:?} has no prefix length; write \"{text}/128\" or `ip: {text}`"),
-            Err(_) => format!("{text:?} is not a CIDR; write a network such as \"198.51.100.0/24\""),
+            Ok(IpAddr::V4(_)) => {
+                format!("{text:?} has no prefix length; write \"{text}/32\" or `ip: {text}`")
+            }
+            Ok(IpAddr::V6(_)) => {
+                format!("{text:?} has no prefix length; write \"{text}/128\" or `ip: {text}`")
+            }
+            Err(_) => {
+                format!("{text:?} is not a CIDR; write a network such as \"198.51.100.0/24\"")
+            }
         });
     };
     let Ok(ip) = addr.parse::<IpAddr>() else {
-        return Err(format!("{text:?}: {addr:?} is not an IP address; write a network such as \"198.51.100.0/24\""));
+        return Err(format!(
+            "{text:?}: {addr:?} is not an IP address; write a network such as \"198.51.100.0/24\""
+        ));
     };
     let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
-    let Ok(len) = len.parse::<u8>().map_err(|_| ()).and_then(|l| if l <= max { Ok(l) } else { Err(()) }) else {
-        return Err(format!("{text:?}: the prefix length must be a number from 0 to {max}"));
+    let Ok(len) = len
+        .parse::<u8>()
+        .map_err(|_| ())
+        .and_then(|l| if l <= max { Ok(l) } else { Err(()) })
+    else {
+        return Err(format!(
+            "{text:?}: the prefix length must be a number from 0 to {max}"
+        ));
     };
     let net = IpNet::new(ip, len).map_err(|_| format!("{text:?}: bad prefix length"))?;
     let trunc = net.trunc();
     if trunc != net {
-        return Err(format!("{text:?}: host bits are set after /{len}; write \"{trunc}\""));
+        return Err(format!(
+            "{text:?}: host bits are set after /{len}; write \"{trunc}\""
+        ));
     }
     Ok(Target::Net(canonical_net(net)))
 }
@@ -488,9 +590,14 @@ fn canonical_net(net: IpNet) -> IpNet {
 
 fn overrides(v: &Node, sink: &mut Sink) -> Vec<OverrideSpec> {
     let mut out = Vec::new();
-    for (i, item) in items(v, "overrides", "{ when: { labels: [gpu] }, allow: [\"*.nvidia.com\"] }", sink)
-        .iter()
-        .enumerate()
+    for (i, item) in items(
+        v,
+        "overrides",
+        "{ when: { labels: [gpu] }, allow: [\"*.nvidia.com\"] }",
+        sink,
+    )
+    .iter()
+    .enumerate()
     {
         let mut o = OverrideSpec {
             repository: None,
@@ -501,16 +608,22 @@ fn overrides(v: &Node, sink: &mut Sink) -> Vec<OverrideSpec> {
         };
         let mut has_when = false;
         let what = format!("overrides[{i}]");
-        each_key(item, OVERRIDE_KEYS, &what, sink, |key, _k, v, sink| match key {
-            "when" => {
-                has_when = true;
-                when(v, &mut o, sink);
-            }
-            "mode" => o.mode = mode(v, sink),
-            "allow" => o.allow = rules(v, "allow", sink),
-            "deny" => o.deny = rules(v, "deny", sink),
-            _ => {}
-        });
+        each_key(
+            item,
+            OVERRIDE_KEYS,
+            &what,
+            sink,
+            |key, _k, v, sink| match key {
+                "when" => {
+                    has_when = true;
+                    when(v, &mut o, sink);
+                }
+                "mode" => o.mode = mode(v, sink),
+                "allow" => o.allow = rules(v, "allow", sink),
+                "deny" => o.deny = rules(v, "deny", sink),
+                _ => {}
+            },
+        );
         if !has_when && matches!(item.kind, Kind::Map(_)) {
             sink.error(
                 item.at,
@@ -524,6 +637,7 @@ fn overrides(v: &Node, sink: &mut Sink) -> Vec<OverrideSpec> {
 
 fn when(v: &Node, o: &mut OverrideSpec, sink: &mut Sink) {
     let mut any = false;
+    let errors_before = sink.error_count();
     each_key(v, WHEN_KEYS, "`when`", sink, |key, _k, v, sink| {
         any = true;
         match key {
@@ -531,20 +645,26 @@ fn when(v: &Node, o: &mut OverrideSpec, sink: &mut Sink) {
                 Some(glob) => o.repository = Some(glob.to_owned()),
                 None => sink.error(
                     v.at,
-                    format!("`repository` is a glob such as \"acme/legacy-*\", found {}", v.shape()),
+                    format!(
+                        "`repository` is a glob such as \"acme/legacy-*\", found {}",
+                        v.shape()
+                    ),
                 ),
             },
             _ => {
                 for l in items(v, "labels", "gpu", sink) {
                     match l.scalar().filter(|s| !l.is_null() && !s.is_empty()) {
                         Some(label) => o.labels.push(label.to_owned()),
-                        None => sink.error(l.at, format!("a label is a word such as gpu, found {}", l.shape())),
+                        None => sink.error(
+                            l.at,
+                            format!("a label is a word such as gpu, found {}", l.shape()),
+                        ),
                     }
                 }
             }
         }
     });
-    if !any && matches!(v.kind, Kind::Map(_)) {
+    if !any && matches!(v.kind, Kind::Map(_)) && sink.error_count() == errors_before {
         sink.error(
             v.at,
             "`when` is empty, so it would match every job; give `repository:` and/or `labels:`",
@@ -572,7 +692,13 @@ fn duplicates(rules: &[RuleSpec], list: &str, sink: &mut Sink) {
 }
 
 /// Warn about an allow rule that a deny rule for the same target cancels.
-fn shadowed(allow: &[RuleSpec], allow_name: &str, deny: &[RuleSpec], deny_name: &str, sink: &mut Sink) {
+fn shadowed(
+    allow: &[RuleSpec],
+    allow_name: &str,
+    deny: &[RuleSpec],
+    deny_name: &str,
+    sink: &mut Sink,
+) {
     let denied: HashMap<&Target, usize> = deny
         .iter()
         .enumerate()

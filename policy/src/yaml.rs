@@ -134,7 +134,10 @@ fn build<'a>(
 ) -> Option<Node> {
     let at = pos(&span);
     if depth > MAX_DEPTH {
-        sink.error(at, format!("nested more than {MAX_DEPTH} levels deep; a policy never needs that"));
+        sink.error(
+            at,
+            format!("nested more than {MAX_DEPTH} levels deep; a policy never needs that"),
+        );
         return None;
     }
     match event {

@@ -5,3 +5,14 @@
 pub mod cmd;
 pub mod logging;
 pub mod peek;
+pub mod dns;
+pub mod connect;
+pub mod decide;
+pub mod engine;
+pub mod limits;
+pub mod metrics;
+pub mod origin;
+pub mod relay;
+pub mod reload;
+pub mod transparent;
+pub mod tunnel;

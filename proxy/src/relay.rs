@@ -5,7 +5,6 @@
 //! Buffers are allocated only when data first arrives, so idle tunnels stay small.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -93,11 +92,13 @@ pub async fn relay(
     let start = Instant::now();
     let (client_r, client_w) = client.into_split();
     let (upstream_r, upstream_w) = upstream.into_split();
-    let up = Arc::new(Progress::new());
-    let down = Arc::new(Progress::new());
+    let up = Progress::new();
+    let down = Progress::new();
 
-    let up_dir = copy(client_r, upstream_w, &up, start, &|n| on_bytes(n, 0));
-    let down_dir = copy(upstream_r, client_w, &down, start, &|n| on_bytes(0, n));
+    let count_up = |n| on_bytes(n, 0);
+    let count_down = |n| on_bytes(0, n);
+    let up_dir = copy(client_r, upstream_w, &up, start, &count_up);
+    let down_dir = copy(upstream_r, client_w, &down, start, &count_down);
     let both = async {
         let (u, d) = tokio::join!(up_dir, down_dir);
         match (u, d) {

@@ -209,7 +209,8 @@ impl Formatter {
     fn push(&mut self, r: &Record) -> Result<(), csv::Error> {
         match self.format {
             ExportFormat::Jsonl => {
-                serde_json::to_writer(&mut self.jsonl, r).map_err(csv::Error::from)?;
+                serde_json::to_writer(&mut self.jsonl, r)
+                    .map_err(|e| csv::Error::from(std::io::Error::other(e)))?;
                 self.jsonl.push(b'\n');
             }
             ExportFormat::Csv => self.csv.write_record(csv_row(r))?,

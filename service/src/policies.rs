@@ -232,6 +232,41 @@ mod tests {
         assert!(!etag_matches("\"abd\"", "\"abc\""));
     }
 
+    const GOOD: &str = "version: 1\nallow:\n  - github.com\n";
+    const BROKEN: &str = "version: 1\nallow:\n  - \"*example.com\"\n";
+
+    #[test]
+    fn broken_files_are_refused_and_the_last_good_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("acme.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("initech.yaml"), BROKEN).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let (pd, report) = PolicyDir::load(dir.path()).unwrap();
+        assert_eq!(report.loaded, vec!["acme".to_owned()]);
+        assert_eq!(report.refused.len(), 1);
+        assert_eq!(report.refused[0].0, "initech");
+        assert!(report.refused[0].1.starts_with("initech.yaml:3:"), "{}", report.refused[0].1);
+        assert_eq!(pd.orgs(), vec!["acme".to_owned()]);
+        let before = pd.get("acme").unwrap();
+
+        std::fs::write(dir.path().join("acme.yaml"), BROKEN).unwrap();
+        let report = pd.reload().unwrap();
+        assert_eq!(report.refused.len(), 1, "reported once: {report:?}");
+        assert_eq!(pd.get("acme").unwrap(), before, "last good kept");
+        let report = pd.reload().unwrap();
+        assert!(report.refused.is_empty(), "not reported again: {report:?}");
+
+        std::fs::write(dir.path().join("acme.yaml"), format!("{GOOD}# v2\n")).unwrap();
+        let report = pd.reload().unwrap();
+        assert_eq!(report.loaded, vec!["acme".to_owned()]);
+        assert_ne!(pd.get("acme").unwrap().etag, before.etag);
+
+        std::fs::remove_file(dir.path().join("acme.yaml")).unwrap();
+        let report = pd.reload().unwrap();
+        assert_eq!(report.removed, vec!["acme".to_owned()]);
+        assert!(pd.get("acme").is_none());
+    }
+
     #[test]
     fn etag_is_stable_and_content_derived() {
         let a = ServedPolicy::new("x".into());

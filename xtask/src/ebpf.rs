@@ -14,14 +14,18 @@ const SOURCE: &str = "bpf/egressd.bpf.c";
 const OBJECT: &str = "bpf/egressd.bpf.o";
 
 fn ebpf_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("ebpf")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("ebpf")
 }
 
 /// Compiles the C source into `out`. Runs inside `ebpf/` with relative paths and maps
 /// that directory to `.`, so the debug info (and so the object) does not depend on
 /// where the checkout lives.
 fn compile(out: &Path) -> anyhow::Result<()> {
-    let dir = ebpf_dir().canonicalize().context("cannot find the ebpf crate")?;
+    let dir = ebpf_dir()
+        .canonicalize()
+        .context("cannot find the ebpf crate")?;
     let multiarch = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
     let status = Command::new(CLANG)
         .current_dir(&dir)
@@ -61,7 +65,11 @@ pub fn check() -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", committed_path.display()))?;
     let rebuilt = std::fs::read(&fresh).context("cannot read the rebuilt object")?;
     if committed != rebuilt {
-        let first = committed.iter().zip(&rebuilt).position(|(a, b)| a != b).unwrap_or(committed.len().min(rebuilt.len()));
+        let first = committed
+            .iter()
+            .zip(&rebuilt)
+            .position(|(a, b)| a != b)
+            .unwrap_or(committed.len().min(rebuilt.len()));
         bail!(
             "ebpf/{OBJECT} is stale: it differs from a fresh build of {SOURCE} (committed {} bytes, rebuilt {} bytes, first difference at byte {first}). \
              Run `cargo xtask ebpf-build` and commit the object (a different clang or libbpf/kernel header version also changes the bytes)",
@@ -69,6 +77,9 @@ pub fn check() -> anyhow::Result<()> {
             rebuilt.len()
         );
     }
-    println!("ebpf/{OBJECT} matches a fresh build ({} bytes)", committed.len());
+    println!(
+        "ebpf/{OBJECT} matches a fresh build ({} bytes)",
+        committed.len()
+    );
     Ok(())
 }

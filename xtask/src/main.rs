@@ -1,6 +1,7 @@
 //! egressd developer tasks (`cargo xtask ...`): building and checking the
 //! committed eBPF object, running the benchmark harness.
 
+mod bench;
 mod ebpf;
 
 use clap::{Parser, Subcommand};
@@ -21,11 +22,14 @@ enum Task {
     /// Rebuild the eBPF object into a temporary file and fail unless it matches the
     /// committed one byte for byte.
     EbpfCheck,
+    /// Run the peer benchmark (W1-W7) and print one Markdown table per workload.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::EbpfBuild => ebpf::build(),
         Task::EbpfCheck => ebpf::check(),
+        Task::Bench(args) => bench::run(args),
     }
 }

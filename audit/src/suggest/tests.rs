@@ -78,6 +78,7 @@ fn include_sets_are_kept_and_cover_their_names() {
 
 #[test]
 fn nothing_seen_is_an_empty_allow_list() {
-    let y = suggest(Vec::new());
-    assert!(y.ends_with("version: 1\nmode: enforce\nallow: []\n"), "{y}");
+    let y = suggest([dns(Verdict::Deny, "evil.example")]);
+    assert!(y.contains("#   evil.example (127.0.0.53:53): refused in enforce mode"), "{y}");
+    assert!(y.contains("version: 1\nmode: enforce\nallow: []\n"), "{y}");
 }

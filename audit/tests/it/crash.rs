@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use egressd_audit::export::{Format, Writer};
 use egressd_audit::journal::{Journal, JournalConfig};
+use egressd_audit::reader::Position;
 use egressd_audit::{reader, segment};
 
 use crate::records::{number_of, numbered};
@@ -125,6 +127,17 @@ fn kill_9_loses_nothing_acknowledged() {
     assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "records out of order or missing in between");
     assert!(segment::list(tmp.path()).unwrap().len() > 1, "the test should span several segments");
 
+    // Export gives back exactly the complete lines on disk, in both formats.
+    let mut on_disk = Vec::new();
+    for seg in segment::list(tmp.path()).unwrap() {
+        let bytes = std::fs::read(segment::path(tmp.path(), seg.seq)).unwrap();
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        on_disk.extend_from_slice(&bytes[..complete]);
+    }
+    assert_eq!(export_all(tmp.path(), Format::Jsonl), on_disk);
+    let csv = String::from_utf8(export_all(tmp.path(), Format::Csv)).unwrap();
+    assert_eq!(csv.lines().count(), nums.len() + 1);
+
     // A new journal after the crash seals the crashed segment: a torn tail
     // there is skipped, and the new record follows the old ones.
     let before = nums.len();
@@ -136,4 +149,12 @@ fn kill_9_loses_nothing_acknowledged() {
     let after: Vec<_> = reader::read_dir(tmp.path()).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(after.len(), before + 1);
     assert_eq!(after[before].detail.as_deref(), Some("after crash"));
+}
+
+fn export_all(dir: &std::path::Path, format: Format) -> Vec<u8> {
+    let mut w = Writer::new(format, Vec::new()).unwrap();
+    for raw in reader::read_raw(dir, Position::default()).unwrap() {
+        w.write(&raw.unwrap()).unwrap();
+    }
+    w.finish().unwrap()
 }

@@ -18,9 +18,14 @@ print(addr[0], addr[1], data.decode(), flush=True)
 fn answered(world: &World, server: &UdpSocket, resolver: &str, expect: &str) {
     let client = world.spawn(support::python(), &["-c", CLIENT, resolver]);
     let mut buf = [0u8; 512];
-    let (n, from) = server.recv_from(&mut buf).expect("the query reached the DNS port");
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("the query reached the DNS port");
     assert_eq!(&buf[..n], b"query");
-    let origin = world.enforcer().dns_origin(from).expect("DNS origin recorded");
+    let origin = world
+        .enforcer()
+        .dns_origin(from)
+        .expect("DNS origin recorded");
     assert_eq!(origin.dst, expect.parse::<SocketAddr>().unwrap());
     assert_eq!(origin.pid, client.pid());
     assert_eq!(origin.comm, client.comm());
@@ -35,7 +40,12 @@ fn udp_dns_v4_is_redirected_and_answered_from_the_resolver_asked() {
         return;
     }
     let world = World::new();
-    answered(&world, &world.proxy.udp4, "198.51.100.53", "198.51.100.53:53");
+    answered(
+        &world,
+        &world.proxy.udp4,
+        "198.51.100.53",
+        "198.51.100.53:53",
+    );
 }
 
 #[test]
@@ -44,7 +54,12 @@ fn udp_dns_v6_is_redirected_and_answered_from_the_resolver_asked() {
         return;
     }
     let world = World::new();
-    answered(&world, &world.proxy.udp6, "2001:db8::53", "[2001:db8::53]:53");
+    answered(
+        &world,
+        &world.proxy.udp6,
+        "2001:db8::53",
+        "[2001:db8::53]:53",
+    );
 }
 
 #[test]
@@ -62,12 +77,28 @@ fn kdig_sees_the_answer_from_the_resolver_it_asked() {
         return;
     }
     let world = World::new();
-    let client = world.spawn("kdig", &["@198.51.100.53", "+timeout=5", "+retry=0", "egressd.test", "A"]);
+    let client = world.spawn(
+        "kdig",
+        &[
+            "@198.51.100.53",
+            "+timeout=5",
+            "+retry=0",
+            "egressd.test",
+            "A",
+        ],
+    );
     let mut buf = [0u8; 512];
-    let (n, from) = world.proxy.udp4.recv_from(&mut buf).expect("kdig's query reached the DNS port");
+    let (n, from) = world
+        .proxy
+        .udp4
+        .recv_from(&mut buf)
+        .expect("kdig's query reached the DNS port");
     assert!(n > 12, "a DNS message");
     let origin = world.enforcer().dns_origin(from).unwrap();
-    assert_eq!(origin.dst, "198.51.100.53:53".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        origin.dst,
+        "198.51.100.53:53".parse::<SocketAddr>().unwrap()
+    );
     assert_eq!(origin.comm, "kdig");
     // Answer with the query itself, flagged as a response (QR, RA; NOERROR).
     let mut reply = buf[..n].to_vec();

@@ -4,7 +4,11 @@ use crate::support::{self, World};
 
 fn attached_programs(cgroup: &std::path::Path) -> Vec<String> {
     let out = support::run("bpftool", &["cgroup", "show", &cgroup.to_string_lossy()]);
-    out.lines().skip(1).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+    out.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -15,7 +19,11 @@ fn detach_leaves_nothing_attached_and_the_cgroup_goes() {
     let mut world = World::new();
     let path = world.cgroup.path().to_path_buf();
     let attached = attached_programs(&path);
-    assert_eq!(attached.len(), egressd_ebpf::PROGRAMS.len(), "all hooks attached: {attached:#?}");
+    assert_eq!(
+        attached.len(),
+        egressd_ebpf::PROGRAMS.len(),
+        "all hooks attached: {attached:#?}"
+    );
     world.enforcer.take().unwrap().detach().unwrap();
     assert_eq!(attached_programs(&path), Vec::<String>::new());
     drop(world);
@@ -28,4 +36,83 @@ fn probe_finds_every_feature() {
         return;
     }
     egressd_ebpf::Enforcer::probe().unwrap();
+}
+
+#[test]
+fn pinned_links_outlive_the_enforcer_and_cleanup_removes_them() {
+    if !support::privileged() {
+        return;
+    }
+    let mut world = World::pinned();
+    let path = world.cgroup.path().to_path_buf();
+    let pin_dir = world.pin_dir.clone().unwrap();
+    // Dropping the enforcer is what a crash does to its fds: pinned links stay.
+    drop(world.enforcer.take());
+    assert_eq!(
+        attached_programs(&path).len(),
+        egressd_ebpf::PROGRAMS.len(),
+        "links survive"
+    );
+
+    // Fail closed: with the proxy gone, a connection from the cgroup is refused,
+    // it does not reach the outside.
+    let proxy_port = world.proxy.proxy_port();
+    drop(std::mem::replace(
+        &mut world.proxy.tcp4,
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    ));
+    let script = r#"
+import socket
+try:
+    socket.create_connection(("198.51.100.10", 443), timeout=5)
+    print("connected", flush=True)
+except ConnectionRefusedError:
+    print("refused", flush=True)
+"#;
+    assert_eq!(
+        world.python(script).finish().trim(),
+        "refused",
+        "proxy port {proxy_port} closed"
+    );
+
+    let removed = egressd_ebpf::cleanup(&pin_dir).unwrap();
+    assert_eq!(
+        removed.len(),
+        egressd_ebpf::PROGRAMS.len() + 1,
+        "every pin and the directory: {removed:?}"
+    );
+    assert_eq!(attached_programs(&path), Vec::<String>::new());
+    assert!(!pin_dir.exists());
+    assert_eq!(
+        egressd_ebpf::cleanup(&pin_dir).unwrap(),
+        Vec::<std::path::PathBuf>::new(),
+        "idempotent"
+    );
+}
+
+#[test]
+fn a_new_pinned_run_replaces_the_pins_of_a_crashed_one() {
+    if !support::privileged() {
+        return;
+    }
+    let mut world = World::pinned();
+    let path = world.cgroup.path().to_path_buf();
+    let pin_dir = world.pin_dir.clone().unwrap();
+    drop(world.enforcer.take()); // the "crashed" run
+    let again = egressd_ebpf::Enforcer::attach(egressd_ebpf::EnforcerConfig {
+        cgroup: path.clone(),
+        proxy_port: world.proxy.proxy_port(),
+        dns_port: world.proxy.dns_port(),
+        pin_dir: Some(pin_dir.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        attached_programs(&path).len(),
+        egressd_ebpf::PROGRAMS.len(),
+        "old links replaced, not doubled"
+    );
+    again.detach().unwrap();
+    assert_eq!(attached_programs(&path), Vec::<String>::new());
+    assert!(!pin_dir.exists());
 }

@@ -46,8 +46,13 @@ for host, port, connect in [("198.51.100.10", 9999, False), ("198.51.100.10", 44
     let dsts: Vec<SocketAddr> = denies.iter().filter_map(|d| d.dst).collect();
     assert_eq!(
         dsts,
-        ["198.51.100.10:9999", "198.51.100.10:443", "[2001:db8::10]:9999", "198.51.100.10:443"]
-            .map(|a| a.parse::<SocketAddr>().unwrap())
+        [
+            "198.51.100.10:9999",
+            "198.51.100.10:443",
+            "[2001:db8::10]:9999",
+            "198.51.100.10:443"
+        ]
+        .map(|a| a.parse::<SocketAddr>().unwrap())
     );
     for d in &denies {
         assert_eq!(d.kind, DenyKind::Udp);
@@ -93,7 +98,13 @@ for name, fam, typ, proto in [("ping4", socket.AF_INET, socket.SOCK_DGRAM, socke
     let kinds: Vec<(DenyKind, u32)> = denies.iter().map(|d| (d.kind, d.protocol)).collect();
     assert_eq!(
         kinds,
-        [(DenyKind::Icmp, 1), (DenyKind::Icmp, 58), (DenyKind::Raw, 1), (DenyKind::Raw, 58), (DenyKind::Raw, 17)]
+        [
+            (DenyKind::Icmp, 1),
+            (DenyKind::Icmp, 58),
+            (DenyKind::Raw, 1),
+            (DenyKind::Raw, 58),
+            (DenyKind::Raw, 17)
+        ]
     );
     for d in &denies {
         assert_eq!(d.comm, "python3");

@@ -3,15 +3,28 @@
 //! anything is sent), the enforcer attached to the cgroup, and clients started
 //! inside the cgroup.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test support: a failed setup step is a failed test"
+)]
+
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use egressd_ebpf::{ChildCgroup, Enforcer, EnforcerConfig, cgroup2_mount};
+
+/// The emulated container bridge's host-side addresses.
+pub const CONTAINER_GW4: &str = "198.51.100.129";
+pub const CONTAINER_GW6: &str = "2001:db8:1::1";
+
+/// Where the pinning tests pin (the usual bpffs mount).
+const BPFFS: &str = "/sys/fs/bpf";
 
 /// The mark the tests' "proxy" sockets carry.
 pub const BYPASS_MARK: u32 = 0x4567_89ab;
@@ -36,7 +49,10 @@ pub fn privileged() -> bool {
 
 /// Runs a command to completion, panicking with its output on failure.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}{}",
@@ -47,7 +63,11 @@ pub fn run(program: &str, args: &[&str]) -> String {
 }
 
 fn run_quiet(program: &str, args: &[&str]) {
-    let _ = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn pid_alive(pid: &str) -> bool {
@@ -60,7 +80,9 @@ fn remove_leftovers() {
     let links = run("ip", &["-o", "link", "show"]);
     for name in links.lines().filter_map(|l| l.split(": ").nth(1)) {
         let name = name.split('@').next().unwrap_or(name);
-        if let Some(rest) = name.strip_prefix("egh")
+        if let Some(rest) = name
+            .strip_prefix("egh")
+            .or_else(|| name.strip_prefix("egb"))
             && let Some((pid, _)) = rest.split_once('x')
             && !pid_alive(pid)
         {
@@ -70,10 +92,21 @@ fn remove_leftovers() {
     let netns = run("ip", &["netns", "list"]);
     for name in netns.lines().filter_map(|l| l.split_whitespace().next()) {
         if let Some(rest) = name.strip_prefix("egressd-ebpf-")
-            && let Some((pid, _)) = rest.split_once('x')
+            && let Some((pid, _)) = rest.trim_start_matches('c').split_once('x')
             && !pid_alive(pid)
         {
             run_quiet("ip", &["netns", "del", name]);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(BPFFS) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix("egressd-ebpf-test-")
+                && let Some((pid, _)) = rest.split_once('x')
+                && !pid_alive(pid)
+            {
+                let _ = egressd_ebpf::cleanup(&entry.path());
+            }
         }
     }
     if let Ok(root) = cgroup2_mount()
@@ -91,44 +124,117 @@ fn remove_leftovers() {
     }
 }
 
-/// A network namespace joined to the host by a veth pair, holding
-/// 198.51.100.10, .53 and 2001:db8::10, ::53; the host side is .1 / ::1.
+/// Runs `ip` with whitespace-separated arguments.
+fn ip(args: &str) -> String {
+    run("ip", &args.split_whitespace().collect::<Vec<_>>())
+}
+
+/// A network namespace joined to the host by a veth pair.
 pub struct NetNs {
     pub name: String,
     pub host_if: String,
 }
 
 impl NetNs {
-    fn create(id: &str) -> NetNs {
-        let ns = NetNs { name: format!("egressd-ebpf-{id}"), host_if: format!("egh{id}") };
-        let peer = format!("egn{id}");
-        assert!(ns.host_if.len() <= 15 && peer.len() <= 15, "interface name too long: {peer}");
-        run("ip", &["netns", "add", &ns.name]);
-        run("ip", &["link", "add", &ns.host_if, "type", "veth", "peer", "name", &peer]);
-        run("ip", &["link", "set", &peer, "netns", &ns.name]);
-        run("ip", &["addr", "add", "198.51.100.1/24", "dev", &ns.host_if]);
-        run("ip", &["-6", "addr", "add", "2001:db8::1/64", "dev", &ns.host_if, "nodad"]);
-        run("ip", &["link", "set", &ns.host_if, "up"]);
-        for cmd in [
-            vec!["ip", "link", "set", "lo", "up"],
-            vec!["ip", "addr", "add", "198.51.100.10/24", "dev", &peer],
-            vec!["ip", "addr", "add", "198.51.100.53/24", "dev", &peer],
-            vec!["ip", "-6", "addr", "add", "2001:db8::10/64", "dev", &peer, "nodad"],
-            vec!["ip", "-6", "addr", "add", "2001:db8::53/64", "dev", &peer, "nodad"],
-            vec!["ip", "link", "set", &peer, "up"],
-            vec!["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"],
-        ] {
-            let mut args = vec!["netns", "exec", &ns.name];
-            args.extend(cmd);
-            run("ip", &args);
+    /// Creates `name` with veth `host_if` (host side, `host_addrs`) and `peer`
+    /// (inside, `ns_addrs`); ping sockets are allowed for every group inside.
+    fn create(
+        name: String,
+        host_if: String,
+        peer: &str,
+        host_addrs: &[&str],
+        ns_addrs: &[&str],
+    ) -> NetNs {
+        assert!(
+            host_if.len() <= 15 && peer.len() <= 15,
+            "interface name too long: {peer}"
+        );
+        ip(&format!("netns add {name}"));
+        let ns = NetNs { name, host_if };
+        let (n, h) = (&ns.name, &ns.host_if);
+        ip(&format!("link add {h} type veth peer name {peer}"));
+        ip(&format!("link set {peer} netns {n}"));
+        for a in host_addrs {
+            ip(&format!("addr add {a} dev {h} nodad"));
         }
+        ip(&format!("link set {h} up"));
+        ip(&format!("netns exec {n} ip link set lo up"));
+        for a in ns_addrs {
+            ip(&format!("netns exec {n} ip addr add {a} dev {peer} nodad"));
+        }
+        ip(&format!("netns exec {n} ip link set {peer} up"));
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                n,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ping_group_range=0 2147483647",
+            ],
+        );
+        ns
+    }
+
+    /// The "outside world": 198.51.100.10, .53 and 2001:db8::10, ::53 behind
+    /// 198.51.100.1 / 2001:db8::1 on the host. Fails unless the host routes them there.
+    fn world(id: &str) -> NetNs {
+        let ns = NetNs::create(
+            format!("egressd-ebpf-{id}"),
+            format!("egh{id}"),
+            &format!("egn{id}"),
+            &["198.51.100.1/25", "2001:db8::1/64"],
+            &[
+                "198.51.100.10/25",
+                "198.51.100.53/25",
+                "2001:db8::10/64",
+                "2001:db8::53/64",
+            ],
+        );
         // Never let a test packet take the default route.
-        for dst in ["198.51.100.10", "198.51.100.53", "2001:db8::10", "2001:db8::53"] {
-            let route = run("ip", &["route", "get", dst]);
+        for dst in [
+            "198.51.100.10",
+            "198.51.100.53",
+            "2001:db8::10",
+            "2001:db8::53",
+        ] {
+            let route = ip(&format!("route get {dst}"));
             assert!(
                 route.contains(&format!("dev {} ", ns.host_if)),
-                "route to {dst} does not go through {} (another 198.51.100.0/24 or 2001:db8::/64 on this host?): {route}",
+                "route to {dst} does not go through {} (another 198.51.100.0/25 or 2001:db8::/64 on this host?): {route}",
                 ns.host_if
+            );
+        }
+        ns
+    }
+
+    /// An emulated container: its own namespace at 198.51.100.130 / 2001:db8:1::2 whose
+    /// default routes go to the host-side "bridge gateway" (`CONTAINER_GW4/6`).
+    fn container(id: &str) -> NetNs {
+        let peer = format!("egk{id}");
+        let ns = NetNs::create(
+            format!("egressd-ebpf-c{id}"),
+            format!("egb{id}"),
+            &peer,
+            &[
+                &format!("{CONTAINER_GW4}/25"),
+                &format!("{CONTAINER_GW6}/64"),
+            ],
+            &["198.51.100.130/25", "2001:db8:1::2/64"],
+        );
+        let n = &ns.name;
+        ip(&format!(
+            "netns exec {n} ip route add default via {CONTAINER_GW4}"
+        ));
+        ip(&format!(
+            "netns exec {n} ip -6 route add default via {CONTAINER_GW6}"
+        ));
+        for dst in ["198.51.100.10", "2001:db8::10"] {
+            let route = ip(&format!("netns exec {n} ip route get {dst}"));
+            assert!(
+                route.contains(&format!("dev {peer} ")),
+                "container route to {dst}: {route}"
             );
         }
         ns
@@ -163,19 +269,45 @@ impl ProxySockets {
         for _ in 0..50 {
             let tcp4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
             let port = tcp4.local_addr().unwrap().port();
-            let Ok(tcp6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)) else { continue };
+            let Ok(tcp6) = TcpListener::bind((Ipv6Addr::LOCALHOST, port)) else {
+                continue;
+            };
             let udp4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
             let dns = udp4.local_addr().unwrap().port();
-            let Ok(udp6) = UdpSocket::bind((Ipv6Addr::LOCALHOST, dns)) else { continue };
-            for l in [&tcp4, &tcp6] {
-                l.set_nonblocking(true).unwrap();
-            }
-            for u in [&udp4, &udp6] {
-                u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            }
-            return ProxySockets { tcp4, tcp6, udp4, udp6 };
+            let Ok(udp6) = UdpSocket::bind((Ipv6Addr::LOCALHOST, dns)) else {
+                continue;
+            };
+            let sockets = ProxySockets {
+                tcp4,
+                tcp6,
+                udp4,
+                udp6,
+            };
+            sockets.configure();
+            return sockets;
         }
         panic!("no port free on both 127.0.0.1 and ::1");
+    }
+
+    /// The same ports on other addresses (the container gateway).
+    fn bind_at(v4: Ipv4Addr, v6: Ipv6Addr, port: u16, dns: u16) -> ProxySockets {
+        let sockets = ProxySockets {
+            tcp4: TcpListener::bind((v4, port)).unwrap(),
+            tcp6: TcpListener::bind((v6, port)).unwrap(),
+            udp4: UdpSocket::bind((v4, dns)).unwrap(),
+            udp6: UdpSocket::bind((v6, dns)).unwrap(),
+        };
+        sockets.configure();
+        sockets
+    }
+
+    fn configure(&self) {
+        for l in [&self.tcp4, &self.tcp6] {
+            l.set_nonblocking(true).unwrap();
+        }
+        for u in [&self.udp4, &self.udp6] {
+            u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
     }
 
     pub fn proxy_port(&self) -> u16 {
@@ -209,7 +341,10 @@ pub fn accept(listener: &TcpListener) -> (std::net::TcpStream, SocketAddr) {
 /// sockets and the attached enforcer. Dropped in reverse: detach, cgroup, netns.
 pub struct World {
     pub enforcer: Option<Enforcer>,
+    pub pin_dir: Option<PathBuf>,
     pub proxy: ProxySockets,
+    /// The emulated container and the proxy sockets on its gateway addresses.
+    pub container: Option<(NetNs, ProxySockets)>,
     pub cgroup: ChildCgroup,
     pub netns: NetNs,
     pub runtime: tokio::runtime::Runtime,
@@ -218,22 +353,72 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        World::build(false, false)
+    }
+
+    /// A world whose links are pinned under `/sys/fs/bpf/egressd-ebpf-test-<id>`.
+    pub fn pinned() -> World {
+        World::build(true, false)
+    }
+
+    /// A world with an emulated container namespace and gateway.
+    pub fn with_container() -> World {
+        World::build(false, true)
+    }
+
+    fn build(pin: bool, with_container: bool) -> World {
         let lock = TOPOLOGY.lock().unwrap_or_else(|p| p.into_inner());
         remove_leftovers();
-        let id = format!("{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let netns = NetNs::create(&id);
-        let cgroup = ChildCgroup::create(&cgroup2_mount().unwrap(), &format!("egressd-ebpf-test-{id}")).unwrap();
+        let id = format!(
+            "{}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let netns = NetNs::world(&id);
+        let cgroup = ChildCgroup::create(
+            &cgroup2_mount().unwrap(),
+            &format!("egressd-ebpf-test-{id}"),
+        )
+        .unwrap();
         let proxy = ProxySockets::bind();
+        let container = with_container.then(|| {
+            let ns = NetNs::container(&id);
+            let gw4: Ipv4Addr = CONTAINER_GW4.parse().unwrap();
+            let gw6: Ipv6Addr = CONTAINER_GW6.parse().unwrap();
+            let sockets = ProxySockets::bind_at(gw4, gw6, proxy.proxy_port(), proxy.dns_port());
+            (ns, sockets)
+        });
+        let pin_dir = pin.then(|| PathBuf::from(format!("{BPFFS}/egressd-ebpf-test-{id}")));
         let enforcer = Enforcer::attach(EnforcerConfig {
+            pin_dir: pin_dir.clone(),
             cgroup: cgroup.path().to_path_buf(),
             proxy_port: proxy.proxy_port(),
             dns_port: proxy.dns_port(),
             bypass_mark: BYPASS_MARK,
+            container_gateways: if with_container {
+                vec![
+                    CONTAINER_GW4.parse().unwrap(),
+                    CONTAINER_GW6.parse().unwrap(),
+                ]
+            } else {
+                Vec::new()
+            },
             ..EnforcerConfig::default()
         })
         .unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        World { enforcer: Some(enforcer), proxy, cgroup, netns, runtime, _lock: lock }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        World {
+            enforcer: Some(enforcer),
+            pin_dir,
+            proxy,
+            cgroup,
+            netns,
+            runtime,
+            _lock: lock,
+        }
     }
 
     /// The deny-event receiver, registered with this world's runtime.
@@ -265,7 +450,11 @@ impl World {
         unsafe {
             cmd.pre_exec(move || entry.enter());
         }
-        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         Client::new(child)
     }
 }
@@ -275,11 +464,18 @@ impl Drop for World {
         if let Some(e) = self.enforcer.take() {
             e.detach().unwrap();
         }
+        if let Some(dir) = &self.pin_dir {
+            let _ = egressd_ebpf::cleanup(dir);
+        }
     }
 }
 
 pub fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
 }
 
 /// A client process in the cgroup; killed when dropped.
@@ -300,7 +496,10 @@ impl Client {
 
     /// The process's comm, read while it runs.
     pub fn comm(&self) -> String {
-        std::fs::read_to_string(format!("/proc/{}/comm", self.pid())).unwrap().trim().to_string()
+        std::fs::read_to_string(format!("/proc/{}/comm", self.pid()))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Next line of its stdout (the clients time out on their own, so this ends).

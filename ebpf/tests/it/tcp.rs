@@ -21,11 +21,18 @@ print(s.recv(100).decode(), flush=True)
 /// Connects from inside the cgroup to `host:443` and checks what the proxy side sees.
 fn redirected(world: &World, host: &str, expect_dst: &str, v6_listener: bool) {
     let mut client = world.spawn(support::python(), &["-c", CLIENT, host, "443"]);
-    let listener = if v6_listener { &world.proxy.tcp6 } else { &world.proxy.tcp4 };
+    let listener = if v6_listener {
+        &world.proxy.tcp6
+    } else {
+        &world.proxy.tcp4
+    };
     let (mut conn, peer) = support::accept(listener);
     let local = conn.local_addr().unwrap();
 
-    let orig = world.enforcer().original_dst(peer, local).expect("original destination recorded");
+    let orig = world
+        .enforcer()
+        .original_dst(peer, local)
+        .expect("original destination recorded");
     assert_eq!(orig.dst, expect_dst.parse::<SocketAddr>().unwrap());
     assert_eq!(orig.pid, client.pid());
     assert_eq!(orig.comm, client.comm());
@@ -38,7 +45,11 @@ fn redirected(world: &World, host: &str, expect_dst: &str, v6_listener: bool) {
     conn.write_all(b"proxied").unwrap();
 
     let dst: SocketAddr = expect_dst.parse().unwrap();
-    assert_eq!(client.line(), format!("{} {}", host, dst.port()), "getpeername shows the original peer");
+    assert_eq!(
+        client.line(),
+        format!("{} {}", host, dst.port()),
+        "getpeername shows the original peer"
+    );
     assert_eq!(client.line(), "proxied");
     client.finish();
 }
@@ -108,7 +119,11 @@ print(s.recv(100).decode(), flush=True)
 "#
     );
     let out = world.python(&client).finish();
-    assert_eq!(out.trim(), "upstream", "the marked connection reached the real server");
+    assert_eq!(
+        out.trim(),
+        "upstream",
+        "the marked connection reached the real server"
+    );
     assert!(
         world.proxy.tcp4.accept().is_err(),
         "nothing may reach the proxy listener for a marked socket"

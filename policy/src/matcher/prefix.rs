@@ -32,7 +32,11 @@ impl Default for PrefixTrie {
 
 /// The top `len` bits of a key.
 fn mask(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
 }
 
 /// Bit `i` (0 = most significant) of a key.

@@ -271,7 +271,7 @@ async fn serve(args: Args, plan: Plan) -> anyhow::Result<ExitCode> {
         .context("cannot open the audit journal")?;
     let bound = bind(&plan).await?;
     let dns_memory = Arc::new(DnsMemory::new());
-    let resolver = Resolver::new(plan.upstreams.clone());
+    let resolver = Resolver::new(plan.upstreams.clone()).with_memory(Arc::clone(&dns_memory));
     let engine = Engine::new(EngineParts {
         policy: plan.policy.policy,
         journal: journal.clone(),

@@ -84,7 +84,9 @@ fn reassemble(buf: &[u8], max_hello: usize) -> Result<(Cow<'_, [u8]>, usize), Pe
             if let Some(&t) = msg.first()
                 && t != HANDSHAKE_CLIENT_HELLO
             {
-                return Err(PeekError::Malformed("first handshake message is not a ClientHello"));
+                return Err(PeekError::Malformed(
+                    "first handshake message is not a ClientHello",
+                ));
             }
             if avail_end < piece_end {
                 return Err(PeekError::Incomplete);
@@ -93,7 +95,8 @@ fn reassemble(buf: &[u8], max_hello: usize) -> Result<(Cow<'_, [u8]>, usize), Pe
             if need.is_none()
                 && let [_, a, b, c, ..] = *msg
             {
-                let total = HANDSHAKE_HEADER + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c));
+                let total = HANDSHAKE_HEADER
+                    + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c));
                 if total > max_hello {
                     return Err(PeekError::TooLarge);
                 }
@@ -145,13 +148,19 @@ fn parse_body(body: &[u8]) -> Result<(Option<String>, bool), PeekError> {
     r.take(32, "ClientHello random overruns its container")?;
     let session_id = r.vec_u8("legacy_session_id overruns its container")?;
     if session_id.len() > 32 {
-        return Err(PeekError::Malformed("legacy_session_id longer than 32 bytes"));
+        return Err(PeekError::Malformed(
+            "legacy_session_id longer than 32 bytes",
+        ));
     }
     let suites = r.vec_u16("cipher_suites overruns its container")?;
     if suites.is_empty() || suites.len() % 2 != 0 {
-        return Err(PeekError::Malformed("cipher_suites length is not a positive even number"));
+        return Err(PeekError::Malformed(
+            "cipher_suites length is not a positive even number",
+        ));
     }
-    if r.vec_u8("legacy_compression_methods overruns its container")?.is_empty() {
+    if r.vec_u8("legacy_compression_methods overruns its container")?
+        .is_empty()
+    {
         return Err(PeekError::Malformed("no compression method"));
     }
     if r.is_empty() {
@@ -160,7 +169,9 @@ fn parse_body(body: &[u8]) -> Result<(Option<String>, bool), PeekError> {
     }
     let mut exts = Reader::new(r.vec_u16("extensions overruns its container")?);
     if !r.is_empty() {
-        return Err(PeekError::Malformed("bytes after the ClientHello extensions"));
+        return Err(PeekError::Malformed(
+            "bytes after the ClientHello extensions",
+        ));
     }
     let mut sni: Option<Option<String>> = None;
     let mut ech = false;
@@ -206,7 +217,9 @@ fn parse_server_name(data: &[u8]) -> Result<Option<String>, PeekError> {
         let name = r.vec_u16("server name overruns its container")?;
         if name_type == NAME_TYPE_HOST_NAME {
             if host.is_some() {
-                return Err(PeekError::Malformed("more than one host_name in server_name"));
+                return Err(PeekError::Malformed(
+                    "more than one host_name in server_name",
+                ));
             }
             host = Some(host_name(name)?);
         }
@@ -231,7 +244,9 @@ pub(crate) fn host_name(raw: &[u8]) -> Result<String, PeekError> {
         .iter()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        return Err(PeekError::Malformed("server name has a character a DNS name cannot have"));
+        return Err(PeekError::Malformed(
+            "server name has a character a DNS name cannot have",
+        ));
     }
     let mut last = &raw[..0];
     for label in raw.split(|&b| b == b'.') {
@@ -239,7 +254,9 @@ pub(crate) fn host_name(raw: &[u8]) -> Result<String, PeekError> {
             return Err(PeekError::Malformed("server name has an empty label"));
         }
         if label.len() > 63 {
-            return Err(PeekError::Malformed("server name has a label longer than 63 bytes"));
+            return Err(PeekError::Malformed(
+                "server name has a label longer than 63 bytes",
+            ));
         }
         last = label;
     }
@@ -248,7 +265,10 @@ pub(crate) fn host_name(raw: &[u8]) -> Result<String, PeekError> {
     if last.iter().all(u8::is_ascii_digit) {
         return Err(PeekError::Malformed("server name is an IP literal"));
     }
-    Ok(raw.iter().map(|b| char::from(b.to_ascii_lowercase())).collect())
+    Ok(raw
+        .iter()
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect())
 }
 
 /// A bounds-checked cursor over a complete message: running out of bytes is

@@ -26,7 +26,11 @@ pub enum Shape {
 pub fn looks_like_request(buf: &[u8]) -> Shape {
     for (i, &b) in buf.iter().enumerate() {
         if b == b' ' {
-            return if i > 0 { Shape::Request } else { Shape::NotHttp };
+            return if i > 0 {
+                Shape::Request
+            } else {
+                Shape::NotHttp
+            };
         }
         if i >= MAX_METHOD || !(b.is_ascii_uppercase() || b == b'-' || b == b'_') {
             return Shape::NotHttp;
@@ -83,7 +87,9 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<RequestHead, PeekError> {
             return finish(req, host_header, pos);
         }
         if matches!(line.first(), Some(b' ' | b'\t')) {
-            return Err(PeekError::Malformed("obs-fold (a header line starting with whitespace)"));
+            return Err(PeekError::Malformed(
+                "obs-fold (a header line starting with whitespace)",
+            ));
         }
         let (name, value) = header_field(line)?;
         if name.eq_ignore_ascii_case(b"host") {
@@ -119,7 +125,9 @@ fn finish(
     let header = host_header.flatten();
     let chosen = match (&req.authority, header) {
         (Some(t), Some(h)) if t.host != h.host => {
-            return Err(PeekError::Malformed("the Host header differs from the request target"));
+            return Err(PeekError::Malformed(
+                "the Host header differs from the request target",
+            ));
         }
         (Some(t), _) => Some(Authority {
             host: t.host.clone(),
@@ -146,7 +154,9 @@ fn request_line(line: &[u8]) -> Result<RequestLine, PeekError> {
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(PeekError::Malformed("request line is not `METHOD target HTTP/1.x`"));
+        return Err(PeekError::Malformed(
+            "request line is not `METHOD target HTTP/1.x`",
+        ));
     };
     if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
         return Err(PeekError::Malformed("request method is not a token"));
@@ -155,7 +165,9 @@ fn request_line(line: &[u8]) -> Result<RequestLine, PeekError> {
         return Err(PeekError::Malformed("request is not HTTP/1.0 or HTTP/1.1"));
     }
     if target.is_empty() || !target.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return Err(PeekError::Malformed("request target is empty or has a forbidden byte"));
+        return Err(PeekError::Malformed(
+            "request target is empty or has a forbidden byte",
+        ));
     }
     let authority = if method == b"CONNECT" {
         let a = authority(target)?;
@@ -256,12 +268,18 @@ fn reg_name(h: &[u8]) -> Result<String, PeekError> {
         .iter()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        return Err(PeekError::Malformed("host has a character a DNS name cannot have"));
+        return Err(PeekError::Malformed(
+            "host has a character a DNS name cannot have",
+        ));
     }
-    if h.split(|&b| b == b'.').any(|l| l.is_empty() || l.len() > 63) {
+    if h.split(|&b| b == b'.')
+        .any(|l| l.is_empty() || l.len() > 63)
+    {
         return Err(PeekError::Malformed("host has an empty or overlong label"));
     }
-    Ok(h.iter().map(|b| char::from(b.to_ascii_lowercase())).collect())
+    Ok(h.iter()
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect())
 }
 
 /// RFC 9110 `tchar`.

@@ -32,7 +32,12 @@ impl Allowlist {
             match i % 4 {
                 0 => list.exact.push(format!("f{i}.rules.test")),
                 1 => list.suffixes.push(format!("w{i}.rules.test")),
-                2 => list.cidrs.push(format!("198.{}.{}.{}/32", 18 + (i >> 16) % 2, (i >> 8) & 0xff, i & 0xff)),
+                2 => list.cidrs.push(format!(
+                    "198.{}.{}.{}/32",
+                    18 + (i >> 16) % 2,
+                    (i >> 8) & 0xff,
+                    i & 0xff
+                )),
                 _ => list.cidrs.push(format!("2001:db8:{:x}::/48", i & 0xffff)),
             }
             i += 1;

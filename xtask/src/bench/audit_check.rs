@@ -26,10 +26,14 @@ pub fn count(dir: &Path) -> std::io::Result<AuditCount> {
                 stack.push(path);
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 match serde_json::from_str::<serde_json::Value>(line) {
-                    Ok(serde_json::Value::Object(o)) if o.contains_key("v") && o.contains_key("decision") => {
+                    Ok(serde_json::Value::Object(o))
+                        if o.contains_key("v") && o.contains_key("decision") =>
+                    {
                         if o.get("bytes_up").is_some_and(|b| !b.is_null()) {
                             c.closing += 1;
                         } else {
@@ -68,7 +72,10 @@ impl AuditCheck {
         let status = if m == 0 { "ok" } else { "**MISSING**" };
         format!(
             "{status}: {}/{} decisions, {}/{} closing",
-            self.found.decisions, self.expected_decisions, self.found.closing, self.expected_closing
+            self.found.decisions,
+            self.expected_decisions,
+            self.found.closing,
+            self.expected_closing
         )
     }
 }

@@ -31,7 +31,10 @@ pub struct Backends {
 }
 
 /// Starts every backend on `rt` (already-bound listeners; they live as long as the runtime).
-pub fn start(rt: &tokio::runtime::Runtime, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<Backends> {
+pub fn start(
+    rt: &tokio::runtime::Runtime,
+    tls: Arc<rustls::ServerConfig>,
+) -> anyhow::Result<Backends> {
     rt.block_on(async {
         let echo = TcpListener::bind("127.0.0.1:0").await?;
         let sink = TcpListener::bind("127.0.0.1:0").await?;
@@ -48,11 +51,15 @@ pub fn start(rt: &tokio::runtime::Runtime, tls: Arc<rustls::ServerConfig>) -> an
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = tls_l.accept().await else { continue };
+                let Ok((s, _)) = tls_l.accept().await else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let _ = s.set_nodelay(true);
-                    let Ok(mut t) = acceptor.accept(s).await else { return };
+                    let Ok(mut t) = acceptor.accept(s).await else {
+                        return;
+                    };
                     let mut buf = [0u8; 32];
                     if t.read_exact(&mut buf).await.is_ok() {
                         let _ = t.write_all(&buf).await;
@@ -128,8 +135,12 @@ async fn sink_conn(mut s: TcpStream) -> std::io::Result<()> {
 async fn dns_loop(sock: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 4096];
     loop {
-        let Ok((n, peer)) = sock.recv_from(&mut buf).await else { continue };
-        let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(query) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
         if query.metadata.message_type != MessageType::Query {
             continue;
         }
@@ -143,7 +154,11 @@ async fn dns_loop(sock: Arc<UdpSocket>) {
         match query.queries.first() {
             Some(q) if in_zone(&q.name().to_ascii()) => {
                 if q.query_type() == hickory_proto::rr::RecordType::A {
-                    reply.add_answer(Record::from_rdata(q.name().clone(), 300, RData::A(A(Ipv4Addr::LOCALHOST))));
+                    reply.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        300,
+                        RData::A(A(Ipv4Addr::LOCALHOST)),
+                    ));
                 }
             }
             _ => reply.metadata.response_code = ResponseCode::NXDomain,

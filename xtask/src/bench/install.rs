@@ -8,11 +8,20 @@ use anyhow::{Context as _, bail};
 
 use super::peers::Target;
 
-const PEERS: [Target; 7] =
-    [Target::Haproxy, Target::Nginx, Target::Squid, Target::Tinyproxy, Target::Dnsmasq, Target::Unbound, Target::Dnsdist];
+const PEERS: [Target; 7] = [
+    Target::Haproxy,
+    Target::Nginx,
+    Target::Squid,
+    Target::Tinyproxy,
+    Target::Dnsmasq,
+    Target::Unbound,
+    Target::Dnsdist,
+];
 
 fn installed(program: &str) -> bool {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| std::path::Path::new(d).join(program).exists())
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| std::path::Path::new(d).join(program).exists())
 }
 
 /// Installs missing peers when allowed and running as root; returns the
@@ -21,7 +30,8 @@ pub fn ensure_peers(allow_install: bool) -> anyhow::Result<Vec<String>> {
     let mut packages = Vec::new();
     for t in PEERS {
         if let Some((program, pkgs)) = t.program() {
-            let stream_missing = program == "nginx" && !std::path::Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists();
+            let stream_missing = program == "nginx"
+                && !std::path::Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists();
             if !installed(program) || stream_missing {
                 packages.extend(pkgs.iter().copied());
             }
@@ -31,7 +41,10 @@ pub fn ensure_peers(allow_install: bool) -> anyhow::Result<Vec<String>> {
     let root = unsafe { libc::geteuid() } == 0;
     if !packages.is_empty() && allow_install && root {
         eprintln!("bench: installing {}", packages.join(" "));
-        let ok = Command::new("apt-get").args(["update", "-qq"]).status()?.success();
+        let ok = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()?
+            .success();
         if !ok {
             bail!("apt-get update failed: install the peers by hand or pass --no-install");
         }
@@ -45,14 +58,26 @@ pub fn ensure_peers(allow_install: bool) -> anyhow::Result<Vec<String>> {
             bail!("apt-get install {} failed", packages.join(" "));
         }
     }
-    Ok(PEERS.iter().filter_map(|t| t.program()).map(|(p, _)| p).filter(|p| !installed(p)).map(str::to_owned).collect())
+    Ok(PEERS
+        .iter()
+        .filter_map(|t| t.program())
+        .map(|(p, _)| p)
+        .filter(|p| !installed(p))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// `cargo build --release -p egressd`; returns the binary's path.
 pub fn build_egressd() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
-        .args(["build", "--release", "-p", "egressd", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "egressd",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("run cargo build")?;

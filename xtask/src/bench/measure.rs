@@ -85,19 +85,29 @@ impl Measured {
         if self.errors == 0 {
             "0".to_owned()
         } else {
-            format!("**{} of {}** ({})", self.errors, self.ops, self.samples.first().cloned().unwrap_or_default())
+            format!(
+                "**{} of {}** ({})",
+                self.errors,
+                self.ops,
+                self.samples.first().cloned().unwrap_or_default()
+            )
         }
     }
     /// The audit cell.
     pub fn audit_cell(&self) -> String {
-        self.audit.as_ref().map_or_else(|| "-".to_owned(), AuditCheck::cell)
+        self.audit
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), AuditCheck::cell)
     }
 }
 
 impl Bench {
     /// Starts `target` and measures it under `load`; `Ok(Err(reason))` when
     /// the target does not support the workload.
-    #[expect(clippy::too_many_arguments, reason = "one call per workload, each names its values")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call per workload, each names its values"
+    )]
     pub fn run<O: Op>(
         &self,
         target: Target,
@@ -120,17 +130,31 @@ impl Bench {
             let first = self.next_op.get();
             let u0 = running.usage();
             let r = match load {
-                Load::Closed { clients, max_ops } => {
-                    loadgen::closed_loop(&self.load, op.clone(), clients, self.settings.dur, max_ops, first, timeout)?
-                }
-                Load::Open { rate } => loadgen::open_loop(&self.load, op.clone(), rate, self.settings.dur, first, timeout)?,
+                Load::Closed { clients, max_ops } => loadgen::closed_loop(
+                    &self.load,
+                    op.clone(),
+                    clients,
+                    self.settings.dur,
+                    max_ops,
+                    first,
+                    timeout,
+                )?,
+                Load::Open { rate } => loadgen::open_loop(
+                    &self.load,
+                    op.clone(),
+                    rate,
+                    self.settings.dur,
+                    first,
+                    timeout,
+                )?,
             };
             let u1 = running.usage();
             let ops = r.allowed + r.denied + r.errors;
             self.next_op.set(first + ops + 1);
             let cpu = u1.cpu_us.saturating_sub(u0.cpu_us) as f64;
             m.rates.push(r.rate());
-            m.bytes_per_s.push(r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-9));
+            m.bytes_per_s
+                .push(r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-9));
             m.cpu_per_op.push(cpu / r.decisions().max(1) as f64);
             if r.bytes > 0 {
                 m.cpu_s_per_gb.push(cpu / 1e6 / (r.bytes as f64 / 1e9));
@@ -139,16 +163,20 @@ impl Bench {
             m.p99.push(r.hist.value_at_quantile(0.99) as f64);
             m.errors += r.errors;
             m.ops += ops;
-            m.samples.extend(r.error_samples);
             decisions += r.decisions();
             allowed += r.allowed;
+            m.samples.extend(r.error_samples);
         }
         m.rss = running.usage().rss;
         let audit_dir = running.audit_dir.clone();
         running.stop()?;
         if let Some(dir) = audit_dir {
             let found = audit_check::count(&dir)?;
-            m.audit = Some(AuditCheck { expected_decisions: decisions, expected_closing: if tunnels { allowed } else { 0 }, found });
+            m.audit = Some(AuditCheck {
+                expected_decisions: decisions,
+                expected_closing: if tunnels { allowed } else { 0 },
+                found,
+            });
         }
         Ok(Ok(m))
     }

@@ -65,7 +65,9 @@ pub struct Args {
 /// Entry point.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(mode) = args.serve_relay {
-        let listen = args.relay_listen.context("--serve-relay needs --relay-listen")?;
+        let listen = args
+            .relay_listen
+            .context("--serve-relay needs --relay-listen")?;
         return relay::serve(mode, listen, args.relay_upstream, args.relay_rules);
     }
     if cfg!(debug_assertions) && std::env::var_os("EGRESSD_BENCH_DEBUG").is_none() {
@@ -80,7 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::process::exit(status.code().unwrap_or(1));
     }
     process::raise_nofile(262_144);
-    let wanted: Vec<String> = args.workloads.iter().map(|w| w.trim().to_ascii_uppercase()).collect();
+    let wanted: Vec<String> = args
+        .workloads
+        .iter()
+        .map(|w| w.trim().to_ascii_uppercase())
+        .collect();
     let missing = install::ensure_peers(!args.no_install)?;
 
     let egressd = match args.egressd.clone() {
@@ -95,23 +101,48 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let pki = tls::Pki::generate()?;
-    let servers = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bench-backend").enable_all().build()?;
-    let load = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("bench-load").enable_all().build()?;
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-backend")
+        .enable_all()
+        .build()?;
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-load")
+        .enable_all()
+        .build()?;
     let backends = backend::start(&servers, pki.server.clone())?;
-    let dir = tempfile::Builder::new().prefix("egressd-bench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("egressd-bench-")
+        .tempdir()?;
     let bench = Bench {
-        env: Env { dir: dir.path().to_path_buf(), backends, exe: std::env::current_exe()?, egressd: egressd.clone() },
+        env: Env {
+            dir: dir.path().to_path_buf(),
+            backends,
+            exe: std::env::current_exe()?,
+            egressd: egressd.clone(),
+        },
         load: load.handle().clone(),
         settings: if args.quick {
-            Settings { reps: 3, dur: Duration::from_secs(1) }
+            Settings {
+                reps: 3,
+                dur: Duration::from_secs(1),
+            }
         } else {
-            Settings { reps: 5, dur: Duration::from_secs(5) }
+            Settings {
+                reps: 5,
+                dur: Duration::from_secs(5),
+            }
         },
         next_op: Cell::new(0),
     };
     let hellos = loadgen::tunnel::Hellos::new(&pki)?;
     let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
-    let (bulk_bytes, idle) = if args.quick { (1u64 << 30, 2_000) } else { (4u64 << 30, 10_000) };
+    let (bulk_bytes, idle) = if args.quick {
+        (1u64 << 30, 2_000)
+    } else {
+        (4u64 << 30, 10_000)
+    };
 
     let mut tables = Vec::new();
     for w in &wanted {
@@ -133,13 +164,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     md.push_str(&format!(
         "Command: `cargo xtask bench{}{}`; {} CPUs, kernel {}; egressd: {}.\n\n",
         if args.quick { " --quick" } else { "" },
-        if wanted.len() < 7 { format!(" --workloads {}", wanted.join(",")) } else { String::new() },
+        if wanted.len() < 7 {
+            format!(" --workloads {}", wanted.join(","))
+        } else {
+            String::new()
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        egressd.as_ref().map_or("not built".to_owned(), |e| e.bin.display().to_string()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        egressd
+            .as_ref()
+            .map_or("not built".to_owned(), |e| e.bin.display().to_string()),
     ));
     if !missing.is_empty() {
-        md.push_str(&format!("Peers not installed (skipped): {}.\n\n", missing.join(", ")));
+        md.push_str(&format!(
+            "Peers not installed (skipped): {}.\n\n",
+            missing.join(", ")
+        ));
     }
     for t in &tables {
         md.push_str(&t.markdown());
@@ -150,9 +192,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(load);
     drop(servers);
-    let failed: Vec<&str> = tables.iter().filter(|t| t.failed).map(|t| t.title.as_str()).collect();
+    let failed: Vec<&str> = tables
+        .iter()
+        .filter(|t| t.failed)
+        .map(|t| t.title.as_str())
+        .collect();
     if !failed.is_empty() {
-        bail!("runs failed (unexpected errors or missing audit records) in: {}", failed.join("; "));
+        bail!(
+            "runs failed (unexpected errors or missing audit records) in: {}",
+            failed.join("; ")
+        );
     }
     Ok(())
 }

@@ -19,13 +19,20 @@ impl Guard {
     /// Starts `cmd` in a new process group, stdout/stderr into `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt as _;
-        let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         let child = cmd
             .spawn()
             .with_context(|| format!("start {name}: {cmd:?}"))?;
-        Ok(Self { name: name.to_owned(), child: Some(child) })
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+        })
     }
 
     /// Process id of the group leader.
@@ -39,15 +46,29 @@ impl Guard {
             && let Some(status) = child.try_wait()?
         {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            bail!("{} exited early ({status}); its log {}:\n{tail}", self.name, log.display());
+            let tail: String = tail
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            bail!(
+                "{} exited early ({status}); its log {}:\n{tail}",
+                self.name,
+                log.display()
+            );
         }
         Ok(())
     }
 
     /// Sends SIGTERM to the group and waits up to `grace` for the leader to exit.
     pub fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
-        let Some(child) = self.child.as_mut() else { return Ok(()) };
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
         signal_group(child.id(), libc::SIGTERM);
         let start = Instant::now();
         while start.elapsed() < grace {
@@ -73,7 +94,9 @@ impl Drop for Guard {
 }
 
 fn signal_group(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
     // SAFETY: kill(2) with a negative pid signals the process group we created; no memory is touched.
     unsafe {
         libc::kill(-pid, sig);
@@ -90,7 +113,12 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Waits until a TCP connect to `addr` succeeds, or fails after `timeout`.
-pub fn wait_tcp(addr: SocketAddr, timeout: Duration, guard: &mut Guard, log: &Path) -> anyhow::Result<()> {
+pub fn wait_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+    guard: &mut Guard,
+    log: &Path,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         guard.check_alive(log)?;
@@ -98,19 +126,31 @@ pub fn wait_tcp(addr: SocketAddr, timeout: Duration, guard: &mut Guard, log: &Pa
             return Ok(());
         }
         if start.elapsed() > timeout {
-            bail!("nothing listens on {addr} {timeout:?} after start (log: {})", log.display());
+            bail!(
+                "nothing listens on {addr} {timeout:?} after start (log: {})",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(30));
     }
 }
 
 /// Waits until a file exists (egressd's --ready-file).
-pub fn wait_file(path: &Path, timeout: Duration, guard: &mut Guard, log: &Path) -> anyhow::Result<()> {
+pub fn wait_file(
+    path: &Path,
+    timeout: Duration,
+    guard: &mut Guard,
+    log: &Path,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while !path.exists() {
         guard.check_alive(log)?;
         if start.elapsed() > timeout {
-            bail!("{} not created {timeout:?} after start (log: {})", path.display(), log.display());
+            bail!(
+                "{} not created {timeout:?} after start (log: {})",
+                path.display(),
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -129,11 +169,19 @@ pub struct TreeUsage {
 /// Reads [`TreeUsage`] for `root` and its descendants.
 pub fn tree_usage(root: u32) -> io::Result<TreeUsage> {
     // SAFETY: sysconf has no memory effects.
-    let tick = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    let tick = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
     let mut parents = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             && let Some(fields) = stat_fields(&stat)
         {
@@ -180,11 +228,17 @@ fn vm_rss(pid: u32) -> Option<u64> {
 /// Raises this process's open-file limit (children inherit it): 10,000 idle
 /// tunnels need ~40,000 descriptors across the harness and the proxy.
 pub fn raise_nofile(want: u64) {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit write/read the struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
-            let new = libc::rlimit { rlim_cur: want, rlim_max: want.max(lim.rlim_max) };
+            let new = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want.max(lim.rlim_max),
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &new) != 0 {
                 lim.rlim_cur = lim.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);

@@ -49,10 +49,25 @@ impl Names {
 const BUF: usize = 256 * 1024;
 
 /// Serves until killed: 2 worker threads, like every peer.
-pub fn serve(mode: Mode, listen: SocketAddr, upstream: Option<SocketAddr>, rules: usize) -> anyhow::Result<()> {
-    let list = if rules <= 10 { Allowlist::base() } else { Allowlist::large(rules) };
-    let names = Arc::new(Names { exact: list.exact.into_iter().collect(), suffixes: list.suffixes.into_iter().collect() });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+pub fn serve(
+    mode: Mode,
+    listen: SocketAddr,
+    upstream: Option<SocketAddr>,
+    rules: usize,
+) -> anyhow::Result<()> {
+    let list = if rules <= 10 {
+        Allowlist::base()
+    } else {
+        Allowlist::large(rules)
+    };
+    let names = Arc::new(Names {
+        exact: list.exact.into_iter().collect(),
+        suffixes: list.suffixes.into_iter().collect(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(listen).await?;
         loop {
@@ -82,28 +97,46 @@ async fn connect_conn(mut s: TcpStream, names: &Names) -> std::io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
+    let line = String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default())
+        .into_owned();
     let mut parts = line.split_whitespace();
     let (Some("CONNECT"), Some(target)) = (parts.next(), parts.next()) else {
-        return s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+        return s
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .await;
     };
     let Some((host, port)) = target.rsplit_once(':') else {
-        return s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+        return s
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .await;
     };
     let Ok(port) = port.parse::<u16>() else {
-        return s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+        return s
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .await;
     };
     if !names.allows(host) {
-        return s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+        return s
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            .await;
     }
     let mut up = TcpStream::connect(("127.0.0.1", port)).await?;
     let _ = up.set_nodelay(true);
-    s.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?;
-    tokio::io::copy_bidirectional_with_sizes(&mut s, &mut up, BUF, BUF).await.map(|_| ())
+    s.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await?;
+    tokio::io::copy_bidirectional_with_sizes(&mut s, &mut up, BUF, BUF)
+        .await
+        .map(|_| ())
 }
 
-async fn sni_conn(mut s: TcpStream, names: &Names, upstream: Option<SocketAddr>) -> std::io::Result<()> {
-    let Some(upstream) = upstream else { return Ok(()) };
+async fn sni_conn(
+    mut s: TcpStream,
+    names: &Names,
+    upstream: Option<SocketAddr>,
+) -> std::io::Result<()> {
+    let Some(upstream) = upstream else {
+        return Ok(());
+    };
     let mut buf = vec![0u8; 16 * 1024];
     let mut seen = 0;
     let sni = loop {
@@ -131,5 +164,7 @@ async fn sni_conn(mut s: TcpStream, names: &Names, upstream: Option<SocketAddr>)
     }
     let mut up = TcpStream::connect(upstream).await?;
     let _ = up.set_nodelay(true);
-    tokio::io::copy_bidirectional_with_sizes(&mut s, &mut up, BUF, BUF).await.map(|_| ())
+    tokio::io::copy_bidirectional_with_sizes(&mut s, &mut up, BUF, BUF)
+        .await
+        .map(|_| ())
 }

@@ -19,12 +19,21 @@ pub struct Table {
 impl Table {
     /// A new table.
     pub fn new(title: &str, header: &[&str]) -> Self {
-        Self { title: title.to_owned(), header: header.iter().map(|s| (*s).to_owned()).collect(), ..Self::default() }
+        Self {
+            title: title.to_owned(),
+            header: header.iter().map(|s| (*s).to_owned()).collect(),
+            ..Self::default()
+        }
     }
 
     /// Renders the table as Markdown.
     pub fn markdown(&self) -> String {
-        let mut s = format!("### {}\n\n| {} |\n|{}\n", self.title, self.header.join(" | "), "---|".repeat(self.header.len()));
+        let mut s = format!(
+            "### {}\n\n| {} |\n|{}\n",
+            self.title,
+            self.header.join(" | "),
+            "---|".repeat(self.header.len())
+        );
         for r in &self.rows {
             s.push_str(&format!("| {} |\n", r.join(" | ")));
         }
@@ -47,7 +56,11 @@ pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 /// `median (min-max)` with `digits` decimals.

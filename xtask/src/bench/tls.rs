@@ -25,7 +25,9 @@ impl Pki {
         let ca_key = rcgen::KeyPair::generate()?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "egressd bench CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "egressd bench CA");
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
@@ -50,7 +52,10 @@ impl Pki {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Self { server: Arc::new(server), client: Arc::new(client) })
+        Ok(Self {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
     }
 
     /// The bytes of a real ClientHello for `name` (what SNI routers peek at).

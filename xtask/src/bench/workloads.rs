@@ -6,16 +6,34 @@ use std::time::{Duration, Instant};
 
 use super::allowlist::Allowlist;
 use super::audit_check::{self, AuditCheck};
+use super::loadgen::Op;
 use super::loadgen::dns::DnsQuery;
 use super::loadgen::tunnel::{self, Bulk, ConnectEcho, Hellos, TlsEcho, TunnelSetup, Via};
-use super::loadgen::Op;
 use super::measure::{Bench, Load, Measured};
 use super::peers::{self, Role, Running, Target};
-use super::report::{median, ratio, spread, Table};
+use super::report::{Table, median, ratio, spread};
 
-const CONNECT_TARGETS: [Target; 5] = [Target::Direct, Target::Relay, Target::Squid, Target::Tinyproxy, Target::Egressd];
-const SNI_TARGETS: [Target; 5] = [Target::Direct, Target::Relay, Target::Haproxy, Target::Nginx, Target::Egressd];
-const DNS_TARGETS: [Target; 5] = [Target::Direct, Target::Dnsmasq, Target::Unbound, Target::Dnsdist, Target::Egressd];
+const CONNECT_TARGETS: [Target; 5] = [
+    Target::Direct,
+    Target::Relay,
+    Target::Squid,
+    Target::Tinyproxy,
+    Target::Egressd,
+];
+const SNI_TARGETS: [Target; 5] = [
+    Target::Direct,
+    Target::Relay,
+    Target::Haproxy,
+    Target::Nginx,
+    Target::Egressd,
+];
+const DNS_TARGETS: [Target; 5] = [
+    Target::Direct,
+    Target::Dnsmasq,
+    Target::Unbound,
+    Target::Dnsdist,
+    Target::Egressd,
+];
 
 /// The role a target plays in a TCP workload whose SNI routers forward to `upstream`.
 fn tcp_role(t: Target, upstream: std::net::SocketAddr) -> Role {
@@ -46,13 +64,28 @@ fn run_or_row<O: Op>(
     }
 }
 
-fn best_peer(results: &[(Target, Outcome)], f: impl Fn(&Measured) -> f64, higher: bool) -> Option<f64> {
-    let vals = results.iter().filter(|(t, _)| t.is_peer()).filter_map(|(_, r)| r.as_ref().ok()).map(&f);
-    if higher { vals.fold(None, |a, v| Some(a.map_or(v, |a: f64| a.max(v)))) } else { vals.fold(None, |a, v| Some(a.map_or(v, |a: f64| a.min(v)))) }
+fn best_peer(
+    results: &[(Target, Outcome)],
+    f: impl Fn(&Measured) -> f64,
+    higher: bool,
+) -> Option<f64> {
+    let vals = results
+        .iter()
+        .filter(|(t, _)| t.is_peer())
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(&f);
+    if higher {
+        vals.fold(None, |a, v| Some(a.map_or(v, |a: f64| a.max(v))))
+    } else {
+        vals.fold(None, |a, v| Some(a.map_or(v, |a: f64| a.min(v))))
+    }
 }
 
 fn of(results: &[(Target, Outcome)], t: Target) -> Option<&Measured> {
-    results.iter().find(|(x, _)| *x == t).and_then(|(_, r)| r.as_ref().ok())
+    results
+        .iter()
+        .find(|(x, _)| *x == t)
+        .and_then(|(_, r)| r.as_ref().ok())
 }
 
 /// W1 and W2: peak conn/s (closed loop), then latency at one common rate
@@ -70,7 +103,25 @@ fn rate_workload<O: Op>(
     let clients = 32;
     let peaks: Vec<(Target, Outcome)> = targets
         .iter()
-        .map(|&t| (t, run_or_row(b, t, tcp_role(t, upstream), &list, &format!("{tag}-peak"), Load::Closed { clients, max_ops: u64::MAX }, timeout, true, make)))
+        .map(|&t| {
+            (
+                t,
+                run_or_row(
+                    b,
+                    t,
+                    tcp_role(t, upstream),
+                    &list,
+                    &format!("{tag}-peak"),
+                    Load::Closed {
+                        clients,
+                        max_ops: u64::MAX,
+                    },
+                    timeout,
+                    true,
+                    make,
+                ),
+            )
+        })
         .collect();
     let lowest = peaks
         .iter()
@@ -78,16 +129,39 @@ fn rate_workload<O: Op>(
         .filter_map(|(_, r)| r.as_ref().ok())
         .map(|m| median(&m.rates))
         .fold(f64::INFINITY, f64::min);
-    let rate = if lowest.is_finite() { (lowest * 0.5).max(50.0) } else { 500.0 };
+    let rate = if lowest.is_finite() {
+        (lowest * 0.5).max(50.0)
+    } else {
+        500.0
+    };
     let lats: Vec<(Target, Outcome)> = targets
         .iter()
-        .map(|&t| (t, run_or_row(b, t, tcp_role(t, upstream), &list, &format!("{tag}-latency"), Load::Open { rate }, timeout, true, make)))
+        .map(|&t| {
+            (
+                t,
+                run_or_row(
+                    b,
+                    t,
+                    tcp_role(t, upstream),
+                    &list,
+                    &format!("{tag}-latency"),
+                    Load::Open { rate },
+                    timeout,
+                    true,
+                    make,
+                ),
+            )
+        })
         .collect();
     let direct = of(&peaks, Target::Direct).map(|m| median(&m.rates));
     let relay = of(&peaks, Target::Relay).map(|m| median(&m.rates));
     let best = best_peer(&peaks, |m| median(&m.rates), true);
-    let d50 = of(&lats, Target::Direct).map(|m| median(&m.p50)).unwrap_or(0.0);
-    let d99 = of(&lats, Target::Direct).map(|m| median(&m.p99)).unwrap_or(0.0);
+    let d50 = of(&lats, Target::Direct)
+        .map(|m| median(&m.p50))
+        .unwrap_or(0.0);
+    let d99 = of(&lats, Target::Direct)
+        .map(|m| median(&m.p99))
+        .unwrap_or(0.0);
     for ((t, peak), (_, lat)) in peaks.iter().zip(&lats) {
         let mut row = vec![t.name().to_owned()];
         match (peak, lat) {
@@ -102,10 +176,22 @@ fn rate_workload<O: Op>(
                     format!("{:+.0}", median(&l.p99) - d99),
                     format!("{:.0}", median(&l.p50)),
                     format!("{:.0}", median(&l.p99)),
-                    if *t == Target::Direct { "-".to_owned() } else { spread(&p.cpu_per_op, 1) },
-                    if *t == Target::Direct { "-".to_owned() } else { format!("{:.1}", p.rss as f64 / 1048576.0) },
+                    if *t == Target::Direct {
+                        "-".to_owned()
+                    } else {
+                        spread(&p.cpu_per_op, 1)
+                    },
+                    if *t == Target::Direct {
+                        "-".to_owned()
+                    } else {
+                        format!("{:.1}", p.rss as f64 / 1048576.0)
+                    },
                     format!("{} / {}", p.errors_cell(), l.errors_cell()),
-                    if p.audit.is_some() { format!("{}; {}", p.audit_cell(), l.audit_cell()) } else { "-".to_owned() },
+                    if p.audit.is_some() {
+                        format!("{}; {}", p.audit_cell(), l.audit_cell())
+                    } else {
+                        "-".to_owned()
+                    },
                 ]);
                 table.failed |= p.failed() || l.failed();
             }
@@ -123,27 +209,68 @@ fn rate_workload<O: Op>(
 }
 
 const RATE_HEADER: [&str; 13] = [
-    "target", "conn/s peak", "vs direct", "vs relay", "vs best peer", "added p50 us", "added p99 us", "p50 us", "p99 us",
-    "CPU us/conn", "RSS MiB", "errors (peak / latency)", "audit records (peak; latency)",
+    "target",
+    "conn/s peak",
+    "vs direct",
+    "vs relay",
+    "vs best peer",
+    "added p50 us",
+    "added p99 us",
+    "p50 us",
+    "p99 us",
+    "CPU us/conn",
+    "RSS MiB",
+    "errors (peak / latency)",
+    "audit records (peak; latency)",
 ];
 
 /// W1: CONNECT, 32 B echo, close; 90% allowed.
 pub fn w1(b: &Bench) -> Table {
-    let mut t = Table::new("W1 short tunnels: CONNECT, 32 B echo, close (90% allowed)", &RATE_HEADER);
+    let mut t = Table::new(
+        "W1 short tunnels: CONNECT, 32 B echo, close (90% allowed)",
+        &RATE_HEADER,
+    );
     let echo = b.env.backends.echo;
-    rate_workload(b, &mut t, "w1", &CONNECT_TARGETS, std::net::SocketAddr::from(([0, 0, 0, 0], 0)), Duration::from_secs(5), &|r| {
-        Arc::new(ConnectEcho { via: r.via, echo, hellos: None })
-    });
+    rate_workload(
+        b,
+        &mut t,
+        "w1",
+        &CONNECT_TARGETS,
+        std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        Duration::from_secs(5),
+        &|r| {
+            Arc::new(ConnectEcho {
+                via: r.via,
+                echo,
+                hellos: None,
+            })
+        },
+    );
     t
 }
 
 /// W2: TLS handshake with SNI, one 32 B request, close; 90% allowed.
 pub fn w2(b: &Bench, connector: &tokio_rustls::TlsConnector) -> Table {
-    let mut t = Table::new("W2 SNI storm: real TLS handshake, one 32 B request per connection (90% allowed)", &RATE_HEADER);
+    let mut t = Table::new(
+        "W2 SNI storm: real TLS handshake, one 32 B request per connection (90% allowed)",
+        &RATE_HEADER,
+    );
     let tls = b.env.backends.tls;
-    rate_workload(b, &mut t, "w2", &SNI_TARGETS, tls, Duration::from_secs(5), &|r| {
-        Arc::new(TlsEcho { via: r.via, tls, connector: connector.clone() })
-    });
+    rate_workload(
+        b,
+        &mut t,
+        "w2",
+        &SNI_TARGETS,
+        tls,
+        Duration::from_secs(5),
+        &|r| {
+            Arc::new(TlsEcho {
+                via: r.via,
+                tls,
+                connector: connector.clone(),
+            })
+        },
+    );
     t.notes.push("haproxy, nginx and the relay route on the ClientHello's SNI; egressd has no SNI-routing listener usable without an original destination (that needs eBPF or nftables), so it runs W2 through its CONNECT listener with the real ClientHello inside the tunnel (one more round trip than the SNI routers)".to_owned());
     t
 }
@@ -152,11 +279,30 @@ pub fn w2(b: &Bench, connector: &tokio_rustls::TlsConnector) -> Table {
 pub fn w3(b: &Bench, hellos: &Hellos, total: u64) -> Table {
     let mut t = Table::new(
         "W3 bulk upload through an allowed tunnel",
-        &["target", "streams", "Gbit/s", "vs direct", "vs relay", "vs best peer", "CPU s/GB", "RSS MiB", "errors", "audit records"],
+        &[
+            "target",
+            "streams",
+            "Gbit/s",
+            "vs direct",
+            "vs relay",
+            "vs best peer",
+            "CPU s/GB",
+            "RSS MiB",
+            "errors",
+            "audit records",
+        ],
     );
     let sink = b.env.backends.sink;
     let list = Allowlist::base();
-    let targets = [Target::Direct, Target::Relay, Target::Squid, Target::Tinyproxy, Target::Haproxy, Target::Nginx, Target::Egressd];
+    let targets = [
+        Target::Direct,
+        Target::Relay,
+        Target::Squid,
+        Target::Tinyproxy,
+        Target::Haproxy,
+        Target::Nginx,
+        Target::Egressd,
+    ];
     for streams in [1u64, 8] {
         let per = total / streams;
         let results: Vec<(Target, Outcome)> = targets
@@ -166,10 +312,31 @@ pub fn w3(b: &Bench, hellos: &Hellos, total: u64) -> Table {
                     Target::Haproxy | Target::Nginx => Role::Sni { upstream: sink },
                     _ => Role::Connect,
                 };
-                let load = Load::Closed { clients: streams as usize, max_ops: streams };
-                (tg, run_or_row(b, tg, role, &list, &format!("w3-{streams}"), load, Duration::from_secs(120), true, &|r| {
-                    Arc::new(Bulk { via: r.via, sink, bytes: per, hellos: hellos.clone() })
-                }))
+                let load = Load::Closed {
+                    clients: streams as usize,
+                    max_ops: streams,
+                };
+                (
+                    tg,
+                    run_or_row(
+                        b,
+                        tg,
+                        role,
+                        &list,
+                        &format!("w3-{streams}"),
+                        load,
+                        Duration::from_secs(120),
+                        true,
+                        &|r| {
+                            Arc::new(Bulk {
+                                via: r.via,
+                                sink,
+                                bytes: per,
+                                hellos: hellos.clone(),
+                            })
+                        },
+                    ),
+                )
             })
             .collect();
         let gbit = |m: &Measured| median(&m.bytes_per_s) * 8.0 / 1e9;
@@ -186,8 +353,16 @@ pub fn w3(b: &Bench, hellos: &Hellos, total: u64) -> Table {
                         ratio(gbit(m), direct),
                         ratio(gbit(m), relay),
                         ratio(gbit(m), best),
-                        if *tg == Target::Direct { "-".to_owned() } else { spread(&m.cpu_s_per_gb, 2) },
-                        if *tg == Target::Direct { "-".to_owned() } else { format!("{:.1}", m.rss as f64 / 1048576.0) },
+                        if *tg == Target::Direct {
+                            "-".to_owned()
+                        } else {
+                            spread(&m.cpu_s_per_gb, 2)
+                        },
+                        if *tg == Target::Direct {
+                            "-".to_owned()
+                        } else {
+                            format!("{:.1}", m.rss as f64 / 1048576.0)
+                        },
                         m.errors_cell(),
                         m.audit_cell(),
                     ]);
@@ -213,38 +388,112 @@ pub fn w3(b: &Bench, hellos: &Hellos, total: u64) -> Table {
 pub fn w4(b: &Bench) -> Table {
     let mut t = Table::new(
         "W4 DNS over UDP (70% allowed names, every name new)",
-        &["target", "qps peak", "vs direct", "vs best peer", "added p50 us", "added p99 us", "loss at 80% of own peak", "CPU us/query", "RSS MiB", "errors (peak / latency)", "audit records (peak; latency)"],
+        &[
+            "target",
+            "qps peak",
+            "vs direct",
+            "vs best peer",
+            "added p50 us",
+            "added p99 us",
+            "loss at 80% of own peak",
+            "CPU us/query",
+            "RSS MiB",
+            "errors (peak / latency)",
+            "audit records (peak; latency)",
+        ],
     );
     let list = Allowlist::base();
     let timeout = Duration::from_secs(1);
     let salt = b.next_op.get();
     let make = |r: &Running| {
-        Arc::new(DnsQuery { server: r.dns.unwrap_or(b.env.backends.dns), salt, filters: r.dns != Some(b.env.backends.dns) })
+        Arc::new(DnsQuery {
+            server: r.dns.unwrap_or(b.env.backends.dns),
+            salt,
+            filters: r.dns != Some(b.env.backends.dns),
+        })
     };
     let peaks: Vec<(Target, Outcome)> = DNS_TARGETS
         .iter()
-        .map(|&tg| (tg, run_or_row(b, tg, Role::Dns, &list, "w4-peak", Load::Closed { clients: 64, max_ops: u64::MAX }, timeout, false, &make)))
+        .map(|&tg| {
+            (
+                tg,
+                run_or_row(
+                    b,
+                    tg,
+                    Role::Dns,
+                    &list,
+                    "w4-peak",
+                    Load::Closed {
+                        clients: 64,
+                        max_ops: u64::MAX,
+                    },
+                    timeout,
+                    false,
+                    &make,
+                ),
+            )
+        })
         .collect();
-    let lowest = peaks.iter().filter(|(x, _)| *x != Target::Direct).filter_map(|(_, r)| r.as_ref().ok()).map(|m| median(&m.rates)).fold(f64::INFINITY, f64::min);
-    let rate = if lowest.is_finite() { (lowest * 0.5).max(50.0) } else { 500.0 };
+    let lowest = peaks
+        .iter()
+        .filter(|(x, _)| *x != Target::Direct)
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(|m| median(&m.rates))
+        .fold(f64::INFINITY, f64::min);
+    let rate = if lowest.is_finite() {
+        (lowest * 0.5).max(50.0)
+    } else {
+        500.0
+    };
     let lats: Vec<(Target, Outcome)> = DNS_TARGETS
         .iter()
-        .map(|&tg| (tg, run_or_row(b, tg, Role::Dns, &list, "w4-latency", Load::Open { rate }, timeout, false, &make)))
+        .map(|&tg| {
+            (
+                tg,
+                run_or_row(
+                    b,
+                    tg,
+                    Role::Dns,
+                    &list,
+                    "w4-latency",
+                    Load::Open { rate },
+                    timeout,
+                    false,
+                    &make,
+                ),
+            )
+        })
         .collect();
     let losses: Vec<(Target, Option<(u64, u64)>)> = DNS_TARGETS
         .iter()
         .map(|&tg| {
             let own = of(&peaks, tg).map(|m| median(&m.rates));
             let loss = own.and_then(|own| {
-                run_or_row(b, tg, Role::Dns, &list, "w4-loss", Load::Open { rate: own * 0.8 }, timeout, false, &make).ok().map(|m| (m.errors, m.ops))
+                run_or_row(
+                    b,
+                    tg,
+                    Role::Dns,
+                    &list,
+                    "w4-loss",
+                    Load::Open { rate: own * 0.8 },
+                    timeout,
+                    false,
+                    &make,
+                )
+                .ok()
+                .map(|m| (m.errors, m.ops))
             });
             (tg, loss)
         })
         .collect();
     let direct = of(&peaks, Target::Direct).map(|m| median(&m.rates));
     let best = best_peer(&peaks, |m| median(&m.rates), true);
-    let d50 = of(&lats, Target::Direct).map(|m| median(&m.p50)).unwrap_or(0.0);
-    let d99 = of(&lats, Target::Direct).map(|m| median(&m.p99)).unwrap_or(0.0);
+    let d50 = of(&lats, Target::Direct)
+        .map(|m| median(&m.p50))
+        .unwrap_or(0.0);
+    let d99 = of(&lats, Target::Direct)
+        .map(|m| median(&m.p99))
+        .unwrap_or(0.0);
     for (((tg, peak), (_, lat)), (_, loss)) in peaks.iter().zip(&lats).zip(&losses) {
         let mut row = vec![tg.name().to_owned()];
         match (peak, lat) {
@@ -257,10 +506,22 @@ pub fn w4(b: &Bench) -> Table {
                     format!("{:+.0}", median(&l.p50) - d50),
                     format!("{:+.0}", median(&l.p99) - d99),
                     loss.map_or("-".to_owned(), |(e, n)| format!("{e} of {n}")),
-                    if *tg == Target::Direct { "-".to_owned() } else { spread(&p.cpu_per_op, 1) },
-                    if *tg == Target::Direct { "-".to_owned() } else { format!("{:.1}", p.rss as f64 / 1048576.0) },
+                    if *tg == Target::Direct {
+                        "-".to_owned()
+                    } else {
+                        spread(&p.cpu_per_op, 1)
+                    },
+                    if *tg == Target::Direct {
+                        "-".to_owned()
+                    } else {
+                        format!("{:.1}", p.rss as f64 / 1048576.0)
+                    },
                     format!("{} / {}", p.errors_cell(), l.errors_cell()),
-                    if p.audit.is_some() { format!("{}; {}", p.audit_cell(), l.audit_cell()) } else { "-".to_owned() },
+                    if p.audit.is_some() {
+                        format!("{}; {}", p.audit_cell(), l.audit_cell())
+                    } else {
+                        "-".to_owned()
+                    },
                 ]);
                 t.failed |= p.failed() || l.failed();
             }
@@ -282,19 +543,66 @@ pub fn w4(b: &Bench) -> Table {
 pub fn w5(b: &Bench, hellos: &Hellos) -> Table {
     let mut t = Table::new(
         "W5 10 vs 10,000 rules (names, wildcards, IPv4/IPv6 CIDRs): short-tunnel peak",
-        &["target", "conn/s, 10 rules", "conn/s, 10,000 rules", "change", "errors", "audit records"],
+        &[
+            "target",
+            "conn/s, 10 rules",
+            "conn/s, 10,000 rules",
+            "change",
+            "errors",
+            "audit records",
+        ],
     );
     let echo = b.env.backends.echo;
-    let targets = [Target::Relay, Target::Squid, Target::Tinyproxy, Target::Haproxy, Target::Nginx, Target::Egressd];
+    let targets = [
+        Target::Relay,
+        Target::Squid,
+        Target::Tinyproxy,
+        Target::Haproxy,
+        Target::Nginx,
+        Target::Egressd,
+    ];
     let small = Allowlist::base();
     let large = Allowlist::large(10_000);
     for tg in targets {
         let sni = matches!(tg, Target::Haproxy | Target::Nginx);
-        let role = if sni { Role::Sni { upstream: echo } } else { Role::Connect };
-        let make = |r: &Running| Arc::new(ConnectEcho { via: r.via, echo, hellos: sni.then(|| hellos.clone()) });
-        let load = Load::Closed { clients: 32, max_ops: u64::MAX };
-        let a = run_or_row(b, tg, role, &small, "w5-10", load, Duration::from_secs(5), true, &make);
-        let z = run_or_row(b, tg, role, &large, "w5-10k", load, Duration::from_secs(5), true, &make);
+        let role = if sni {
+            Role::Sni { upstream: echo }
+        } else {
+            Role::Connect
+        };
+        let make = |r: &Running| {
+            Arc::new(ConnectEcho {
+                via: r.via,
+                echo,
+                hellos: sni.then(|| hellos.clone()),
+            })
+        };
+        let load = Load::Closed {
+            clients: 32,
+            max_ops: u64::MAX,
+        };
+        let a = run_or_row(
+            b,
+            tg,
+            role,
+            &small,
+            "w5-10",
+            load,
+            Duration::from_secs(5),
+            true,
+            &make,
+        );
+        let z = run_or_row(
+            b,
+            tg,
+            role,
+            &large,
+            "w5-10k",
+            load,
+            Duration::from_secs(5),
+            true,
+            &make,
+        );
         let mut row = vec![tg.name().to_owned()];
         match (a, z) {
             (Ok(a), Ok(z)) => {
@@ -304,7 +612,11 @@ pub fn w5(b: &Bench, hellos: &Hellos) -> Table {
                     spread(&z.rates, 0),
                     format!("{:+.1}%", (rz / ra.max(1e-9) - 1.0) * 100.0),
                     format!("{} / {}", a.errors_cell(), z.errors_cell()),
-                    if a.audit.is_some() { format!("{}; {}", a.audit_cell(), z.audit_cell()) } else { "-".to_owned() },
+                    if a.audit.is_some() {
+                        format!("{}; {}", a.audit_cell(), z.audit_cell())
+                    } else {
+                        "-".to_owned()
+                    },
                 ]);
                 t.failed |= a.failed() || z.failed();
             }
@@ -323,15 +635,34 @@ pub fn w5(b: &Bench, hellos: &Hellos) -> Table {
 pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
     let mut t = Table::new(
         &format!("W6 {n} idle tunnels (open, one echo round trip, hold)"),
-        &["target", "RSS before MiB", "RSS with tunnels MiB", "bytes per tunnel", "vs best peer", "errors", "audit records"],
+        &[
+            "target",
+            "RSS before MiB",
+            "RSS with tunnels MiB",
+            "bytes per tunnel",
+            "vs best peer",
+            "errors",
+            "audit records",
+        ],
     );
     let echo = b.env.backends.echo;
     let list = Allowlist::base();
-    let targets = [Target::Relay, Target::Squid, Target::Tinyproxy, Target::Haproxy, Target::Nginx, Target::Egressd];
+    let targets = [
+        Target::Relay,
+        Target::Squid,
+        Target::Tinyproxy,
+        Target::Haproxy,
+        Target::Nginx,
+        Target::Egressd,
+    ];
     let mut rows: Vec<(Target, Result<(u64, u64, u64, Option<AuditCheck>), String>)> = Vec::new();
     for tg in targets {
         eprintln!("bench: w6: {} ...", tg.name());
-        let role = if matches!(tg, Target::Haproxy | Target::Nginx) { Role::Sni { upstream: echo } } else { Role::Connect };
+        let role = if matches!(tg, Target::Haproxy | Target::Nginx) {
+            Role::Sni { upstream: echo }
+        } else {
+            Role::Connect
+        };
         let res = (|| -> anyhow::Result<Result<_, String>> {
             let Some(running) = peers::start(tg, role, &list, &b.env, "w6")? else {
                 return Ok(Err(b.unsupported(tg, role)));
@@ -347,15 +678,30 @@ pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
             let audit_dir = running.audit_dir.clone();
             running.stop()?;
             let audit = match audit_dir {
-                Some(d) => Some(AuditCheck { expected_decisions: opened, expected_closing: opened, found: audit_check::count(&d)? }),
+                Some(d) => Some(AuditCheck {
+                    expected_decisions: opened,
+                    expected_closing: opened,
+                    found: audit_check::count(&d)?,
+                }),
                 None => None,
             };
             Ok(Ok((u0.rss, u1.rss, errors, audit)))
         })();
-        rows.push((tg, res.unwrap_or_else(|e| Err(format!("failed to run: {e:#}").replace('\n', " ")))));
+        rows.push((
+            tg,
+            res.unwrap_or_else(|e| Err(format!("failed to run: {e:#}").replace('\n', " "))),
+        ));
     }
-    let per = |(a, z, _, _): &(u64, u64, u64, Option<AuditCheck>)| z.saturating_sub(*a) as f64 / n as f64;
-    let best = rows.iter().filter(|(x, _)| x.is_peer()).filter_map(|(_, r)| r.as_ref().ok()).map(per).fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.min(v))));
+    let per =
+        |(a, z, _, _): &(u64, u64, u64, Option<AuditCheck>)| z.saturating_sub(*a) as f64 / n as f64;
+    let best = rows
+        .iter()
+        .filter(|(x, _)| x.is_peer())
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(per)
+        .fold(None, |acc: Option<f64>, v| {
+            Some(acc.map_or(v, |a| a.min(v)))
+        });
     for (tg, r) in &rows {
         let mut row = vec![tg.name().to_owned()];
         match r {
@@ -366,7 +712,11 @@ pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
                     format!("{:.1}", *z as f64 / 1048576.0),
                     format!("{:.0}", per(v)),
                     ratio(per(v), best),
-                    if *errors == 0 { "0".to_owned() } else { format!("**{errors}**") },
+                    if *errors == 0 {
+                        "0".to_owned()
+                    } else {
+                        format!("**{errors}**")
+                    },
                     audit.as_ref().map_or("-".to_owned(), AuditCheck::cell),
                 ]);
                 t.failed |= *errors > 0 || audit.as_ref().is_some_and(|a| a.missing() > 0);
@@ -382,14 +732,23 @@ pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
     t
 }
 
-async fn open_idle_all(via: Via, echo: std::net::SocketAddr, n: u64, hellos: &Hellos) -> (Vec<tokio::net::TcpStream>, u64) {
+async fn open_idle_all(
+    via: Via,
+    echo: std::net::SocketAddr,
+    n: u64,
+    hellos: &Hellos,
+) -> (Vec<tokio::net::TcpStream>, u64) {
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::with_capacity(n as usize);
     for i in 0..n {
         let (sem, hellos) = (sem.clone(), hellos.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            tokio::time::timeout(Duration::from_secs(10), tunnel::open_idle(via, echo, i, &hellos)).await
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                tunnel::open_idle(via, echo, i, &hellos),
+            )
+            .await
         }));
     }
     let mut streams = Vec::with_capacity(n as usize);
@@ -405,19 +764,44 @@ async fn open_idle_all(via: Via, echo: std::net::SocketAddr, n: u64, hellos: &He
 
 /// W7: time until a client may send to its destination.
 pub fn w7(b: &Bench) -> Table {
-    let mut t = Table::new("W7 connect latency (until the client may send)", &["path", "p50 us", "p99 us", "errors"]);
+    let mut t = Table::new(
+        "W7 connect latency (until the client may send)",
+        &["path", "p50 us", "p99 us", "errors"],
+    );
     let echo = b.env.backends.echo;
     let list = Allowlist::base();
-    for (label, tg) in [("direct", Target::Direct), ("explicit CONNECT, relay (floor)", Target::Relay), ("explicit CONNECT, egressd", Target::Egressd)] {
-        let r = run_or_row(b, tg, Role::Connect, &list, "w7", Load::Open { rate: 500.0 }, Duration::from_secs(5), true, &|r| {
-            Arc::new(TunnelSetup { via: r.via, echo })
-        });
+    for (label, tg) in [
+        ("direct", Target::Direct),
+        ("explicit CONNECT, relay (floor)", Target::Relay),
+        ("explicit CONNECT, egressd", Target::Egressd),
+    ] {
+        let r = run_or_row(
+            b,
+            tg,
+            Role::Connect,
+            &list,
+            "w7",
+            Load::Open { rate: 500.0 },
+            Duration::from_secs(5),
+            true,
+            &|r| Arc::new(TunnelSetup { via: r.via, echo }),
+        );
         match r {
             Ok(m) => {
                 t.failed |= m.failed();
-                t.rows.push(vec![label.to_owned(), spread(&m.p50, 0), spread(&m.p99, 0), m.errors_cell()]);
+                t.rows.push(vec![
+                    label.to_owned(),
+                    spread(&m.p50, 0),
+                    spread(&m.p99, 0),
+                    m.errors_cell(),
+                ]);
             }
-            Err(e) => t.rows.push(vec![label.to_owned(), format!("not run: {e}"), String::new(), String::new()]),
+            Err(e) => t.rows.push(vec![
+                label.to_owned(),
+                format!("not run: {e}"),
+                String::new(),
+                String::new(),
+            ]),
         }
     }
     t.rows.push(vec![
@@ -426,7 +810,10 @@ pub fn w7(b: &Bench) -> Table {
         String::new(),
         String::new(),
     ]);
-    t.notes.push(format!("open loop at 500 connections/s, {} x {:?}, latency from the scheduled start", b.settings.reps, b.settings.dur));
+    t.notes.push(format!(
+        "open loop at 500 connections/s, {} x {:?}, latency from the scheduled start",
+        b.settings.reps, b.settings.dur
+    ));
     let _ = Instant::now();
     t
 }

@@ -27,14 +27,24 @@ impl Op for DnsQuery {
         let allowed = allowed || !self.filters;
         let mut q = Message::query();
         q.metadata.recursion_desired = true;
-        q.add_query(Query::query(Name::from_ascii(&name).map_err(|e| e.to_string())?, RecordType::A));
+        q.add_query(Query::query(
+            Name::from_ascii(&name).map_err(|e| e.to_string())?,
+            RecordType::A,
+        ));
         let bytes = q.to_vec().map_err(|e| e.to_string())?;
-        let sock = UdpSocket::bind("127.0.0.1:0").await.map_err(|e| format!("bind: {e}"))?;
-        sock.connect(self.server).await.map_err(|e| format!("connect: {e}"))?;
+        let sock = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("bind: {e}"))?;
+        sock.connect(self.server)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         sock.send(&bytes).await.map_err(|e| format!("send: {e}"))?;
         let mut buf = vec![0u8; 2048];
         loop {
-            let n = sock.recv(&mut buf).await.map_err(|e| format!("recv: {e}"))?;
+            let n = sock
+                .recv(&mut buf)
+                .await
+                .map_err(|e| format!("recv: {e}"))?;
             let Ok(reply) = Message::from_vec(&buf[..n]) else {
                 return Err(format!("{name}: unparsable answer"));
             };
@@ -42,11 +52,16 @@ impl Op for DnsQuery {
                 continue;
             }
             let code = reply.metadata.response_code;
-            let has_a = reply.answers.iter().any(|r| r.data == RData::A(hickory_proto::rr::rdata::A(Ipv4Addr::LOCALHOST)));
+            let has_a = reply
+                .answers
+                .iter()
+                .any(|r| r.data == RData::A(hickory_proto::rr::rdata::A(Ipv4Addr::LOCALHOST)));
             return match (allowed, code) {
                 (true, ResponseCode::NoError) if has_a => Ok(Outcome::Allowed { bytes: 0 }),
                 (false, ResponseCode::Refused | ResponseCode::NXDomain) => Ok(Outcome::Denied),
-                (true, c) => Err(format!("allowed {name}: rcode {c}, A 127.0.0.1 present: {has_a}")),
+                (true, c) => Err(format!(
+                    "allowed {name}: rcode {c}, A 127.0.0.1 present: {has_a}"
+                )),
                 (false, c) => Err(format!("denied {name}: rcode {c}, expected REFUSED")),
             };
         }

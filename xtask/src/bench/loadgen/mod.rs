@@ -164,7 +164,8 @@ pub fn closed_loop<O: Op>(
         }
     });
     let elapsed = start.elapsed();
-    let shared = Arc::into_inner(shared).ok_or_else(|| anyhow::anyhow!("load tasks still running"))?;
+    let shared =
+        Arc::into_inner(shared).ok_or_else(|| anyhow::anyhow!("load tasks still running"))?;
     Ok(shared.into_report(elapsed))
 }
 
@@ -187,7 +188,8 @@ pub fn open_loop<O: Op>(
     // The dispatcher is a plain thread with a fine timer slack: tokio's timer
     // wheel has a 1 ms granularity, which would bunch arrivals into bursts.
     let dispatcher = {
-        let (rt, op, shared, in_flight) = (rt.clone(), op.clone(), shared.clone(), in_flight.clone());
+        let (rt, op, shared, in_flight) =
+            (rt.clone(), op.clone(), shared.clone(), in_flight.clone());
         std::thread::spawn(move || {
             // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
             unsafe {

@@ -49,7 +49,10 @@ impl Hellos {
         Ok(Self(Arc::new(map)))
     }
     fn get(&self, name: &str) -> Result<&[u8], String> {
-        self.0.get(name).map(Vec::as_slice).ok_or_else(|| format!("no ClientHello for {name}"))
+        self.0
+            .get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| format!("no ClientHello for {name}"))
     }
 }
 
@@ -60,7 +63,9 @@ fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
 /// Sends `CONNECT name:port` and reads the answer head; returns the status code.
 async fn connect_request(s: &mut TcpStream, name: &str, port: u16) -> Result<u16, String> {
     let req = format!("CONNECT {name}:{port} HTTP/1.1\r\nHost: {name}:{port}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(io("write CONNECT"))?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(io("write CONNECT"))?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 1024];
     loop {
@@ -96,11 +101,21 @@ async fn connect_request(s: &mut TcpStream, name: &str, port: u16) -> Result<u16
 /// Opens a tunnel to `dest` for `name`. `Ok(None)`: denied, as expected.
 /// With `hello`, a real ClientHello record is sent first (SNI routers need it;
 /// the echo and sink servers skip it).
-async fn open(via: Via, dest: SocketAddr, name: &str, allowed: bool, hello: Option<&[u8]>) -> Result<Option<TcpStream>, String> {
+async fn open(
+    via: Via,
+    dest: SocketAddr,
+    name: &str,
+    allowed: bool,
+    hello: Option<&[u8]>,
+) -> Result<Option<TcpStream>, String> {
     let allowed = allowed || !via.filters();
     let mut s = match via {
-        Via::Direct => TcpStream::connect(dest).await.map_err(io("connect destination"))?,
-        Via::Connect(proxy) | Via::Sni(proxy) => TcpStream::connect(proxy).await.map_err(io("connect proxy"))?,
+        Via::Direct => TcpStream::connect(dest)
+            .await
+            .map_err(io("connect destination"))?,
+        Via::Connect(proxy) | Via::Sni(proxy) => TcpStream::connect(proxy)
+            .await
+            .map_err(io("connect proxy"))?,
     };
     let _ = s.set_nodelay(true);
     if let Via::Connect(_) = via {
@@ -108,7 +123,11 @@ async fn open(via: Via, dest: SocketAddr, name: &str, allowed: bool, hello: Opti
         match (allowed, code) {
             (true, 200) => {}
             (false, 403) => return Ok(None),
-            (true, c) => return Err(format!("allowed {name}: CONNECT answered {c}, expected 200")),
+            (true, c) => {
+                return Err(format!(
+                    "allowed {name}: CONNECT answered {c}, expected 200"
+                ));
+            }
             (false, c) => return Err(format!("denied {name}: CONNECT answered {c}, expected 403")),
         }
     }
@@ -136,6 +155,8 @@ fn payload(i: u64) -> [u8; 32] {
     for (k, b) in p.iter_mut().enumerate() {
         *b = (i.wrapping_mul(31).wrapping_add(k as u64) & 0xff) as u8;
     }
+    // Never 0x16: the echo server would take the payload for a TLS record.
+    p[0] = b'E';
     p
 }
 
@@ -191,7 +212,9 @@ impl Op for TlsEcho {
         let allowed = allowed || !self.via.filters();
         let s = match self.via {
             Via::Sni(proxy) => {
-                let s = TcpStream::connect(proxy).await.map_err(io("connect proxy"))?;
+                let s = TcpStream::connect(proxy)
+                    .await
+                    .map_err(io("connect proxy"))?;
                 let _ = s.set_nodelay(true);
                 s
             }
@@ -249,7 +272,9 @@ impl Op for Bulk {
         }
         s.shutdown().await.map_err(io("shutdown bulk"))?;
         let mut count = [0u8; 8];
-        s.read_exact(&mut count).await.map_err(io("read sink count"))?;
+        s.read_exact(&mut count)
+            .await
+            .map_err(io("read sink count"))?;
         let got = u64::from_be_bytes(count);
         if got != self.bytes {
             return Err(format!("sink got {got} bytes, sent {}", self.bytes));
@@ -259,7 +284,12 @@ impl Op for Bulk {
 }
 
 /// W6: opens one allowed tunnel, checks it with an echo round trip, returns it open.
-pub async fn open_idle(via: Via, echo: SocketAddr, i: u64, hellos: &Hellos) -> Result<TcpStream, String> {
+pub async fn open_idle(
+    via: Via,
+    echo: SocketAddr,
+    i: u64,
+    hellos: &Hellos,
+) -> Result<TcpStream, String> {
     let (name, _) = tunnel_name(i % 9);
     let hello = hellos.get(&name)?;
     let Some(mut s) = open(via, echo, &name, true, Some(hello)).await? else {

@@ -12,10 +12,17 @@ use anyhow::bail;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 
-use super::{write, Allowlist, Target};
+use super::{Allowlist, Target, write};
 use crate::bench::process::Guard;
 
-pub fn start(target: Target, dir: &Path, listen: SocketAddr, up: SocketAddr, list: &Allowlist, log: &Path) -> anyhow::Result<Guard> {
+pub fn start(
+    target: Target,
+    dir: &Path,
+    listen: SocketAddr,
+    up: SocketAddr,
+    list: &Allowlist,
+    log: &Path,
+) -> anyhow::Result<Guard> {
     let d = dir.display();
     let zones: Vec<&String> = list.exact.iter().chain(list.suffixes.iter()).collect();
     let (name, cmd) = match target {
@@ -30,7 +37,8 @@ pub fn start(target: Target, dir: &Path, listen: SocketAddr, up: SocketAddr, lis
             }
             let conf = write(dir, "dnsmasq.conf", &cfg)?;
             let mut cmd = Command::new("dnsmasq");
-            cmd.arg("--keep-in-foreground").arg(format!("--conf-file={}", conf.display()));
+            cmd.arg("--keep-in-foreground")
+                .arg(format!("--conf-file={}", conf.display()));
             ("dnsmasq", cmd)
         }
         Target::Unbound => {
@@ -46,7 +54,11 @@ pub fn start(target: Target, dir: &Path, listen: SocketAddr, up: SocketAddr, lis
                 cfg.push_str(&format!("  local-zone: \"{z}.\" transparent\n"));
             }
             for z in &zones {
-                cfg.push_str(&format!("forward-zone:\n  name: \"{z}.\"\n  forward-addr: {}@{}\n", up.ip(), up.port()));
+                cfg.push_str(&format!(
+                    "forward-zone:\n  name: \"{z}.\"\n  forward-addr: {}@{}\n",
+                    up.ip(),
+                    up.port()
+                ));
             }
             let conf = write(dir, "unbound.conf", &cfg)?;
             let mut cmd = Command::new("unbound");
@@ -67,7 +79,10 @@ pub fn start(target: Target, dir: &Path, listen: SocketAddr, up: SocketAddr, lis
             ));
             let conf = write(dir, "dnsdist.conf", &cfg)?;
             let mut cmd = Command::new("dnsdist");
-            cmd.arg("--supervised").arg("--disable-syslog").arg("-C").arg(&conf);
+            cmd.arg("--supervised")
+                .arg("--disable-syslog")
+                .arg("-C")
+                .arg(&conf);
             ("dnsdist", cmd)
         }
         _ => bail!("{} is not a DNS peer", target.name()),
@@ -78,12 +93,20 @@ pub fn start(target: Target, dir: &Path, listen: SocketAddr, up: SocketAddr, lis
 }
 
 /// Waits until `server` answers a query for an allowed name.
-pub fn wait_dns(server: SocketAddr, timeout: Duration, g: &mut Guard, log: &Path) -> anyhow::Result<()> {
+pub fn wait_dns(
+    server: SocketAddr,
+    timeout: Duration,
+    g: &mut Guard,
+    log: &Path,
+) -> anyhow::Result<()> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut q = Message::query();
     q.metadata.recursion_desired = true;
-    q.add_query(Query::query(Name::from_ascii("probe.ok.bench.test.")?, RecordType::A));
+    q.add_query(Query::query(
+        Name::from_ascii("probe.ok.bench.test.")?,
+        RecordType::A,
+    ));
     let bytes = q.to_vec()?;
     let start = Instant::now();
     let mut buf = [0u8; 2048];
@@ -96,7 +119,10 @@ pub fn wait_dns(server: SocketAddr, timeout: Duration, g: &mut Guard, log: &Path
             return Ok(());
         }
         if start.elapsed() > timeout {
-            bail!("no DNS answer from {server} {timeout:?} after start (log: {})", log.display());
+            bail!(
+                "no DNS answer from {server} {timeout:?} after start (log: {})",
+                log.display()
+            );
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{write, Allowlist, Role};
+use super::{Allowlist, Role, write};
 use crate::bench::loadgen::tunnel::Via;
 use crate::bench::process::{self, Guard};
 
@@ -39,7 +39,9 @@ impl Features {
             return Some("no --filter-loopback: on loopback egressd would decide nothing");
         }
         match role {
-            Role::Connect | Role::Sni { .. } if !self.explicit => Some("no --explicit (HTTP CONNECT) listener"),
+            Role::Connect | Role::Sni { .. } if !self.explicit => {
+                Some("no --explicit (HTTP CONNECT) listener")
+            }
             Role::Dns if !self.dns_listen => Some("no --dns-listen"),
             _ => None,
         }
@@ -61,7 +63,10 @@ impl Egressd {
         let help = Command::new(&bin)
             .args(["run", "--help"])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr)
+            })
             .unwrap_or_default();
         let has = |flag: &str| help.contains(flag);
         let features = Features {
@@ -100,7 +105,12 @@ impl Egressd {
         let mut cmd = Command::new(&self.bin);
         cmd.env("TOKIO_WORKER_THREADS", "2").env("RUST_LOG", "warn");
         cmd.args(["run", "--no-ebpf", "--runner", "bench", "--filter-loopback"]);
-        cmd.arg("--policy").arg(&policy).arg("--audit-dir").arg(&audit).arg("--ready-file").arg(&ready);
+        cmd.arg("--policy")
+            .arg(&policy)
+            .arg("--audit-dir")
+            .arg(&audit)
+            .arg("--ready-file")
+            .arg(&ready);
         cmd.arg("--dns-upstream").arg(dns_upstream.to_string());
         if f.workers {
             cmd.args(["--workers", "2"]);
@@ -109,7 +119,8 @@ impl Egressd {
             cmd.arg("--explicit").arg(explicit.to_string());
         }
         if f.listen {
-            cmd.arg("--listen").arg(format!("127.0.0.1:{}", process::free_port()?));
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{}", process::free_port()?));
         }
         let dns = if f.dns_listen {
             let d = SocketAddr::from(([127, 0, 0, 1], process::free_port()?));

@@ -6,10 +6,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{hosts_file, write, Allowlist};
+use super::{Allowlist, hosts_file, write};
 use crate::bench::process::{self, Guard};
 
-pub fn squid(dir: &Path, listen: SocketAddr, list: &Allowlist, log: &Path) -> anyhow::Result<Guard> {
+pub fn squid(
+    dir: &Path,
+    listen: SocketAddr,
+    list: &Allowlist,
+    log: &Path,
+) -> anyhow::Result<Guard> {
     let mut names: Vec<String> = list.exact.clone();
     names.extend(list.suffixes.iter().map(|s| format!(".{s}")));
     let names = write(dir, "names.txt", &(names.join("\n") + "\n"))?;
@@ -50,7 +55,12 @@ cache_effective_user proxy
     Ok(g)
 }
 
-pub fn tinyproxy(dir: &Path, listen: SocketAddr, list: &Allowlist, log: &Path) -> anyhow::Result<Guard> {
+pub fn tinyproxy(
+    dir: &Path,
+    listen: SocketAddr,
+    list: &Allowlist,
+    log: &Path,
+) -> anyhow::Result<Guard> {
     let mut filter: Vec<String> = list.exact.clone();
     filter.extend(list.suffixes.iter().map(|s| format!("*.{s}")));
     let filter = write(dir, "filter.txt", &(filter.join("\n") + "\n"))?;
@@ -76,9 +86,21 @@ FilterDefaultDeny Yes
     let conf = write(dir, "tinyproxy.conf", &cfg)?;
     // tinyproxy resolves with getaddrinfo: give it a private /etc/hosts in its
     // own mount namespace (nothing outside that process sees it).
-    let script = format!("mount --bind {} /etc/hosts && exec tinyproxy -d -c {}", hosts.display(), conf.display());
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec tinyproxy -d -c {}",
+        hosts.display(),
+        conf.display()
+    );
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c", &script]);
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
     let mut g = Guard::spawn("tinyproxy", cmd, log)?;
     process::wait_tcp(listen, Duration::from_secs(10), &mut g, log)?;
     Ok(g)

@@ -20,7 +20,7 @@ use super::backend::Backends;
 use super::loadgen::tunnel::Via;
 use super::process::{self, Guard, TreeUsage};
 
-pub use egressd::{Egressd, Features};
+pub use egressd::Egressd;
 
 /// One thing to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,8 +117,6 @@ pub struct Running {
     /// Its DNS address (DNS role).
     pub dns: Option<SocketAddr>,
     guard: Option<Guard>,
-    /// Its temp directory (configuration, logs).
-    pub dir: PathBuf,
     /// egressd's audit directory.
     pub audit_dir: Option<PathBuf>,
 }
@@ -126,7 +124,10 @@ pub struct Running {
 impl Running {
     /// CPU and RSS of the target's process tree (zero for direct).
     pub fn usage(&self) -> TreeUsage {
-        self.guard.as_ref().and_then(|g| process::tree_usage(g.pid()).ok()).unwrap_or_default()
+        self.guard
+            .as_ref()
+            .and_then(|g| process::tree_usage(g.pid()).ok())
+            .unwrap_or_default()
     }
 
     /// Stops the target gracefully (egressd flushes its journal on SIGTERM).
@@ -139,8 +140,17 @@ impl Running {
 }
 
 /// Starts `target` in `role` with `list`; `Ok(None)` when the target does not do `role`.
-pub fn start(target: Target, role: Role, list: &Allowlist, env: &Env, tag: &str) -> anyhow::Result<Option<Running>> {
-    let dir = env.dir.join(format!("{}-{tag}", target.name().split(' ').next().unwrap_or("t")));
+pub fn start(
+    target: Target,
+    role: Role,
+    list: &Allowlist,
+    env: &Env,
+    tag: &str,
+) -> anyhow::Result<Option<Running>> {
+    let dir = env.dir.join(format!(
+        "{}-{tag}",
+        target.name().split(' ').next().unwrap_or("t")
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     // Peers drop privileges to their own users and must still write logs here.
     use std::os::unix::fs::PermissionsExt as _;
@@ -158,13 +168,24 @@ pub fn start(target: Target, role: Role, list: &Allowlist, env: &Env, tag: &str)
             let mut cmd = Command::new(&env.exe);
             cmd.args(["bench", "--serve-relay"]);
             match role {
-                Role::Sni { upstream } => cmd.args(["sni", "--relay-upstream", &upstream.to_string()]),
+                Role::Sni { upstream } => {
+                    cmd.args(["sni", "--relay-upstream", &upstream.to_string()])
+                }
                 _ => cmd.arg("connect"),
             };
-            cmd.args(["--relay-listen", &listen.to_string(), "--relay-rules", &list.len().to_string()]);
+            cmd.args([
+                "--relay-listen",
+                &listen.to_string(),
+                "--relay-rules",
+                &list.len().to_string(),
+            ]);
             let mut g = Guard::spawn("relay", cmd, &log)?;
             process::wait_tcp(listen, Duration::from_secs(10), &mut g, &log)?;
-            let via = if let Role::Sni { .. } = role { Via::Sni(listen) } else { Via::Connect(listen) };
+            let via = if let Role::Sni { .. } = role {
+                Via::Sni(listen)
+            } else {
+                Via::Connect(listen)
+            };
             (Some(g), via, None)
         }
         (Target::Haproxy, Role::Sni { upstream }) => {
@@ -188,14 +209,23 @@ pub fn start(target: Target, role: Role, list: &Allowlist, env: &Env, tag: &str)
             (Some(g), Via::Direct, Some(listen))
         }
         (Target::Egressd, role) => {
-            let Some(e) = &env.egressd else { return Ok(None) };
-            let Some((g, via, dns, audit)) = e.start(role, &dir, list, b.dns, &log)? else { return Ok(None) };
+            let Some(e) = &env.egressd else {
+                return Ok(None);
+            };
+            let Some((g, via, dns, audit)) = e.start(role, &dir, list, b.dns, &log)? else {
+                return Ok(None);
+            };
             audit_dir = Some(audit);
             (Some(g), via, dns)
         }
         _ => return Ok(None),
     };
-    Ok(Some(Running { via, dns, guard, dir, audit_dir }))
+    Ok(Some(Running {
+        via,
+        dns,
+        guard,
+        audit_dir,
+    }))
 }
 
 /// Writes `text` to `dir/name` and returns the path.

@@ -6,10 +6,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{write, Allowlist};
+use super::{Allowlist, write};
 use crate::bench::process::{self, Guard};
 
-pub fn haproxy(dir: &Path, listen: SocketAddr, upstream: SocketAddr, list: &Allowlist, log: &Path) -> anyhow::Result<Guard> {
+pub fn haproxy(
+    dir: &Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    list: &Allowlist,
+    log: &Path,
+) -> anyhow::Result<Guard> {
     let exact = write(dir, "exact.lst", &(list.exact.join("\n") + "\n"))?;
     let suffix: Vec<String> = list.suffixes.iter().map(|s| format!(".{s}")).collect();
     let suffix = write(dir, "suffix.lst", &(suffix.join("\n") + "\n"))?;
@@ -48,7 +54,13 @@ backend allowed
     Ok(g)
 }
 
-pub fn nginx(dir: &Path, listen: SocketAddr, upstream: SocketAddr, list: &Allowlist, log: &Path) -> anyhow::Result<Guard> {
+pub fn nginx(
+    dir: &Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    list: &Allowlist,
+    log: &Path,
+) -> anyhow::Result<Guard> {
     let mut map = String::new();
     for n in &list.exact {
         map.push_str(&format!("        {n} {upstream};\n"));
@@ -88,7 +100,12 @@ stream {{
     );
     let conf = write(dir, "nginx.conf", &cfg)?;
     let mut cmd = Command::new("nginx");
-    cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf);
     let mut g = Guard::spawn("nginx", cmd, log)?;
     process::wait_tcp(listen, Duration::from_secs(10), &mut g, log)?;
     Ok(g)

@@ -1,0 +1,305 @@
+//! What the DNS server's answers taught us: name -> addresses and address ->
+//! names, each binding kept for its TTL (raised to a floor, capped) plus a
+//! grace period, then really removed by [`DnsMemory::purge`]. Also the CNAME
+//! targets reached from an allowed name, so that a resolver following the
+//! chain itself may ask for them.
+//!
+//! Reads are on the TCP hot path (`binds`, `names_for`): lock-free maps
+//! (papaya), no global lock; a read allocates only the returned names.
+//! Names are stored lowercase without a trailing dot; IPv4-mapped IPv6
+//! addresses are stored and looked up as IPv4.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egressd_policy::Resolutions;
+
+/// Default floor under short TTLs: long-lived connections and clients that
+/// cache answers longer than told (JVMs) keep working.
+pub const DEFAULT_TTL_FLOOR: Duration = Duration::from_secs(60);
+/// Default grace after the (floored) TTL.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
+/// No answer is believed for longer than this, whatever its TTL says.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Addresses kept per name (the latest-expiring win): bounds what one
+/// round-robin name can make us hold.
+const MAX_IPS_PER_NAME: usize = 64;
+/// Names kept per address (a CDN address serves many names).
+const MAX_NAMES_PER_IP: usize = 32;
+
+/// One remembered binding: the other side and when it stops counting.
+#[derive(Debug, Clone)]
+struct Binding<T> {
+    value: T,
+    expires: Instant,
+}
+
+type Bindings<T> = Box<[Binding<T>]>;
+
+/// Name <-> address memory of DNS answers. See the module documentation.
+pub struct DnsMemory {
+    ttl_floor: Duration,
+    grace: Duration,
+    by_name: papaya::HashMap<Arc<str>, Bindings<IpAddr>>,
+    by_ip: papaya::HashMap<IpAddr, Bindings<Arc<str>>>,
+    /// CNAME target -> the allowed name whose answer led there.
+    aliases: papaya::HashMap<Arc<str>, Binding<Arc<str>>>,
+}
+
+impl std::fmt::Debug for DnsMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsMemory")
+            .field("ttl_floor", &self.ttl_floor)
+            .field("grace", &self.grace)
+            .field("names", &self.by_name.len())
+            .field("ips", &self.by_ip.len())
+            .field("aliases", &self.aliases.len())
+            .finish()
+    }
+}
+
+impl Default for DnsMemory {
+    fn default() -> Self {
+        DnsMemory::new()
+    }
+}
+
+impl DnsMemory {
+    /// A memory with the default floor ([`DEFAULT_TTL_FLOOR`]) and grace
+    /// ([`DEFAULT_GRACE`]).
+    pub fn new() -> Self {
+        DnsMemory::with_timing(DEFAULT_TTL_FLOOR, DEFAULT_GRACE)
+    }
+
+    /// A memory that keeps each binding for `max(ttl, ttl_floor)` (at most
+    /// [`MAX_TTL`]) plus `grace`.
+    pub fn with_timing(ttl_floor: Duration, grace: Duration) -> Self {
+        DnsMemory {
+            ttl_floor,
+            grace,
+            by_name: papaya::HashMap::new(),
+            by_ip: papaya::HashMap::new(),
+            aliases: papaya::HashMap::new(),
+        }
+    }
+
+    fn expiry(&self, ttl: Duration, now: Instant) -> Instant {
+        now + ttl.max(self.ttl_floor).min(MAX_TTL) + self.grace
+    }
+
+    /// Remember that `name` was answered with `ips` for `ttl` at `now`.
+    pub fn remember(&self, name: &str, ips: &[IpAddr], ttl: Duration, now: Instant) {
+        if ips.is_empty() {
+            return;
+        }
+        let Some(name) = normalise(name) else { return };
+        let name: Arc<str> = Arc::from(name.as_ref());
+        let expires = self.expiry(ttl, now);
+        let fresh: Vec<Binding<IpAddr>> = ips
+            .iter()
+            .map(|ip| Binding {
+                value: canonical(*ip),
+                expires,
+            })
+            .collect();
+        let by_name = self.by_name.pin();
+        by_name.update_or_insert_with(
+            Arc::clone(&name),
+            |old| merge(old, &fresh, now, MAX_IPS_PER_NAME),
+            || merge(&[], &fresh, now, MAX_IPS_PER_NAME),
+        );
+        let by_ip = self.by_ip.pin();
+        let one = [Binding {
+            value: Arc::clone(&name),
+            expires,
+        }];
+        for b in &fresh {
+            by_ip.update_or_insert_with(
+                b.value,
+                |old| merge(old, &one, now, MAX_NAMES_PER_IP),
+                || merge(&[], &one, now, MAX_NAMES_PER_IP),
+            );
+        }
+    }
+
+    /// Remember that `target` is a CNAME target reached from the allowed
+    /// name `origin`, for `ttl` at `now`.
+    pub fn remember_alias(&self, target: &str, origin: &str, ttl: Duration, now: Instant) {
+        let (Some(target), Some(origin)) = (normalise(target), normalise(origin)) else {
+            return;
+        };
+        if target == origin {
+            return;
+        }
+        // A target reached from an alias keeps the first allowed name.
+        let origin: Arc<str> = match self.alias_origin(&origin, now) {
+            Some(first) => first,
+            None => Arc::from(origin.as_ref()),
+        };
+        let expires = self.expiry(ttl, now);
+        self.aliases.pin().insert(
+            Arc::from(target.as_ref()),
+            Binding {
+                value: origin,
+                expires,
+            },
+        );
+    }
+
+    /// The allowed name whose answer led, through CNAMEs, to `name`, if that
+    /// is still fresh.
+    pub fn alias_origin(&self, name: &str, now: Instant) -> Option<Arc<str>> {
+        let name = normalise(name)?;
+        let aliases = self.aliases.pin();
+        let b = aliases.get(name.as_ref())?;
+        (b.expires > now).then(|| Arc::clone(&b.value))
+    }
+
+    /// Whether `name` was answered with `ip` and that is still fresh at `now`.
+    pub fn binds_at(&self, name: &str, ip: IpAddr, now: Instant) -> bool {
+        let Some(name) = normalise(name) else {
+            return false;
+        };
+        let ip = canonical(ip);
+        let by_name = self.by_name.pin();
+        by_name
+            .get(name.as_ref())
+            .is_some_and(|bs| bs.iter().any(|b| b.value == ip && b.expires > now))
+    }
+
+    /// [`binds_at`](Self::binds_at) now.
+    pub fn binds(&self, name: &str, ip: IpAddr) -> bool {
+        self.binds_at(name, ip, Instant::now())
+    }
+
+    /// The names answered with `ip` that are still fresh at `now`, the
+    /// latest-expiring first.
+    pub fn names_at(&self, ip: IpAddr, now: Instant) -> Vec<Arc<str>> {
+        let by_ip = self.by_ip.pin();
+        let Some(bs) = by_ip.get(&canonical(ip)) else {
+            return Vec::new();
+        };
+        let mut live: Vec<&Binding<Arc<str>>> = bs.iter().filter(|b| b.expires > now).collect();
+        live.sort_by(|a, b| b.expires.cmp(&a.expires));
+        live.into_iter().map(|b| Arc::clone(&b.value)).collect()
+    }
+
+    /// [`names_at`](Self::names_at) now, as owned strings.
+    pub fn names_for(&self, ip: IpAddr) -> Vec<String> {
+        self.names_at(ip, Instant::now())
+            .into_iter()
+            .map(|n| n.as_ref().to_owned())
+            .collect()
+    }
+
+    /// Really remove every binding that is stale at `now`.
+    pub fn purge(&self, now: Instant) {
+        fn prune<K, T: Clone>(map: &papaya::HashMap<K, Bindings<T>>, now: Instant)
+        where
+            K: std::hash::Hash + Eq + Clone,
+        {
+            let pinned = map.pin();
+            let mut partly: Vec<K> = Vec::new();
+            pinned.retain(|k, bs| {
+                let live = bs.iter().filter(|b| b.expires > now).count();
+                if live > 0 && live < bs.len() {
+                    partly.push(k.clone());
+                }
+                live > 0
+            });
+            for k in partly {
+                pinned.update(k, |bs| {
+                    bs.iter()
+                        .filter(|b| b.expires > now)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .into_boxed_slice()
+                });
+            }
+        }
+        prune(&self.by_name, now);
+        prune(&self.by_ip, now);
+        self.aliases.pin().retain(|_, b| b.expires > now);
+    }
+
+    /// How many names, addresses and aliases are held (stale ones included
+    /// until the next purge).
+    pub fn len(&self) -> (usize, usize, usize) {
+        (self.by_name.len(), self.by_ip.len(), self.aliases.len())
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0, 0)
+    }
+
+    /// The memory seen at a fixed instant, as the policy's [`Resolutions`].
+    pub fn at(&self, now: Instant) -> At<'_> {
+        At { memory: self, now }
+    }
+}
+
+/// [`DnsMemory`] read at a fixed instant (what the policy asks through
+/// [`Resolutions`]).
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    memory: &'a DnsMemory,
+    now: Instant,
+}
+
+impl Resolutions for At<'_> {
+    fn binds(&self, name: &str, ip: IpAddr) -> bool {
+        self.memory.binds_at(name, ip, self.now)
+    }
+}
+
+impl Resolutions for DnsMemory {
+    fn binds(&self, name: &str, ip: IpAddr) -> bool {
+        self.binds_at(name, ip, Instant::now())
+    }
+}
+
+/// Old bindings still fresh at `now` plus `fresh` (a value present in both
+/// keeps the later expiry), at most `cap`, the latest-expiring kept.
+fn merge<T: Clone + PartialEq>(
+    old: &[Binding<T>],
+    fresh: &[Binding<T>],
+    now: Instant,
+    cap: usize,
+) -> Bindings<T> {
+    let mut out: Vec<Binding<T>> = Vec::with_capacity(old.len() + fresh.len());
+    for b in old.iter().chain(fresh).filter(|b| b.expires > now) {
+        match out.iter_mut().find(|o| o.value == b.value) {
+            Some(o) => o.expires = o.expires.max(b.expires),
+            None => out.push(b.clone()),
+        }
+    }
+    if out.len() > cap {
+        out.sort_by(|a, b| b.expires.cmp(&a.expires));
+        out.truncate(cap);
+    }
+    out.into_boxed_slice()
+}
+
+/// Lowercase, one trailing dot removed; borrowed when already so. `None`
+/// for the empty (root) name.
+pub(crate) fn normalise(name: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
+    Some(if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    })
+}
+
+/// An IPv4-mapped IPv6 address is the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}

@@ -1,0 +1,302 @@
+//! DNS messages as the proxy handles them (hickory-proto for the wire
+//! format): reading a client's query, the answers the proxy makes itself
+//! (REFUSED, NXDOMAIN, SERVFAIL, FORMERR, NOTIMP), what an upstream answer
+//! teaches (the CNAME chain from the query name and its addresses), removing
+//! `ech` from HTTPS/SVCB records, and fitting an answer into a client's UDP
+//! payload size. Pure: no I/O.
+
+use std::net::IpAddr;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::svcb::{Mandatory, SVCB, SvcParamKey, SvcParamValue};
+use hickory_proto::rr::rdata::HTTPS;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+/// DNS header length.
+pub const HEADER_LEN: usize = 12;
+/// The UDP payload every client may receive (RFC 1035) without EDNS.
+pub const MIN_UDP_PAYLOAD: usize = 512;
+/// The EDNS payload size the proxy advertises in its own answers.
+const OWN_EDNS_PAYLOAD: u16 = 1232;
+/// CNAME hops followed before giving up on a chain.
+const MAX_CHAIN: usize = 16;
+
+/// A client's query that the proxy can decide on.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// The parsed message.
+    pub message: Message,
+    /// The question name: ASCII, lowercase, no trailing dot (empty for the root).
+    pub name: String,
+    /// The question's type.
+    pub qtype: RecordType,
+    /// The largest UDP answer the client accepts.
+    pub udp_payload: usize,
+}
+
+/// Why a query is not decided on, and what (if anything) to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// What was wrong, for the audit record.
+    pub what: &'static str,
+    /// The answer to send; `None`: drop silently.
+    pub reply: Option<Vec<u8>>,
+}
+
+/// Read a query from the client. Anything but one standard question is
+/// rejected: FORMERR (or NOTIMP for other opcodes) when a header can be
+/// answered, silence when not even that (or when it is a response).
+pub fn parse_query(raw: &[u8]) -> Result<Query, Rejected> {
+    let Some(header) = raw.get(..HEADER_LEN) else {
+        return Err(Rejected {
+            what: "DNS message shorter than its header",
+            reply: None,
+        });
+    };
+    if header[2] & 0x80 != 0 {
+        return Err(Rejected {
+            what: "a DNS response where a query was expected",
+            reply: None,
+        });
+    }
+    let message = Message::from_vec(raw).map_err(|_| Rejected {
+        what: "DNS query cannot be parsed",
+        reply: Some(header_only_error(header, ResponseCode::FormErr)),
+    })?;
+    if message.op_code() != OpCode::Query {
+        return Err(Rejected {
+            what: "DNS opcode other than QUERY",
+            reply: Some(header_only_error(header, ResponseCode::NotImp)),
+        });
+    }
+    let [question] = message.queries() else {
+        return Err(Rejected {
+            what: "DNS query without exactly one question",
+            reply: Some(header_only_error(header, ResponseCode::FormErr)),
+        });
+    };
+    let name = ascii_name(question.name());
+    let qtype = question.query_type();
+    let udp_payload = message
+        .extensions()
+        .as_ref()
+        .map_or(MIN_UDP_PAYLOAD, |e| usize::from(e.max_payload()))
+        .max(MIN_UDP_PAYLOAD);
+    Ok(Query {
+        message,
+        name,
+        qtype,
+        udp_payload,
+    })
+}
+
+/// A name as the policy reads it: ASCII, lowercase, no trailing dot.
+pub fn ascii_name(name: &Name) -> String {
+    let mut s = name.to_lowercase().to_ascii();
+    if s.ends_with('.') {
+        s.pop();
+    }
+    s
+}
+
+/// An error answer built from nothing but a header (the rest did not parse):
+/// same id, opcode and RD, QR set, no sections.
+fn header_only_error(header: &[u8], rcode: ResponseCode) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out[0] = header[0];
+    out[1] = header[1];
+    // QR=1, opcode kept, AA=0, TC=0, RD kept.
+    out[2] = 0x80 | (header[2] & 0x79);
+    // RA=1, rcode.
+    out[3] = 0x80 | (u16::from(rcode) as u8 & 0x0f);
+    out
+}
+
+/// The proxy's own answer to `query`: `rcode`, the question echoed, no
+/// records (REFUSED, NXDOMAIN, SERVFAIL).
+pub fn own_answer(query: &Query, rcode: ResponseCode) -> Vec<u8> {
+    let q = &query.message;
+    let mut m = Message::error_msg(q.id(), q.op_code(), rcode);
+    m.set_recursion_desired(q.recursion_desired())
+        .set_recursion_available(true)
+        .set_checking_disabled(q.checking_disabled())
+        .add_queries(q.queries().iter().cloned());
+    if q.extensions().is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(OWN_EDNS_PAYLOAD);
+        m.set_edns(edns);
+    }
+    // Encoding a message made of parsed parts cannot fail; if it ever did,
+    // a header-only answer still tells the client.
+    m.to_vec().unwrap_or_else(|_| {
+        let mut h = [0u8; HEADER_LEN];
+        h[..2].copy_from_slice(&q.id().to_be_bytes());
+        header_only_error(&h, rcode)
+    })
+}
+
+/// What an upstream answer teaches about the query name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// The CNAME chain from the query name, in order (the query name not
+    /// included), each with its record's TTL.
+    pub aliases: Vec<(String, u32)>,
+    /// The addresses of the chain's last name (A/AAAA, and the address hints
+    /// of an HTTPS/SVCB record that serves that name itself).
+    pub addresses: Vec<IpAddr>,
+    /// The smallest TTL among those addresses' records.
+    pub ttl: u32,
+}
+
+/// Follow the CNAME chain from `qname` through `answers` and collect the
+/// addresses its names were answered with.
+pub fn learn(qname: &str, answers: &[Record]) -> Learned {
+    let mut learned = Learned::default();
+    let mut chain: Vec<String> = vec![qname.to_owned()];
+    let mut current = qname.to_owned();
+    for _ in 0..MAX_CHAIN {
+        let next = answers.iter().find_map(|r| match r.data() {
+            RData::CNAME(c) if ascii_name(r.name()) == current => Some((ascii_name(&c.0), r.ttl())),
+            _ => None,
+        });
+        match next {
+            Some((target, ttl)) if !chain.contains(&target) => {
+                chain.push(target.clone());
+                learned.aliases.push((target.clone(), ttl));
+                current = target;
+            }
+            _ => break,
+        }
+    }
+    let mut ttl: Option<u32> = None;
+    let mut add = |ip: IpAddr, t: u32, learned: &mut Learned| {
+        if !learned.addresses.contains(&ip) {
+            learned.addresses.push(ip);
+        }
+        ttl = Some(ttl.map_or(t, |m| m.min(t)));
+    };
+    for r in answers {
+        if !chain.contains(&ascii_name(r.name())) {
+            continue;
+        }
+        match r.data() {
+            RData::A(a) => add(IpAddr::V4(a.0), r.ttl(), &mut learned),
+            RData::AAAA(a) => add(IpAddr::V6(a.0), r.ttl(), &mut learned),
+            RData::HTTPS(HTTPS(s)) | RData::SVCB(s) if s.target_name().is_root() => {
+                for (_, v) in s.svc_params() {
+                    match v {
+                        SvcParamValue::Ipv4Hint(h) => {
+                            for a in &h.0 {
+                                add(IpAddr::V4(a.0), r.ttl(), &mut learned);
+                            }
+                        }
+                        SvcParamValue::Ipv6Hint(h) => {
+                            for a in &h.0 {
+                                add(IpAddr::V6(a.0), r.ttl(), &mut learned);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    learned.ttl = ttl.unwrap_or(0);
+    learned
+}
+
+/// Remove the `ech` SvcParam from every HTTPS and SVCB record (and from
+/// their `mandatory` lists), so the client's ClientHello keeps the real name
+/// in cleartext. Returns whether anything was removed.
+pub fn strip_ech(message: &mut Message) -> bool {
+    let mut changed = strip_ech_in(message.answers_mut());
+    changed |= strip_ech_in(message.name_servers_mut());
+    changed |= strip_ech_in(message.additionals_mut());
+    changed
+}
+
+fn strip_ech_in(records: &mut [Record]) -> bool {
+    let mut changed = false;
+    for r in records {
+        let stripped = match r.data() {
+            RData::HTTPS(HTTPS(s)) => without_ech(s).map(|s| RData::HTTPS(HTTPS(s))),
+            RData::SVCB(s) => without_ech(s).map(RData::SVCB),
+            _ => None,
+        };
+        if let Some(data) = stripped {
+            r.set_data(data);
+            changed = true;
+        }
+    }
+    changed
+}
+
+fn without_ech(s: &SVCB) -> Option<SVCB> {
+    if !s
+        .svc_params()
+        .iter()
+        .any(|(k, _)| *k == SvcParamKey::EchConfigList)
+    {
+        return None;
+    }
+    let params = s
+        .svc_params()
+        .iter()
+        .filter(|(k, _)| *k != SvcParamKey::EchConfigList)
+        .map(|(k, v)| match v {
+            SvcParamValue::Mandatory(Mandatory(keys)) => (
+                *k,
+                SvcParamValue::Mandatory(Mandatory(
+                    keys.iter()
+                        .copied()
+                        .filter(|k| *k != SvcParamKey::EchConfigList)
+                        .collect(),
+                )),
+            ),
+            other => (*k, other.clone()),
+        })
+        .filter(|(_, v)| !matches!(v, SvcParamValue::Mandatory(Mandatory(keys)) if keys.is_empty()))
+        .collect();
+    Some(SVCB::new(s.svc_priority(), s.target_name().clone(), params))
+}
+
+/// Whether `reply` is an answer to `query`'s question (same name, type and
+/// class; the id is checked by the transport).
+pub fn answers_question(query: &Query, reply: &Message) -> bool {
+    reply.message_type() == MessageType::Response
+        && match (query.message.queries(), reply.queries()) {
+            ([q], [r]) => {
+                q.query_type() == r.query_type()
+                    && q.query_class() == r.query_class()
+                    && ascii_name(q.name()) == ascii_name(r.name())
+            }
+            _ => false,
+        }
+}
+
+/// `reply` as it may go back over UDP to a client that accepts `max` bytes:
+/// unchanged when it fits, else the header and question with TC set.
+pub fn fit_udp(reply: Vec<u8>, message: &Message, max: usize) -> Vec<u8> {
+    if reply.len() <= max {
+        return reply;
+    }
+    let mut m = message.truncate();
+    m.set_id(message.id());
+    m.to_vec().unwrap_or_else(|_| {
+        let mut h = reply;
+        h.truncate(HEADER_LEN);
+        if let Some(flags) = h.get_mut(2) {
+            *flags |= 0x02;
+        }
+        h.iter_mut().skip(4).for_each(|b| *b = 0);
+        h
+    })
+}
+
+/// Put `id` into an encoded message.
+pub fn set_id(raw: &mut [u8], id: u16) {
+    if let Some(h) = raw.get_mut(..2) {
+        h.copy_from_slice(&id.to_be_bytes());
+    }
+}

@@ -1,0 +1,303 @@
+//! The DNS server jobs' queries reach (redirected by the kernel hooks, or
+//! configured as their resolver): policy on the query name, exactly one
+//! audit record per query written before the answer is sent, allowed
+//! queries forwarded upstream and their answers remembered, `ech` removed.
+//! UDP and TCP (length-prefixed, several queries per connection). In-flight
+//! UDP queries and open TCP connections are bounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egressd_audit::{HostSource, Kind};
+use egressd_policy::{Decision, Reason, Verdict};
+use hickory_proto::op::{Message, ResponseCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use super::DnsError;
+use super::memory::DnsMemory;
+use super::message::{self, Query};
+use super::upstream::Exchanged;
+use crate::decide::enforce_outcome;
+use crate::engine::Engine;
+
+/// How stale bindings are swept out of the DNS memory.
+const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// The largest DNS message.
+const MAX_MESSAGE: usize = 65535;
+
+/// What a query for a denied name gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DenyAnswer {
+    /// REFUSED (the default): the client knows it was a policy answer.
+    #[default]
+    Refused,
+    /// NXDOMAIN: for clients that retry other resolvers on REFUSED.
+    NxDomain,
+}
+
+/// Options of the DNS server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsOptions {
+    /// What a denied query gets.
+    pub deny_answer: DenyAnswer,
+    /// UDP queries being answered at once; further datagrams wait in the
+    /// socket buffer (the kernel drops beyond it).
+    pub max_inflight: usize,
+    /// TCP connections served at once; more are closed at accept.
+    pub max_tcp_connections: usize,
+    /// A TCP connection silent for this long (or this slow to send one
+    /// message) is closed.
+    pub tcp_idle: Duration,
+}
+
+impl Default for DnsOptions {
+    fn default() -> Self {
+        DnsOptions {
+            deny_answer: DenyAnswer::Refused,
+            max_inflight: 1024,
+            max_tcp_connections: 256,
+            tcp_idle: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serve DNS over UDP on `sock` until the engine stops accepting.
+pub async fn serve_udp(engine: Arc<Engine>, sock: UdpSocket, tasks: TaskTracker) {
+    serve_udp_with(engine, sock, tasks, DnsOptions::default()).await;
+}
+
+/// Serve DNS over TCP on `listener` until the engine stops accepting.
+pub async fn serve_tcp(engine: Arc<Engine>, listener: TcpListener, tasks: TaskTracker) {
+    serve_tcp_with(engine, listener, tasks, DnsOptions::default()).await;
+}
+
+/// [`serve_udp`] with options. Also sweeps the DNS memory periodically.
+pub async fn serve_udp_with(engine: Arc<Engine>, sock: UdpSocket, tasks: TaskTracker, opts: DnsOptions) {
+    let sock = Arc::new(sock);
+    let inflight = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
+    let mut purge = tokio::time::interval(PURGE_EVERY);
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let stop = engine.stop_accepting().clone();
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&inflight).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = stop.cancelled() => return,
+        };
+        let received = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            _ = purge.tick() => {
+                engine.dns_memory().purge(Instant::now());
+                continue;
+            }
+            () = stop.cancelled() => return,
+        };
+        let (n, client) = match received {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS UDP receive failed");
+                continue;
+            }
+        };
+        let raw = buf[..n].to_vec();
+        let engine = Arc::clone(&engine);
+        let sock = Arc::clone(&sock);
+        tasks.spawn(async move {
+            if let Some(reply) = answer(&engine, &opts, &raw, client, false).await
+                && let Err(e) = sock.send_to(&reply, client).await
+            {
+                tracing::debug!(%client, error = %e, "DNS UDP answer not sent");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// [`serve_tcp`] with options.
+pub async fn serve_tcp_with(engine: Arc<Engine>, listener: TcpListener, tasks: TaskTracker, opts: DnsOptions) {
+    let conns = Arc::new(Semaphore::new(opts.max_tcp_connections.max(1)));
+    let stop = engine.stop_accepting().clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return,
+        };
+        let (stream, client) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&conns).try_acquire_owned() else {
+            tracing::debug!(%client, "DNS TCP connection limit reached: closing");
+            continue;
+        };
+        let engine = Arc::clone(&engine);
+        tasks.spawn(async move {
+            tcp_connection(&engine, &opts, stream, client).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Queries one after another on one TCP connection.
+async fn tcp_connection(engine: &Engine, opts: &DnsOptions, mut stream: TcpStream, client: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let stop = engine.stop_accepting();
+    loop {
+        let len = tokio::select! {
+            r = tokio::time::timeout(opts.tcp_idle, stream.read_u16()) => r,
+            () = stop.cancelled() => return,
+        };
+        let Ok(Ok(len)) = len else { return };
+        let mut raw = vec![0u8; usize::from(len)];
+        match tokio::time::timeout(opts.tcp_idle, stream.read_exact(&mut raw)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let Some(reply) = answer(engine, opts, &raw, client, true).await else {
+            return;
+        };
+        let Ok(n) = u16::try_from(reply.len()) else { return };
+        let mut framed = Vec::with_capacity(reply.len() + 2);
+        framed.extend_from_slice(&n.to_be_bytes());
+        framed.extend_from_slice(&reply);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Answer one query: decide, audit (exactly one record, before the answer
+/// exists for the client), forward if allowed. `None`: send nothing.
+pub async fn answer(
+    engine: &Engine,
+    opts: &DnsOptions,
+    raw: &[u8],
+    client: SocketAddr,
+    tcp: bool,
+) -> Option<Vec<u8>> {
+    let query = match message::parse_query(raw) {
+        Ok(q) => q,
+        Err(rejected) => {
+            let decision = Decision::engine_deny(Reason::MalformedRequest);
+            engine.metrics().dns_query(&decision);
+            let mut rec = engine.record(Kind::Dns, &decision);
+            rec.src = Some(client);
+            rec.detail = Some(rejected.what.to_owned());
+            engine.audit(rec).await;
+            return rejected.reply;
+        }
+    };
+    let (decision, via) = decide(engine, &query.name, Instant::now());
+    engine.metrics().dns_query(&decision);
+    let mut rec = engine.record(Kind::Dns, &decision);
+    rec.src = Some(client);
+    rec.host = Some(if query.name.is_empty() {
+        ".".to_owned()
+    } else {
+        query.name.clone()
+    });
+    rec.host_source = HostSource::DnsQuery;
+    if let Some(origin) = &via {
+        rec.detail = Some(format!("CNAME target of the allowed name {origin}"));
+    }
+    if !decision.is_allow() {
+        let rcode = match opts.deny_answer {
+            DenyAnswer::Refused => ResponseCode::Refused,
+            DenyAnswer::NxDomain => ResponseCode::NXDomain,
+        };
+        engine.audit(rec).await;
+        return Some(message::own_answer(&query, rcode));
+    }
+    // A fresh id upstream: the client's id is not ours to reuse.
+    let mut forward = raw.to_vec();
+    message::set_id(&mut forward, rand::random());
+    let outcome = engine.resolver().upstreams().exchange(&forward, tcp).await;
+    let reply = outcome.and_then(|x| {
+        let dst = x.from;
+        relay_answer(x, &query, engine.dns_memory(), Instant::now(), tcp).map(|r| (r, dst))
+    });
+    let reply = match reply {
+        Ok((reply, dst)) => {
+            rec.dst = Some(dst);
+            reply
+        }
+        Err(e) => {
+            rec.reason = Reason::UpstreamFailed;
+            rec.detail = Some(format!("{e}; answered SERVFAIL"));
+            message::own_answer(&query, ResponseCode::ServFail)
+        }
+    };
+    engine.audit(rec).await;
+    Some(reply)
+}
+
+/// The policy's decision for a query name; a name that policy alone would
+/// refuse is allowed when it is a fresh CNAME target of an allowed name
+/// (returned as the second value). A deny rule on the target still wins.
+fn decide(engine: &Engine, name: &str, now: Instant) -> (Decision, Option<Arc<str>>) {
+    let d = engine.decide_name(name);
+    if enforce_outcome(&d) == Verdict::Deny
+        && d.reason == Reason::DnsRefused
+        && let Some(origin) = engine.dns_memory().alias_origin(name, now)
+    {
+        let od = engine.decide_name(&origin);
+        if enforce_outcome(&od) == Verdict::Allow {
+            return (od, Some(origin));
+        }
+    }
+    (d, None)
+}
+
+/// Check an upstream answer against the query, remember what it teaches,
+/// remove `ech`, give it the client's id and fit it to the client's
+/// transport.
+pub fn relay_answer(
+    x: Exchanged,
+    query: &Query,
+    memory: &DnsMemory,
+    now: Instant,
+    tcp: bool,
+) -> Result<Vec<u8>, DnsError> {
+    let mut msg = Message::from_vec(&x.reply).map_err(|_| DnsError::BadReply(x.from))?;
+    if !message::answers_question(query, &msg) {
+        return Err(DnsError::BadReply(x.from));
+    }
+    if msg.response_code() == ResponseCode::NoError {
+        remember(memory, &query.name, &msg, now);
+    }
+    let client_id = query.message.id();
+    msg.set_id(client_id);
+    let mut reply = if message::strip_ech(&mut msg) {
+        msg.to_vec().map_err(|_| DnsError::BadReply(x.from))?
+    } else {
+        x.reply
+    };
+    message::set_id(&mut reply, client_id);
+    Ok(if tcp {
+        reply
+    } else {
+        message::fit_udp(reply, &msg, query.udp_payload)
+    })
+}
+
+/// Remember the answer's addresses under the query name and each name of
+/// its CNAME chain, and the chain's names as aliases of the query name.
+fn remember(memory: &DnsMemory, qname: &str, msg: &Message, now: Instant) {
+    let learned = message::learn(qname, msg.answers());
+    let ttl = Duration::from_secs(u64::from(learned.ttl));
+    memory.remember(qname, &learned.addresses, ttl, now);
+    for (alias, alias_ttl) in &learned.aliases {
+        memory.remember(alias, &learned.addresses, ttl, now);
+        memory.remember_alias(alias, qname, Duration::from_secs(u64::from(*alias_ttl)), now);
+    }
+}

@@ -1,0 +1,9 @@
+//! The service library against a real PostgreSQL (`EGRESSD_TEST_DATABASE_URL`,
+//! started by `scripts/postgres-test.sh`): the HTTP API, and runners shipping
+//! through service restarts. Without the variable each test prints one
+//! `skipped:` line (and fails when `CI=true`).
+
+mod support;
+
+mod api;
+mod shipping;
