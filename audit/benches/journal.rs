@@ -50,8 +50,15 @@ fn typical() -> Record {
 fn bench(c: &mut Criterion) {
     let sample = typical();
     let line = serde_json::to_string(&sample).expect("serialisable");
-    eprintln!("bytes per record (typical, with job and process): {}", line.len() + 1);
-    let mut minimal = Record::new("runner", Kind::Dns, &Decision::engine_deny(Reason::DnsRefused));
+    eprintln!(
+        "bytes per record (typical, with job and process): {}",
+        line.len() + 1
+    );
+    let mut minimal = Record::new(
+        "runner",
+        Kind::Dns,
+        &Decision::engine_deny(Reason::DnsRefused),
+    );
     minimal.host = Some("example.com".into());
     let min_len = serde_json::to_string(&minimal).expect("serialisable").len() + 1;
     eprintln!("bytes per record (DNS deny, no job or process): {min_len}");

@@ -70,9 +70,7 @@ pub fn parse_time(s: &str, now: Timestamp) -> Result<Timestamp, FilterError> {
     if let Ok(ts) = s_trim.parse::<Timestamp>() {
         return Ok(ts);
     }
-    let split = s_trim
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(bad)?;
+    let split = s_trim.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (num, unit) = s_trim.split_at(split);
     let n: i64 = num.parse().map_err(|_| bad())?;
     let secs_per = match unit {

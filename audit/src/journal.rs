@@ -340,12 +340,15 @@ impl Writer {
             if received == Some(0) {
                 // Closed and drained, or every handle dropped.
                 let outcome = self.sync();
-                for ack in acks.drain(..).chain(close_acks.drain(..)) {
-                    let _ = ack.send(outcome.clone());
-                }
-                if let Err(e) = outcome {
+                if let Err(e) = &outcome {
                     tracing::error!(dir = %self.cfg.dir.display(), error = %e,
                         "audit journal stopped with records it could not write");
+                }
+                // Release the segment and the directory lock before anyone
+                // hears that the journal is closed, so it can be reopened.
+                drop(self);
+                for ack in acks.drain(..).chain(close_acks.drain(..)) {
+                    let _ = ack.send(outcome.clone());
                 }
                 return;
             }

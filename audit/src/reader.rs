@@ -131,10 +131,16 @@ struct Open {
 }
 
 enum Step {
-    Line { start: u64 },
-    Oversize { start: u64 },
+    Line {
+        start: u64,
+    },
+    Oversize {
+        start: u64,
+    },
     /// End of the complete lines; `partial` bytes follow.
-    End { partial: u64 },
+    End {
+        partial: u64,
+    },
 }
 
 impl RawRecords {

@@ -248,11 +248,8 @@ impl ShipperHandle {
             generation = *g;
         });
         let mut progress = self.progress.clone();
-        let waited = tokio::time::timeout_at(
-            deadline,
-            progress.wait_for(|p| p.flushed >= generation),
-        )
-        .await;
+        let waited =
+            tokio::time::timeout_at(deadline, progress.wait_for(|p| p.flushed >= generation)).await;
         match waited {
             Ok(Ok(p)) => Ok(p.stats),
             Ok(Err(_)) => Err(ShipError::Stopped),
@@ -382,7 +379,8 @@ impl<S: Sink> Worker<S> {
                 }
             }
             if read.batch.records == 0 {
-                self.progress.send_modify(|p| p.flushed = p.flushed.max(requested));
+                self.progress
+                    .send_modify(|p| p.flushed = p.flushed.max(requested));
                 if self.idle().await {
                     return;
                 }
@@ -396,7 +394,9 @@ impl<S: Sink> Worker<S> {
             let end = read.end;
             match tokio::task::spawn_blocking(move || write_checkpoint(&dir, end)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the shipping checkpoint; a restart will resend (harmless)"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot write the shipping checkpoint; a restart will resend (harmless)")
+                }
                 Err(e) => tracing::warn!(error = %e, "checkpoint task failed"),
             }
             self.progress.send_modify(|p| {

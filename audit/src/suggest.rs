@@ -85,7 +85,14 @@ impl Usage {
         let mut s = parts.join(", ");
         if !self.processes.is_empty() {
             s.push_str(" by ");
-            s.push_str(&self.processes.iter().cloned().collect::<Vec<_>>().join(", "));
+            s.push_str(
+                &self
+                    .processes
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
             if self.more_processes {
                 s.push_str(", ...");
             }
@@ -143,15 +150,15 @@ pub fn suggest<I: IntoIterator<Item = Record>>(records: I) -> String {
             None => dst_text(),
         };
         if let Some(why) = not_allowable(&rec, enforced) {
-            notes
-                .entry((target(), why))
-                .or_default()
-                .add(&rec);
+            notes.entry((target(), why)).or_default().add(&rec);
             continue;
         }
         if rec.reason == Reason::BuiltinPrivate {
             let Some(dst) = rec.dst else {
-                notes.entry((target(), "no destination")).or_default().add(&rec);
+                notes
+                    .entry((target(), "no destination"))
+                    .or_default()
+                    .add(&rec);
                 continue;
             };
             let e = ips.entry(canonical_ip(dst.ip())).or_default();
@@ -179,7 +186,11 @@ pub fn suggest<I: IntoIterator<Item = Record>>(records: I) -> String {
                     e.ports.insert(p);
                 }
                 e.usage.add(&rec);
-                match rec.rule.strip_prefix("include:").and_then(|r| r.split('[').next()) {
+                match rec
+                    .rule
+                    .strip_prefix("include:")
+                    .and_then(|r| r.split('[').next())
+                {
                     Some(set) if valid_set_name(set) => {
                         includes.insert(set.to_owned());
                     }
@@ -188,7 +199,10 @@ pub fn suggest<I: IntoIterator<Item = Record>>(records: I) -> String {
             }
             _ => {
                 let Some(dst) = rec.dst else {
-                    notes.entry((target(), "no name and no destination")).or_default().add(&rec);
+                    notes
+                        .entry((target(), "no name and no destination"))
+                        .or_default()
+                        .add(&rec);
                     continue;
                 };
                 let e = ips.entry(canonical_ip(dst.ip())).or_default();
@@ -204,11 +218,15 @@ pub fn suggest<I: IntoIterator<Item = Record>>(records: I) -> String {
 /// Why this record must not become a rule, if so.
 fn not_allowable(rec: &Record, enforced: Verdict) -> Option<&'static str> {
     match rec.kind {
-        Kind::Udp | Kind::Icmp | Kind::Raw => return Some("blocked in the kernel; no rule allows it"),
+        Kind::Udp | Kind::Icmp | Kind::Raw => {
+            return Some("blocked in the kernel; no rule allows it");
+        }
         Kind::Tcp | Kind::Dns | Kind::Event => {}
     }
     let why = match rec.reason {
-        Reason::BuiltinMetadata => "cloud metadata endpoint; allow it only with an explicit ip: rule if you mean to",
+        Reason::BuiltinMetadata => {
+            "cloud metadata endpoint; allow it only with an explicit ip: rule if you mean to"
+        }
         Reason::BuiltinLinkLocal
         | Reason::BuiltinMulticast
         | Reason::BuiltinBroadcast
@@ -269,7 +287,13 @@ fn valid_set_name(set: &str) -> bool {
 /// Network text reduced to printable ASCII for a YAML comment.
 fn comment_text(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 

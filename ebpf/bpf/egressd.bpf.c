@@ -390,9 +390,19 @@ int recvmsg6(struct bpf_sock_addr *ctx)
 }
 
 /* The client still sees the peer it asked for. */
+/* Only a peer that is one of the proxy's ports was put there by a redirect; a socket
+ * that later connected elsewhere keeps its real peer. */
+static __always_inline int is_proxy_peer(struct bpf_sock_addr *ctx)
+{
+    __u16 port = bpf_ntohs((__u16)ctx->user_port);
+    return port == proxy_port || port == dns_port;
+}
+
 SEC("cgroup/getpeername4")
 int getpeername4(struct bpf_sock_addr *ctx)
 {
+    if (!is_proxy_peer(ctx))
+        return ALLOW;
     __u64 ck = bpf_get_socket_cookie(ctx);
     struct orig *o = bpf_map_lookup_elem(&cookie_orig, &ck);
     if (o && o->family == AF_INET) {
@@ -407,6 +417,8 @@ int getpeername4(struct bpf_sock_addr *ctx)
 SEC("cgroup/getpeername6")
 int getpeername6(struct bpf_sock_addr *ctx)
 {
+    if (!is_proxy_peer(ctx))
+        return ALLOW;
     __u64 ck = bpf_get_socket_cookie(ctx);
     struct orig *o = bpf_map_lookup_elem(&cookie_orig, &ck);
     if (o) {
@@ -421,21 +433,11 @@ int getpeername6(struct bpf_sock_addr *ctx)
     return ALLOW;
 }
 
-/* Once a redirected TCP connection is established, index it by its full 4-tuple,
- * the key the proxy has on accept (ports collide across network namespaces). */
-SEC("sockops")
-int sock_ops(struct bpf_sock_ops *skops)
+static __always_inline int flow_of(struct bpf_sock_ops *skops, struct tuple *t)
 {
-    if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-        return 1;
-    __u64 ck = bpf_get_socket_cookie(skops);
-    struct orig *o = bpf_map_lookup_elem(&cookie_orig, &ck);
-    if (!o)
-        return 1;
-    struct tuple t = {};
     if (skops->family == AF_INET) {
-        addr_from4(t.saddr, skops->local_ip4);
-        addr_from4(t.daddr, skops->remote_ip4);
+        addr_from4(t->saddr, skops->local_ip4);
+        addr_from4(t->daddr, skops->remote_ip4);
     } else if (skops->family == AF_INET6) {
         /* 32-bit context loads only: clang would otherwise merge two into one 8-byte
          * load, which the verifier rejects. */
@@ -444,14 +446,41 @@ int sock_ops(struct bpf_sock_ops *skops)
             s[i] = *(volatile __u32 *)&skops->local_ip6[i];
             d[i] = *(volatile __u32 *)&skops->remote_ip6[i];
         }
-        addr_from6(t.saddr, s);
-        addr_from6(t.daddr, d);
+        addr_from6(t->saddr, s);
+        addr_from6(t->daddr, d);
     } else {
+        return 0;
+    }
+    t->sport = (__u16)skops->local_port;                 /* host order */
+    t->dport = (__u16)bpf_ntohl(skops->remote_port);     /* network order in the upper half */
+    return 1;
+}
+
+/* Once a redirected TCP connection is established, index it by its full 4-tuple,
+ * the key the proxy has on accept (ports collide across network namespaces), and
+ * ask for state changes so both entries go when the connection closes. */
+SEC("sockops")
+int sock_ops(struct bpf_sock_ops *skops)
+{
+    __u32 op = skops->op;
+    if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
+        return 1;
+    if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != BPF_TCP_CLOSE)
+        return 1;
+    __u64 ck = bpf_get_socket_cookie(skops);
+    struct orig *o = bpf_map_lookup_elem(&cookie_orig, &ck);
+    if (!o)
+        return 1;
+    struct tuple t = {};
+    if (!flow_of(skops, &t))
+        return 1;
+    if (op == BPF_SOCK_OPS_STATE_CB) {
+        bpf_map_delete_elem(&tuple_orig, &t);
+        bpf_map_delete_elem(&cookie_orig, &ck);
         return 1;
     }
-    t.sport = (__u16)skops->local_port;                 /* host order */
-    t.dport = (__u16)bpf_ntohl(skops->remote_port);     /* network order in the upper half */
     bpf_map_update_elem(&tuple_orig, &t, o, BPF_ANY);
+    bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
     return 1;
 }
 

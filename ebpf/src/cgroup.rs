@@ -64,11 +64,51 @@ pub fn cgroup_id_of(path: &Path) -> Result<u64, EbpfError> {
 /// Best effort: the path of the cgroup with this id, relative to the cgroup2 mount
 /// and starting with `/` (as `/proc/PID/cgroup` shows it). `None` when the cgroup
 /// is gone or the hierarchy cannot be read.
+/// Asks the kernel directly (`open_by_handle_at`, needs `CAP_DAC_READ_SEARCH`) and
+/// falls back to searching the hierarchy.
 pub fn cgroup_path_of_id(id: u64) -> Option<String> {
     let root = cgroup2_mount().ok()?;
-    let found = find_by_inode(&root, id, 0)?;
+    let found = open_by_cgroup_id(&root, id).or_else(|| find_by_inode(&root, id, 0))?;
     let rel = found.strip_prefix(&root).ok()?;
     Some(format!("/{}", rel.display()))
+}
+
+/// The directory of a cgroup id through its kernfs file handle (the id itself).
+fn open_by_cgroup_id(root: &Path, id: u64) -> Option<PathBuf> {
+    /// `struct file_handle` with the 8-byte kernfs handle inline.
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mount = std::fs::File::open(root).ok()?;
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: `handle` is a valid `file_handle` header followed by `handle_bytes`
+    // bytes; the mount fd is open for the duration of the call.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            std::os::fd::AsRawFd::as_raw_fd(&mount),
+            (&raw mut handle).cast(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    let dir = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let path = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ))
+    .ok()?;
+    Some(path)
 }
 
 /// Depth-first search for a directory with this inode (cgroup trees are shallow).

@@ -24,7 +24,11 @@ use crate::engine::Engine;
 use crate::tunnel::{self, FirstBytes};
 
 /// Accept on `listener` until the engine stops accepting.
-pub async fn serve(engine: Arc<Engine>, listener: TcpListener, tasks: tokio_util::task::TaskTracker) {
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    tasks: tokio_util::task::TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -132,7 +136,10 @@ fn parse_target(target: &str) -> Option<ConnectTarget> {
 
 /// Read a request head: up to the blank line, within the size cap and the
 /// peek timeout. Returns the head and any bytes the client sent after it.
-async fn read_head(client: &mut TcpStream, engine: &Engine) -> Result<(Vec<u8>, Vec<u8>), (Reason, String)> {
+async fn read_head(
+    client: &mut TcpStream,
+    engine: &Engine,
+) -> Result<(Vec<u8>, Vec<u8>), (Reason, String)> {
     let limits = engine.limits();
     let deadline = Instant::now() + limits.peek_timeout;
     let mut buf = Vec::with_capacity(1024);
@@ -145,7 +152,10 @@ async fn read_head(client: &mut TcpStream, engine: &Engine) -> Result<(Vec<u8>, 
         if buf.len() >= limits.max_connect_head {
             return Err((
                 Reason::LimitExceeded,
-                format!("the CONNECT request head exceeds {} bytes", limits.max_connect_head),
+                format!(
+                    "the CONNECT request head exceeds {} bytes",
+                    limits.max_connect_head
+                ),
             ));
         }
         match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
@@ -156,7 +166,9 @@ async fn read_head(client: &mut TcpStream, engine: &Engine) -> Result<(Vec<u8>, 
                 ));
             }
             Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-            Ok(Err(e)) => return Err((Reason::MalformedRequest, format!("client read failed: {e}"))),
+            Ok(Err(e)) => {
+                return Err((Reason::MalformedRequest, format!("client read failed: {e}")));
+            }
             Err(_) => {
                 return Err((
                     Reason::MalformedRequest,
@@ -193,7 +205,11 @@ fn refusal_body(d: &Decision, host: Option<&str>) -> String {
             d.reason.as_str(),
             d.rule
         ),
-        None => format!("egressd denied: reason={} rule={}\n", d.reason.as_str(), d.rule),
+        None => format!(
+            "egressd denied: reason={} rule={}\n",
+            d.reason.as_str(),
+            d.rule
+        ),
     }
 }
 
@@ -222,7 +238,10 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
         let d = Decision::engine_deny(Reason::LimitExceeded);
         tunnel::audit_decision(&engine, &d, |r| {
             r.src = Some(peer);
-            r.detail = Some(format!("more than {} tunnels open", engine.limits().max_tunnels));
+            r.detail = Some(format!(
+                "more than {} tunnels open",
+                engine.limits().max_tunnels
+            ));
         })
         .await;
         refuse(&mut client, status_for(d.reason), &d, None).await;
@@ -263,7 +282,11 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
         Target::Name(name) => open_name(&engine, name, target.port).await,
     };
     let (decided, dst, upstream) = match opened {
-        Opened::Refused { decided, dst, detail } => {
+        Opened::Refused {
+            decided,
+            dst,
+            detail,
+        } => {
             tunnel::audit_decision(&engine, &decided.decision, |r| {
                 fill(r, &decided, dst, peer, None);
                 r.detail = detail;
@@ -336,7 +359,13 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
     tunnel::run(engine, client, upstream, &peeked.bytes, record, started).await;
 }
 
-fn fill(r: &mut Record, d: &Decided, dst: Option<SocketAddr>, src: SocketAddr, process: Option<Process>) {
+fn fill(
+    r: &mut Record,
+    d: &Decided,
+    dst: Option<SocketAddr>,
+    src: SocketAddr,
+    process: Option<Process>,
+) {
     r.host = d.host.clone();
     r.host_source = d.host_source;
     r.dst = dst;

@@ -2,17 +2,24 @@
 //! runner integration (`boot`, job hooks) and the command line. The binary in
 //! `main.rs` only calls [`cmd::main`].
 
+pub mod cgroup_child;
 pub mod cmd;
-pub mod logging;
-pub mod peek;
-pub mod dns;
 pub mod connect;
+pub mod control;
 pub mod decide;
+pub mod dns;
 pub mod engine;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod origin;
+pub mod peek;
 pub mod relay;
 pub mod reload;
 pub mod transparent;
 pub mod tunnel;
+pub mod kernel;
+pub mod policy_source;
+pub mod selftest;
+pub mod daemon;

@@ -5,8 +5,8 @@
 //! nothing; only a scrape formats text.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use egressd_policy::{Decision, Reason, Verdict};
@@ -93,8 +93,10 @@ impl Histogram {
         if let Some(c) = self.counts.get(slot) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_ns
-            .fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -246,7 +248,10 @@ impl Metrics {
             }
         }
         let mut gauge = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         gauge(
             "egressd_audit_mode_would_deny_total",
@@ -333,7 +338,9 @@ pub struct OpenConnection<'a> {
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
-        self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -395,7 +402,9 @@ mod tests {
             Reason::NoRule,
             RuleId::Default,
         ));
-        m.decision(&Decision::enforce(Verdict::Deny, Reason::NoRule, RuleId::Default).into_audit_mode());
+        m.decision(
+            &Decision::enforce(Verdict::Deny, Reason::NoRule, RuleId::Default).into_audit_mode(),
+        );
         m.decision_latency.observe(Duration::from_micros(3));
         let open = m.connection_opened();
         m.bytes(10, 20);

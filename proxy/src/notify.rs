@@ -18,7 +18,9 @@ impl Notifier {
     /// own self-test probe, which never writes to it.
     pub fn from_env() -> Notifier {
         Notifier {
-            socket: std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty()),
+            socket: std::env::var("NOTIFY_SOCKET")
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 

@@ -102,14 +102,13 @@ enum Trigger {
 /// Watch `path` until the engine stops accepting: reload on SIGHUP and on
 /// change. `loaded` is the fingerprint of the policy the engine started with.
 pub async fn watch(engine: Arc<Engine>, path: PathBuf, loaded: Fingerprint, poll: Duration) {
-    let mut hangup =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; the policy file is still polled");
-                None
-            }
-        };
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the policy file is still polled");
+            None
+        }
+    };
     let mut reloader = Reloader {
         engine,
         path,

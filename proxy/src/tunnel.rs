@@ -114,7 +114,11 @@ pub async fn peek(client: &mut TcpStream, engine: &Engine, initial: Vec<u8>) -> 
             }
             Ok(Err(e)) => {
                 buf.truncate(old_len);
-                return refused(buf, Reason::MalformedRequest, format!("client read failed: {e}"));
+                return refused(
+                    buf,
+                    Reason::MalformedRequest,
+                    format!("client read failed: {e}"),
+                );
             }
             Err(_elapsed) => {
                 buf.truncate(old_len);
@@ -148,7 +152,9 @@ fn refused(bytes: Vec<u8>, reason: Reason, detail: String) -> Peek {
 
 fn classified(p: Peeked) -> FirstBytes {
     match p {
-        Peeked::Tls { sni: Some(name), .. } => FirstBytes::Named {
+        Peeked::Tls {
+            sni: Some(name), ..
+        } => FirstBytes::Named {
             name,
             source: HostSource::Sni,
         },

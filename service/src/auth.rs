@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use subtle::{ConstantTimeEq, ConditionallySelectable};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// What can be wrong with a tokens file.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,9 @@ pub enum TokensError {
         found: usize,
     },
     /// The org name cannot name a policy file.
-    #[error("{path}:{line}: {org:?} is not a valid org name (letters, digits, `-`, `_`, `.`; not starting with `.`)")]
+    #[error(
+        "{path}:{line}: {org:?} is not a valid org name (letters, digits, `-`, `_`, `.`; not starting with `.`)"
+    )]
     BadOrg {
         /// The file.
         path: PathBuf,
@@ -42,7 +44,9 @@ pub enum TokensError {
         org: String,
     },
     /// The same token is listed twice.
-    #[error("{path}:{line}: this token is already listed on line {first}; every token must be unique")]
+    #[error(
+        "{path}:{line}: this token is already listed on line {first}; every token must be unique"
+    )]
     Duplicate {
         /// The file.
         path: PathBuf,
@@ -185,7 +189,8 @@ mod tests {
 
     #[test]
     fn parses_pairs_and_comments() {
-        let t = parse("# header\nacme s3cret-acme-token\n\nglobex  tok-globex # trailing\n").unwrap();
+        let t =
+            parse("# header\nacme s3cret-acme-token\n\nglobex  tok-globex # trailing\n").unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t.org_of("s3cret-acme-token"), Some("acme"));
         assert_eq!(t.org_of("tok-globex"), Some("globex"));
@@ -196,7 +201,10 @@ mod tests {
     #[test]
     fn refuses_bad_lines() {
         let e = parse("acme\n").err().unwrap().to_string();
-        assert_eq!(e, "tokens:1: expected `ORG TOKEN` (two words), found 1 word(s)");
+        assert_eq!(
+            e,
+            "tokens:1: expected `ORG TOKEN` (two words), found 1 word(s)"
+        );
         assert!(matches!(
             parse("acme a b\n"),
             Err(TokensError::Malformed { found: 3, .. })
@@ -207,9 +215,16 @@ mod tests {
         ));
         assert!(matches!(
             parse("a tok\nb tok\n"),
-            Err(TokensError::Duplicate { line: 2, first: 1, .. })
+            Err(TokensError::Duplicate {
+                line: 2,
+                first: 1,
+                ..
+            })
         ));
-        assert!(matches!(parse("# nothing\n"), Err(TokensError::Empty { .. })));
+        assert!(matches!(
+            parse("# nothing\n"),
+            Err(TokensError::Empty { .. })
+        ));
     }
 
     #[test]

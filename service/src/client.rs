@@ -214,10 +214,13 @@ impl Client {
         if !resp.status().is_success() {
             return Err(Self::fail(url, resp).await);
         }
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Status {
             url,
             status: StatusCode::OK,
@@ -248,10 +251,14 @@ impl Client {
             return Err(Self::fail(url, resp).await);
         }
         let mut written = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?
+        {
             out.write_all(&chunk).await?;
             written += chunk.len() as u64;
         }

@@ -225,7 +225,9 @@ impl Formatter {
                 self.csv.flush()?;
                 let w = std::mem::replace(&mut self.csv, csv::Writer::from_writer(Vec::new()));
                 // `into_inner` only fails when the flush fails; it just did not.
-                let buf = w.into_inner().map_err(|e| csv::Error::from(e.into_error()))?;
+                let buf = w
+                    .into_inner()
+                    .map_err(|e| csv::Error::from(e.into_error()))?;
                 Ok(Bytes::from(buf))
             }
         }
@@ -291,8 +293,9 @@ impl Store {
                 .map_err(StoreError::from)?;
             for row in &rows {
                 let text: &str = row.get(0);
-                let record: Record = serde_json::from_str(text)
-                    .map_err(|e| ExportError::Record(text.chars().take(80).collect(), e.to_string()))?;
+                let record: Record = serde_json::from_str(text).map_err(|e| {
+                    ExportError::Record(text.chars().take(80).collect(), e.to_string())
+                })?;
                 fmt.push(&record)?;
             }
             let chunk = fmt.take()?;
@@ -348,7 +351,9 @@ mod tests {
         f.push(&r).unwrap();
         let text = String::from_utf8(f.take().unwrap().to_vec()).unwrap();
         let second = text.lines().nth(1).unwrap();
-        assert!(second.starts_with("2026-11-26T21:58:13.123456Z,01JDQ3S1M7X9V0ZK4Q2W8T6B5N,r1,o/r,"));
+        assert!(
+            second.starts_with("2026-11-26T21:58:13.123456Z,01JDQ3S1M7X9V0ZK4Q2W8T6B5N,r1,o/r,")
+        );
         assert!(second.contains(",\"a,b\","));
     }
 }

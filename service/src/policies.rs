@@ -201,7 +201,9 @@ impl PolicyDir {
                 let pd = Arc::clone(&me);
                 match tokio::task::spawn_blocking(move || pd.reload()).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "policy reload failed; serving the last good policies"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "policy reload failed; serving the last good policies")
+                    }
                     Err(e) => tracing::warn!(error = %e, "policy reload task failed"),
                 }
             }
@@ -245,7 +247,11 @@ mod tests {
         assert_eq!(report.loaded, vec!["acme".to_owned()]);
         assert_eq!(report.refused.len(), 1);
         assert_eq!(report.refused[0].0, "initech");
-        assert!(report.refused[0].1.starts_with("initech.yaml:3:"), "{}", report.refused[0].1);
+        assert!(
+            report.refused[0].1.starts_with("initech.yaml:3:"),
+            "{}",
+            report.refused[0].1
+        );
         assert_eq!(pd.orgs(), vec!["acme".to_owned()]);
         let before = pd.get("acme").unwrap();
 

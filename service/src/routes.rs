@@ -111,11 +111,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-async fn require_token(
-    State(st): State<Arc<AppState>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn require_token(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let Some(org) = bearer(req.headers()).and_then(|t| st.tokens.org_of(t)) else {
         return ApiError::Unauthorized.into_response();
     };
@@ -152,8 +148,8 @@ async fn policy(
         .policies
         .get(&org)
         .ok_or_else(|| ApiError::NotFound(format!("no policy is served for org {org:?}")))?;
-    let etag = HeaderValue::from_str(&served.etag)
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let etag =
+        HeaderValue::from_str(&served.etag).map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -203,14 +199,10 @@ async fn ingest(
     for r in &rejected {
         tracing::warn!(org = %caller.org, line = r.line, error = %r.error, "batch line rejected");
     }
-    let counts = st
-        .store
-        .ingest(&caller.org, &records)
-        .await
-        .map_err(|e| {
-            tracing::warn!(org = %caller.org, error = %e, "ingest failed");
-            ApiError::Unavailable(e.to_string())
-        })?;
+    let counts = st.store.ingest(&caller.org, &records).await.map_err(|e| {
+        tracing::warn!(org = %caller.org, error = %e, "ingest failed");
+        ApiError::Unavailable(e.to_string())
+    })?;
     tracing::debug!(org = %caller.org, accepted = counts.accepted, duplicate = counts.duplicate, "batch ingested");
     Ok(axum::Json(IngestReply {
         accepted: counts.accepted,

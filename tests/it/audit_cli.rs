@@ -97,7 +97,16 @@ fn csv_export_to_a_file_has_the_documented_columns() {
     let j = golden_journal();
     let out = j.path().join("out").join("records.csv");
     std::fs::create_dir(j.path().join("out")).unwrap();
-    let o = audit(j.path(), &["export", "--format", "csv", "--output", out.to_str().unwrap()]);
+    let o = audit(
+        j.path(),
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "");
     let csv = std::fs::read_to_string(&out).unwrap();
@@ -130,14 +139,29 @@ fn filters_select_records() {
     let cases: [(&[&str], &[&str]); 6] = [
         (
             &["--decision", "deny"],
-            &["dns_deny", "event_segment_removed", "tcp_deny_no_job_no_process"],
+            &[
+                "dns_deny",
+                "event_segment_removed",
+                "tcp_deny_no_job_no_process",
+            ],
         ),
-        (&["--decision", "allow"], &["tcp_allow_closing", "audit_mode_would_deny"]),
+        (
+            &["--decision", "allow"],
+            &["tcp_allow_closing", "audit_mode_would_deny"],
+        ),
         (&["--host", "*.EXAMPLE"], &["dns_deny"]),
         (&["--host", "2001:db8::*"], &["tcp_deny_no_job_no_process"]),
-        (&["--repository", "acme/web"], &["tcp_allow_closing", "audit_mode_would_deny"]),
         (
-            &["--since", "2026-11-26T21:58:15Z", "--until", "2026-11-26T22:58:17+01:00"],
+            &["--repository", "acme/web"],
+            &["tcp_allow_closing", "audit_mode_would_deny"],
+        ),
+        (
+            &[
+                "--since",
+                "2026-11-26T21:58:15Z",
+                "--until",
+                "2026-11-26T22:58:17+01:00",
+            ],
             &["audit_mode_would_deny", "event_segment_removed"],
         ),
     ];
@@ -178,12 +202,23 @@ fn a_missing_journal_exits_1_and_names_the_flag() {
 #[test]
 fn a_corrupt_line_is_reported_skipped_and_fails_the_export() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = format!("{}not a record\n{}", golden("dns_deny"), golden("event_segment_removed"));
+    let text = format!(
+        "{}not a record\n{}",
+        golden("dns_deny"),
+        golden("event_segment_removed")
+    );
     std::fs::write(segment(tmp.path(), 1), text).unwrap();
     let o = audit(tmp.path(), &["export"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stdout(&o), golden_concat(&["dns_deny", "event_segment_removed"]));
-    assert!(stderr(&o).contains("not a valid audit record"), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        golden_concat(&["dns_deny", "event_segment_removed"])
+    );
+    assert!(
+        stderr(&o).contains("not a valid audit record"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -194,12 +229,23 @@ fn summary_is_a_markdown_table() {
     let md = stdout(&o);
     // The closing record is not a decision; the event is not an endpoint.
     assert!(
-        md.starts_with("### egressd: 1 allowed, 2 denied, 3 endpoints (audit mode: 1 would have been denied)\n"),
+        md.starts_with(
+            "### egressd: 1 allowed, 2 denied, 3 endpoints (audit mode: 1 would have been denied)\n"
+        ),
         "{md}"
     );
-    assert!(md.contains("| Host or IP | Port | Allowed | Denied | Would deny | Processes | Rule |"), "{md}");
-    assert!(md.contains("| evil.example | dns | 0 | 1 | 0 |  | default |"), "{md}");
-    assert!(md.contains("| 2001:db8::7 | 22 | 0 | 1 | 0 |  | default |"), "{md}");
+    assert!(
+        md.contains("| Host or IP | Port | Allowed | Denied | Would deny | Processes | Rule |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| evil.example | dns | 0 | 1 | 0 |  | default |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| 2001:db8::7 | 22 | 0 | 1 | 0 |  | default |"),
+        "{md}"
+    );
     assert!(md.contains("segment(s) were removed"), "{md}");
 
     let o = audit(j.path(), &["summary", "--repository", "nobody/none"]);
@@ -233,14 +279,30 @@ fn suggest_prints_a_policy_that_check_accepts() {
     let o = audit(tmp.path(), &["suggest"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let yaml = stdout(&o);
-    assert!(yaml.contains("  - host: \"api.example.com\"\n    ports: [80, 443]\n"), "{yaml}");
-    assert!(yaml.contains("  - host: \"*.cdn.example.net\"\n    ports: [443]\n"), "{yaml}");
-    assert!(yaml.contains("  - ip: \"198.51.100.9\"\n    ports: [22]\n"), "{yaml}");
-    assert!(yaml.contains("  - ip: \"2001:db8::9\"\n    ports: [5432]\n"), "{yaml}");
+    assert!(
+        yaml.contains("  - host: \"api.example.com\"\n    ports: [80, 443]\n"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("  - host: \"*.cdn.example.net\"\n    ports: [443]\n"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("  - ip: \"198.51.100.9\"\n    ports: [22]\n"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("  - ip: \"2001:db8::9\"\n    ports: [5432]\n"),
+        "{yaml}"
+    );
 
     let policy = tmp.path().join("suggested.yaml");
     std::fs::write(&policy, &yaml).unwrap();
-    let check = Command::new(egressd()).arg("check").arg(&policy).output().unwrap();
+    let check = Command::new(egressd())
+        .arg("check")
+        .arg(&policy)
+        .output()
+        .unwrap();
     assert!(
         check.status.success(),
         "egressd check refused the suggestion:\n{}\n{yaml}",

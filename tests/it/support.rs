@@ -1,1 +1,459 @@
-//! support end-to-end tests (being written).
+//! What every end-to-end module shares: the real `egressd` binary, a running
+//! `egressd run` guarded by a process handle (killed on drop), its audit
+//! journal, a test PKI (a CA and server certificates for several names), TLS
+//! servers on loopback addresses, and curl.
+
+#![allow(dead_code, reason = "each test module uses a different part")]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egressd_audit::Record;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The `egressd` binary cargo built next to this test binary
+/// (`target/<profile>/deps/it-HASH` -> `target/<profile>/egressd`).
+pub fn egressd_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("egressd");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run the tests with `cargo test --workspace` (or build it with `cargo build -p egressd`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Environment variables that would send curl (or anything) elsewhere.
+const PROXY_ENV: [&str; 8] = [
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+];
+
+/// The addresses a running `egressd run` bound, read from its ready file.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Ready {
+    /// Its pid.
+    pub pid: u32,
+    /// The CONNECT proxy.
+    pub explicit: Option<SocketAddr>,
+    /// The transparent listener.
+    pub listen: Option<SocketAddr>,
+    /// The DNS server (UDP and TCP).
+    pub dns: Option<SocketAddr>,
+    /// The metrics endpoint.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// How to start `egressd run`: a policy and options, in a fresh temp dir.
+#[derive(Debug, Clone)]
+pub struct ProxyBuilder {
+    policy: String,
+    args: Vec<String>,
+}
+
+impl ProxyBuilder {
+    /// `egressd run --no-ebpf --explicit 127.0.0.1:0 --filter-loopback` with
+    /// this policy, a temp audit dir and a ready file.
+    pub fn new(policy: &str) -> Self {
+        ProxyBuilder {
+            policy: policy.to_owned(),
+            args: vec![
+                "--no-ebpf".into(),
+                "--explicit".into(),
+                "127.0.0.1:0".into(),
+                "--filter-loopback".into(),
+                "--runner".into(),
+                "e2e-runner".into(),
+            ],
+        }
+    }
+
+    /// Add command-line arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Resolve names through `dns` (a [`crate::fake_dns::FakeDns`] address).
+    pub fn dns_upstream(self, dns: SocketAddr) -> Self {
+        self.args(["--dns-upstream".to_owned(), dns.to_string()])
+    }
+
+    /// Start it and wait (bounded) until its ready file appears.
+    pub fn start(self) -> Proxy {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, &self.policy).expect("write the policy");
+        let audit = dir.path().join("audit");
+        let ready_path = dir.path().join("ready.json");
+        let log = dir.path().join("egressd.log");
+        let log_file = std::fs::File::create(&log).expect("create the log file");
+        let mut cmd = Command::new(egressd_bin());
+        cmd.arg("run")
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--audit-dir")
+            .arg(&audit)
+            .arg("--ready-file")
+            .arg(&ready_path)
+            .args(&self.args)
+            .env("RUST_LOG", "egressd=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for v in PROXY_ENV {
+            cmd.env_remove(v);
+        }
+        let child = cmd.spawn().expect("spawn egressd");
+        let mut proxy = Proxy {
+            child,
+            dir,
+            policy,
+            audit,
+            ready_path,
+            log,
+            ready: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&proxy.ready_path)
+                && let Ok(ready) = serde_json::from_str::<Ready>(&text)
+            {
+                proxy.ready = Some(ready);
+                return proxy;
+            }
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!(
+                    "egressd exited ({status}) before it was ready:\n{}",
+                    proxy.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "egressd not ready within 30 s:\n{}",
+                proxy.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A running `egressd run`, killed when dropped.
+#[derive(Debug)]
+pub struct Proxy {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// The policy file it watches.
+    pub policy: PathBuf,
+    /// Its audit directory.
+    pub audit: PathBuf,
+    /// Its ready file.
+    pub ready_path: PathBuf,
+    log: PathBuf,
+    ready: Option<Ready>,
+}
+
+impl Proxy {
+    /// What its ready file said.
+    pub fn ready(&self) -> &Ready {
+        self.ready.as_ref().expect("started proxies are ready")
+    }
+
+    /// The CONNECT proxy address.
+    pub fn explicit(&self) -> SocketAddr {
+        self.ready().explicit.expect("started with --explicit")
+    }
+
+    /// Its stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The temp dir holding its files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Send a signal.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) with a pid we spawned and still own (not reaped).
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for egressd") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "egressd did not exit within 30 s of SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Every record in its journal so far (torn last line skipped).
+    pub fn records(&self) -> Vec<Record> {
+        match egressd_audit::reader::read_dir(&self.audit) {
+            Ok(it) => it.filter_map(Result::ok).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Wait (bounded: the journal syncs every 200 ms) for a record matching
+    /// `pred`; panic with every record seen when none comes.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&Record) -> bool) -> Record {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let recs = self.records();
+            if let Some(r) = recs.iter().find(|r| pred(r)) {
+                return r.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record {what} within 20 s; records:\n{}\nlog:\n{}",
+                recs.iter()
+                    .map(|r| serde_json::to_string(r).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A test certificate authority that signs server certificates.
+pub struct TestPki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA certificate, PEM, written to a file for curl's `--cacert`.
+    pub ca_pem_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// A fresh CA.
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "egressd e2e test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let ca_pem_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem_path, ca.pem()).expect("write the CA");
+        TestPki {
+            ca,
+            ca_pem_path,
+            _dir: dir,
+        }
+    }
+
+    /// A rustls server configuration with one certificate for `names`
+    /// (host names and/or IP literals).
+    pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .expect("server params");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &self.ca).expect("server certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server certificate and key");
+        Arc::new(config)
+    }
+
+    /// A rustls client configuration trusting this CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("add the CA");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// A TLS server on `ip:0` that answers every HTTP request with `body`.
+pub struct TlsServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsServer {
+    /// Start it on `ip` (any 127.0.0.0/8 address works on Linux loopback).
+    pub async fn start(ip: IpAddr, config: Arc<rustls::ServerConfig>, body: &str) -> Self {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0))
+            .await
+            .expect("bind the TLS server");
+        let addr = listener.local_addr().expect("its address");
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let body = body.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let Ok(Ok(mut tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                        match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                    }
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        TlsServer { addr, task }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What curl reported.
+#[derive(Debug)]
+pub struct CurlOutcome {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// The response body.
+    pub body: String,
+    /// The proxy's answer to CONNECT (`200`, `403`, or `000` when none).
+    pub connect_code: String,
+    /// curl's error text.
+    pub stderr: String,
+}
+
+/// `curl --proxy http://PROXY URL` trusting `ca` (bounded by `--max-time`),
+/// run off the async runtime's threads.
+pub async fn curl_via(proxy: SocketAddr, ca: &Path, url: &str, extra: &[&str]) -> CurlOutcome {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "--noproxy", ""])
+        .arg("--proxy")
+        .arg(format!("http://{proxy}"))
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-w", "\n%{http_connect}"])
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null());
+    for v in PROXY_ENV {
+        cmd.env_remove(v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("the curl task")
+        .expect("curl runs (install curl)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
+    CurlOutcome {
+        status: out.status,
+        body: body.to_owned(),
+        connect_code: code.trim().to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Send a CONNECT request on a fresh connection to `proxy` and return the
+/// stream with the proxy's response head.
+pub async fn raw_connect(proxy: SocketAddr, target: &str) -> (tokio::net::TcpStream, String) {
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect to the proxy");
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("send CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(20), s.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}

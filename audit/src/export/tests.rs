@@ -22,7 +22,10 @@ fn jsonl_is_the_journal_line() {
 
 #[test]
 fn csv_has_a_header_and_quotes_what_needs_it() {
-    let mut rec = in_repo(by(allowed(Some("github.com"), "198.51.100.1:443"), "c,u\"rl"), "acme/web");
+    let mut rec = in_repo(
+        by(allowed(Some("github.com"), "198.51.100.1:443"), "c,u\"rl"),
+        "acme/web",
+    );
     rec.ts = "2026-11-26T21:58:13.123456Z".parse().unwrap();
     rec.id = "01JDQ6Z3K4ZV9Y8X7W6V5T4S3R".parse().unwrap();
     rec.detail = Some("two\nlines".into());

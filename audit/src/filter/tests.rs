@@ -54,7 +54,15 @@ fn times_are_rfc3339_or_relative_to_now() {
         parse_time("2026-11-20T01:02:03.5+01:00", now),
         Ok(ts("2026-11-20T00:02:03.5Z"))
     );
-    for bad in ["", "2", "h", "2y", "-2h", "yesterday", "99999999999999999999d"] {
+    for bad in [
+        "",
+        "2",
+        "h",
+        "2y",
+        "-2h",
+        "yesterday",
+        "99999999999999999999d",
+    ] {
         assert!(
             matches!(parse_time(bad, now), Err(FilterError::Time(_))),
             "{bad}"
@@ -73,18 +81,63 @@ fn every_condition_must_hold() {
     );
     assert!(Filter::default().matches(&r));
     let only = |f: Filter| f.matches(&r);
-    assert!(only(Filter { since: Some(ts("2026-11-26T10:00:00Z")), ..Filter::default() }));
-    assert!(!only(Filter { since: Some(ts("2026-11-26T10:00:01Z")), ..Filter::default() }));
-    assert!(only(Filter { until: Some(ts("2026-11-26T10:00:01Z")), ..Filter::default() }));
-    assert!(!only(Filter { until: Some(ts("2026-11-26T10:00:00Z")), ..Filter::default() }));
-    assert!(only(Filter { decision: Some(Verdict::Deny), ..Filter::default() }));
-    assert!(!only(Filter { decision: Some(Verdict::Allow), ..Filter::default() }));
-    assert!(only(Filter { host: Some("*.example.com".parse().unwrap()), ..Filter::default() }));
-    assert!(only(Filter { host: Some("198.51.100.*".parse().unwrap()), ..Filter::default() }));
-    assert!(!only(Filter { host: Some("*.example.org".parse().unwrap()), ..Filter::default() }));
-    assert!(only(Filter { repository: Some("acme/web".into()), ..Filter::default() }));
-    assert!(!only(Filter { repository: Some("acme/api".into()), ..Filter::default() }));
+    assert!(only(Filter {
+        since: Some(ts("2026-11-26T10:00:00Z")),
+        ..Filter::default()
+    }));
+    assert!(!only(Filter {
+        since: Some(ts("2026-11-26T10:00:01Z")),
+        ..Filter::default()
+    }));
+    assert!(only(Filter {
+        until: Some(ts("2026-11-26T10:00:01Z")),
+        ..Filter::default()
+    }));
+    assert!(!only(Filter {
+        until: Some(ts("2026-11-26T10:00:00Z")),
+        ..Filter::default()
+    }));
+    assert!(only(Filter {
+        decision: Some(Verdict::Deny),
+        ..Filter::default()
+    }));
+    assert!(!only(Filter {
+        decision: Some(Verdict::Allow),
+        ..Filter::default()
+    }));
+    assert!(only(Filter {
+        host: Some("*.example.com".parse().unwrap()),
+        ..Filter::default()
+    }));
+    assert!(only(Filter {
+        host: Some("198.51.100.*".parse().unwrap()),
+        ..Filter::default()
+    }));
+    assert!(!only(Filter {
+        host: Some("*.example.org".parse().unwrap()),
+        ..Filter::default()
+    }));
+    assert!(only(Filter {
+        repository: Some("acme/web".into()),
+        ..Filter::default()
+    }));
+    assert!(!only(Filter {
+        repository: Some("acme/api".into()),
+        ..Filter::default()
+    }));
 
-    let no_job = rec("2026-11-26T10:00:00Z", Verdict::Allow, None, "198.51.100.7:22", None);
-    assert!(!Filter { repository: Some("acme/web".into()), ..Filter::default() }.matches(&no_job));
+    let no_job = rec(
+        "2026-11-26T10:00:00Z",
+        Verdict::Allow,
+        None,
+        "198.51.100.7:22",
+        None,
+    );
+    assert!(
+        !Filter {
+            repository: Some("acme/web".into()),
+            ..Filter::default()
+        }
+        .matches(&no_job)
+    );
 }

@@ -96,7 +96,10 @@ async fn ships_everything_in_batches_and_checkpoints() {
     let seen = sink.ids();
     assert_eq!(seen.len(), 50);
     assert!(ids.iter().all(|id| seen[id] == 1));
-    assert_eq!(read_checkpoint(dir.path()).unwrap(), shipper.progress().acked);
+    assert_eq!(
+        read_checkpoint(dir.path()).unwrap(),
+        shipper.progress().acked
+    );
     shipper.stop().await;
 }
 
@@ -126,7 +129,10 @@ async fn retries_through_an_outage_and_resumes_after_restart() {
     assert_eq!(stats.duplicate, 0);
     let seen = sink.ids();
     assert_eq!(seen.len(), 40);
-    assert!(ids.iter().all(|id| seen[id] == 1), "every record exactly once");
+    assert!(
+        ids.iter().all(|id| seen[id] == 1),
+        "every record exactly once"
+    );
     second.stop().await;
 }
 

@@ -12,7 +12,10 @@ fn rows_count_per_endpoint_with_denied_first() {
     ]);
     assert_eq!((s.allowed, s.denied, s.would_deny), (3, 2, 0));
     let rows = s.rows();
-    let keys: Vec<(String, String)> = rows.iter().map(|(e, p, _)| (e.to_string(), p.to_string())).collect();
+    let keys: Vec<(String, String)> = rows
+        .iter()
+        .map(|(e, p, _)| (e.to_string(), p.to_string()))
+        .collect();
     assert_eq!(
         keys,
         [
@@ -24,7 +27,10 @@ fn rows_count_per_endpoint_with_denied_first() {
     );
     let github = rows[2].2;
     assert_eq!(github.allowed, 2);
-    assert_eq!(github.processes.names().collect::<Vec<_>>(), ["curl", "git"]);
+    assert_eq!(
+        github.processes.names().collect::<Vec<_>>(),
+        ["curl", "git"]
+    );
     assert_eq!(github.rules.names().collect::<Vec<_>>(), ["allow[0]"]);
 }
 
@@ -37,8 +43,15 @@ fn closing_records_and_events_are_not_decisions() {
     let mut event = denied(None, "198.51.100.1:443");
     event.kind = crate::record::Kind::Event;
     event.reason = Reason::JournalSegmentRemoved;
-    let s = summarize([allowed(Some("github.com"), "198.51.100.1:443"), closing, event]);
-    assert_eq!((s.allowed, s.denied, s.events, s.segments_removed), (1, 0, 1, 1));
+    let s = summarize([
+        allowed(Some("github.com"), "198.51.100.1:443"),
+        closing,
+        event,
+    ]);
+    assert_eq!(
+        (s.allowed, s.denied, s.events, s.segments_removed),
+        (1, 0, 1, 1)
+    );
     assert!(s.to_markdown().contains("segment(s) were removed"));
 }
 
@@ -67,9 +80,19 @@ fn audit_mode_adds_a_would_deny_column() {
         allowed(Some("github.com"), "198.51.100.1:443"),
     ]);
     let md = s.to_markdown();
-    assert!(md.starts_with("### egressd: 2 allowed, 0 denied, 2 endpoints (audit mode: 1 would have been denied)\n"), "{md}");
-    assert!(md.contains("| Host or IP | Port | Allowed | Denied | Would deny | Processes | Rule |"));
-    assert!(md.contains("| evil.example | 443 | 1 | 0 | 1 |  | default |"), "{md}");
+    assert!(
+        md.starts_with(
+            "### egressd: 2 allowed, 0 denied, 2 endpoints (audit mode: 1 would have been denied)\n"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| Host or IP | Port | Allowed | Denied | Would deny | Processes | Rule |")
+    );
+    assert!(
+        md.contains("| evil.example | 443 | 1 | 0 | 1 |  | default |"),
+        "{md}"
+    );
 }
 
 #[test]

@@ -78,7 +78,12 @@ fn kill_9_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
-        .args(["--exact", "crash::child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash::child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR, tmp.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -124,8 +129,14 @@ fn kill_9_loses_nothing_acknowledged() {
         assert!(ids.contains(id), "acknowledged record {id} is missing");
     }
     // The journal is append-only and the child wrote in order.
-    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "records out of order or missing in between");
-    assert!(segment::list(tmp.path()).unwrap().len() > 1, "the test should span several segments");
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "records out of order or missing in between"
+    );
+    assert!(
+        segment::list(tmp.path()).unwrap().len() > 1,
+        "the test should span several segments"
+    );
 
     // Export gives back exactly the complete lines on disk, in both formats.
     let mut on_disk = Vec::new();
@@ -146,7 +157,10 @@ fn kill_9_loses_nothing_acknowledged() {
     last.detail = Some("after crash".into());
     j.append_blocking(last).unwrap();
     j.close_blocking().unwrap();
-    let after: Vec<_> = reader::read_dir(tmp.path()).unwrap().map(|r| r.unwrap()).collect();
+    let after: Vec<_> = reader::read_dir(tmp.path())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
     assert_eq!(after.len(), before + 1);
     assert_eq!(after[before].detail.as_deref(), Some("after crash"));
 }

@@ -146,7 +146,10 @@ fn records_serialise_to_the_golden_lines() {
     for (name, rec) in cases() {
         let want = std::fs::read_to_string(golden_path(name)).unwrap();
         let got = format!("{}\n", serde_json::to_string(&rec).unwrap());
-        assert_eq!(got, want, "{name}: serialisation changed; that is a schema change");
+        assert_eq!(
+            got, want,
+            "{name}: serialisation changed; that is a schema change"
+        );
     }
 }
 
@@ -156,7 +159,11 @@ fn golden_lines_parse_back_to_the_same_records() {
         let line = std::fs::read_to_string(golden_path(name)).unwrap();
         let parsed: Record = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!(parsed, rec, "{name}");
-        assert_eq!(serde_json::to_string(&parsed).unwrap(), line.trim_end(), "{name}");
+        assert_eq!(
+            serde_json::to_string(&parsed).unwrap(),
+            line.trim_end(),
+            "{name}"
+        );
     }
 }
 

@@ -62,7 +62,9 @@ async fn a_full_queue_waits_and_drops_nothing() {
     }
     j.close().await.unwrap();
     let got: BTreeSet<u64> = numbers(tmp.path()).into_iter().collect();
-    let want: BTreeSet<u64> = (0..8u64).flat_map(|t| (0..250).map(move |n| t * 1000 + n)).collect();
+    let want: BTreeSet<u64> = (0..8u64)
+        .flat_map(|t| (0..250).map(move |n| t * 1000 + n))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -98,7 +100,10 @@ async fn close_writes_everything_then_refuses() {
     }
     j.close().await.unwrap();
     assert_eq!(numbers(tmp.path()).len(), 10);
-    assert!(matches!(other.append(numbered(99)).await, Err(JournalError::Closed)));
+    assert!(matches!(
+        other.append(numbered(99)).await,
+        Err(JournalError::Closed)
+    ));
     assert!(matches!(other.flush().await, Err(JournalError::Closed)));
     other.close().await.unwrap();
 }
@@ -108,26 +113,21 @@ async fn one_writer_per_directory_and_reopen_starts_a_new_segment() {
     let tmp = tempfile::tempdir().unwrap();
     let j = Journal::open(small(tmp.path())).unwrap();
     let second = Journal::open(small(tmp.path()));
-    assert!(matches!(second, Err(JournalError::Locked { .. })), "{second:?}");
+    assert!(
+        matches!(second, Err(JournalError::Locked { .. })),
+        "{second:?}"
+    );
     j.append(numbered(1)).await.unwrap();
     j.close().await.unwrap();
-    drop(j);
-    // The lock is released once the writer thread has stopped.
-    let mut reopened = None;
-    for _ in 0..500 {
-        match Journal::open(small(tmp.path())) {
-            Ok(j) => {
-                reopened = Some(j);
-                break;
-            }
-            Err(JournalError::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("{e}"),
-        }
-    }
-    let j = reopened.expect("the lock was never released");
+    // Closing released the lock.
+    let j = Journal::open(small(tmp.path())).unwrap();
     j.append(numbered(2)).await.unwrap();
     j.close().await.unwrap();
-    let seqs: Vec<u64> = segment::list(tmp.path()).unwrap().iter().map(|l| l.seq).collect();
+    let seqs: Vec<u64> = segment::list(tmp.path())
+        .unwrap()
+        .iter()
+        .map(|l| l.seq)
+        .collect();
     assert_eq!(seqs, [1, 2]);
     assert_eq!(numbers(tmp.path()), [1, 2]);
 }
@@ -136,10 +136,22 @@ async fn one_writer_per_directory_and_reopen_starts_a_new_segment() {
 fn invalid_configuration_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     for cfg in [
-        JournalConfig { segment_bytes: 0, ..small(tmp.path()) },
-        JournalConfig { max_total_bytes: 10, ..small(tmp.path()) },
-        JournalConfig { queue_capacity: 0, ..small(tmp.path()) },
-        JournalConfig { flush_interval: Duration::ZERO, ..small(tmp.path()) },
+        JournalConfig {
+            segment_bytes: 0,
+            ..small(tmp.path())
+        },
+        JournalConfig {
+            max_total_bytes: 10,
+            ..small(tmp.path())
+        },
+        JournalConfig {
+            queue_capacity: 0,
+            ..small(tmp.path())
+        },
+        JournalConfig {
+            flush_interval: Duration::ZERO,
+            ..small(tmp.path())
+        },
     ] {
         assert!(matches!(Journal::open(cfg), Err(JournalError::Config(_))));
     }
@@ -162,12 +174,21 @@ async fn rotation_removes_oldest_first_and_records_it() {
 
     let listed = segment::list(tmp.path()).unwrap();
     let seqs: Vec<u64> = listed.iter().map(|l| l.seq).collect();
-    assert!(seqs.len() > 1 && seqs[0] > 1, "old segments must be gone: {seqs:?}");
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "only the newest remain: {seqs:?}");
+    assert!(
+        seqs.len() > 1 && seqs[0] > 1,
+        "old segments must be gone: {seqs:?}"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "only the newest remain: {seqs:?}"
+    );
     let size: u64 = listed.iter().map(|l| l.len).sum();
     assert!(size <= 8192, "over the bound: {size}");
 
-    let recs: Vec<_> = reader::read_dir(tmp.path()).unwrap().map(|r| r.unwrap()).collect();
+    let recs: Vec<_> = reader::read_dir(tmp.path())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
     // What survives is the newest records, in order, without a gap.
     let nums: Vec<u64> = recs.iter().filter_map(number_of).collect();
     let first = nums[0];
@@ -181,8 +202,58 @@ async fn rotation_removes_oldest_first_and_records_it() {
     for r in removals {
         assert_eq!(r.runner, "test-runner");
         let detail = r.detail.as_deref().unwrap();
-        let name = detail.strip_prefix("removed ").unwrap().split(' ').next().unwrap();
+        let name = detail
+            .strip_prefix("removed ")
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
         let seq = segment::parse_name(name).unwrap();
         assert!(seq < seqs[0], "{detail}");
     }
+}
+
+#[test]
+fn a_reader_following_the_writer_sees_every_record_once_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig {
+        segment_bytes: 8192,
+        flush_interval: Duration::from_millis(1),
+        ..small(tmp.path())
+    };
+    let j = Journal::open(cfg).unwrap();
+    let total = 5000u64;
+    let writer = {
+        let j = j.clone();
+        std::thread::spawn(move || {
+            for n in 0..total {
+                j.append_blocking(numbered(n)).unwrap();
+            }
+            j.close_blocking().unwrap();
+        })
+    };
+    // Follow like the shipper does: read from the checkpoint until nothing
+    // new, then again; every pass ends cleanly at the writer's position.
+    let mut checkpoint = reader::Position::default();
+    let mut seen = Vec::new();
+    let mut writer = Some(writer);
+    loop {
+        let finished = writer.as_ref().is_some_and(|w| w.is_finished());
+        for item in reader::read_from(tmp.path(), checkpoint).unwrap() {
+            let (pos, rec) = item.unwrap();
+            assert!(pos > checkpoint);
+            checkpoint = pos;
+            seen.push(number_of(&rec).unwrap());
+        }
+        if finished {
+            writer.take().unwrap().join().unwrap();
+            // One last pass after the writer is done.
+            for item in reader::read_from(tmp.path(), checkpoint).unwrap() {
+                seen.push(number_of(&item.unwrap().1).unwrap());
+            }
+            break;
+        }
+        std::thread::yield_now();
+    }
+    assert_eq!(seen, (0..total).collect::<Vec<_>>());
 }

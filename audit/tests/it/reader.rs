@@ -38,7 +38,13 @@ fn an_incomplete_line_in_the_newest_segment_is_read_once_complete() {
     assert_eq!(got.len(), 1);
     assert_eq!(number_of(&got[0].1), Some(1));
     let checkpoint = got[0].0;
-    assert_eq!(checkpoint, Position { segment: 1, offset: line(1).len() as u64 });
+    assert_eq!(
+        checkpoint,
+        Position {
+            segment: 1,
+            offset: line(1).len() as u64
+        }
+    );
 
     append(tmp.path(), 1, tail);
     let rest: Vec<_> = reader::read_from(tmp.path(), checkpoint)
@@ -84,14 +90,26 @@ fn a_checkpoint_in_a_removed_segment_continues_with_the_next() {
     let tmp = tempfile::tempdir().unwrap();
     append(tmp.path(), 5, &line(5));
     append(tmp.path(), 6, &line(6));
-    let nums: Vec<_> = reader::read_from(tmp.path(), Position { segment: 3, offset: 999 })
-        .unwrap()
-        .map(|r| number_of(&r.unwrap().1).unwrap())
-        .collect();
+    let nums: Vec<_> = reader::read_from(
+        tmp.path(),
+        Position {
+            segment: 3,
+            offset: 999,
+        },
+    )
+    .unwrap()
+    .map(|r| number_of(&r.unwrap().1).unwrap())
+    .collect();
     assert_eq!(nums, [5, 6]);
-    let after: Vec<_> = reader::read_from(tmp.path(), Position { segment: 6, offset: line(6).len() as u64 })
-        .unwrap()
-        .collect();
+    let after: Vec<_> = reader::read_from(
+        tmp.path(),
+        Position {
+            segment: 6,
+            offset: line(6).len() as u64,
+        },
+    )
+    .unwrap()
+    .collect();
     assert!(after.is_empty());
 }
 
@@ -99,5 +117,8 @@ fn a_checkpoint_in_a_removed_segment_continues_with_the_next() {
 fn a_missing_directory_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let err = reader::read_dir(&tmp.path().join("nope")).err().unwrap();
-    assert!(err.to_string().contains("cannot read the audit journal"), "{err}");
+    assert!(
+        err.to_string().contains("cannot read the audit journal"),
+        "{err}"
+    );
 }

@@ -4,7 +4,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd as _;
 
 use crate::support::{self, World};
 

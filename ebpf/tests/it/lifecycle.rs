@@ -116,3 +116,19 @@ fn a_new_pinned_run_replaces_the_pins_of_a_crashed_one() {
     assert_eq!(attached_programs(&path), Vec::<String>::new());
     assert!(!pin_dir.exists());
 }
+
+#[test]
+fn a_cgroup_id_names_its_path() {
+    if !support::privileged() {
+        return;
+    }
+    let world = World::new();
+    let id = world.cgroup.id().unwrap();
+    let root = egressd_ebpf::cgroup2_mount().unwrap();
+    let rel = world.cgroup.path().strip_prefix(&root).unwrap();
+    assert_eq!(
+        egressd_ebpf::cgroup_path_of_id(id),
+        Some(format!("/{}", rel.display()))
+    );
+    assert_eq!(egressd_ebpf::cgroup_path_of_id(u64::MAX), None);
+}

@@ -112,3 +112,40 @@ for name, fam, typ, proto in [("ping4", socket.AF_INET, socket.SOCK_DGRAM, socke
         assert_eq!(d.dst, None);
     }
 }
+
+#[test]
+fn the_backstop_drops_a_socket_that_slipped_past_the_hooks() {
+    if !support::privileged() {
+        return;
+    }
+    let mut world = World::new();
+    let mut events = world.deny_events();
+    let _upstream = world.upstream_server();
+    // Exempt at connect time (the proxy's mark), then the mark is cleared: the
+    // connection now carries unproxied traffic, which the egress backstop drops.
+    let script = format!(
+        r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, 36, {mark})
+s.settimeout(10)
+s.connect(("198.51.100.10", 443))
+s.setsockopt(socket.SOL_SOCKET, 36, 0)
+s.sendall(b"smuggled")
+print("sent", flush=True)
+time.sleep(10)
+"#,
+        mark = support::BYPASS_MARK
+    );
+    let mut client = world.python(&script);
+    assert_eq!(client.line(), "sent");
+    let denies = support::collect_denies(&world, &mut events, 1);
+    assert_eq!(denies.len(), 1, "one backstop event: {denies:?}");
+    let d = &denies[0];
+    assert_eq!(d.kind, DenyKind::Backstop);
+    assert_eq!(d.dst, Some("198.51.100.10:443".parse().unwrap()));
+    assert_eq!(d.protocol, 6);
+    assert_eq!(d.pid, client.pid());
+    assert_eq!(d.comm, "python3");
+    assert_eq!(d.cgroup_id, world.cgroup.id().unwrap());
+}

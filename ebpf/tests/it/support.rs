@@ -414,11 +414,32 @@ impl World {
             enforcer: Some(enforcer),
             pin_dir,
             proxy,
+            container,
             cgroup,
             netns,
             runtime,
             _lock: lock,
         }
+    }
+
+    /// A TCP server in the world namespace on 198.51.100.10:443 that sends
+    /// "upstream" to its first client; returns once it listens.
+    pub fn upstream_server(&self) -> Client {
+        let script = r#"
+import socket
+s = socket.create_server(("198.51.100.10", 443))
+print("ready", flush=True)
+c, _ = s.accept()
+c.sendall(b"upstream")
+c.close()
+"#;
+        let mut cmd = self.netns.command(python());
+        cmd.args(["-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut server = Client::new(cmd.spawn().unwrap());
+        assert_eq!(server.line(), "ready");
+        server
     }
 
     /// The deny-event receiver, registered with this world's runtime.

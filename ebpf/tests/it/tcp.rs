@@ -52,6 +52,17 @@ fn redirected(world: &World, host: &str, expect_dst: &str, v6_listener: bool) {
     );
     assert_eq!(client.line(), "proxied");
     client.finish();
+
+    // Once both sides have closed, the flow's entry is gone (no stale 4-tuples).
+    drop(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while world.enforcer().original_dst(peer, local).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flow entry not removed after close"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -88,25 +99,7 @@ fn the_proxys_marked_socket_is_not_redirected() {
         return;
     }
     let world = World::new();
-    let server = r#"
-import socket
-s4 = socket.create_server(("198.51.100.10", 443))
-print("ready", flush=True)
-c, _ = s4.accept()
-c.sendall(b"upstream")
-c.close()
-"#;
-    let mut cmd = world.netns.command(support::python());
-    cmd.args(["-c", server]);
-    cmd.stdout(std::process::Stdio::piped());
-    let mut upstream = cmd.spawn().unwrap();
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(upstream.stdout.as_mut().unwrap()),
-        &mut ready,
-    )
-    .unwrap();
-    assert_eq!(ready.trim(), "ready");
+    let upstream = world.upstream_server();
 
     let client = format!(
         r#"
@@ -128,6 +121,5 @@ print(s.recv(100).decode(), flush=True)
         world.proxy.tcp4.accept().is_err(),
         "nothing may reach the proxy listener for a marked socket"
     );
-    let _ = upstream.kill();
-    let _ = upstream.wait();
+    drop(upstream.finish());
 }

@@ -191,8 +191,12 @@ fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     // Written beside the target and renamed when complete, so a failed export
     // never leaves a truncated file under the requested name.
     let partial = partial_path(&path);
-    let file = File::create(&partial)
-        .with_context(|| format!("cannot create {}; check the directory exists and is writable", partial.display()))?;
+    let file = File::create(&partial).with_context(|| {
+        format!(
+            "cannot create {}; check the directory exists and is writable",
+            partial.display()
+        )
+    })?;
     let outcome = write_all(&mut scan, format, BufWriter::with_capacity(256 << 10, file))
         .with_context(|| format!("cannot write {}", partial.display()))
         .and_then(|()| scan.finish());
@@ -206,7 +210,10 @@ fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".partial");
     path.with_file_name(name)
 }
@@ -223,9 +230,7 @@ fn write_all<W: Write>(scan: &mut Scan, format: Format, out: W) -> io::Result<()
 fn print_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(e).context("cannot write to stdout")
-        }
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
         _ => Ok(()),
     }
 }
@@ -277,7 +282,7 @@ impl Scan {
 
     fn tick(&mut self) {
         let Some(p) = &mut self.progress else { return };
-        if self.read % 4096 == 0 && p.last.elapsed() >= Duration::from_millis(500) {
+        if self.read.is_multiple_of(4096) && p.last.elapsed() >= Duration::from_millis(500) {
             p.last = Instant::now();
             p.shown = true;
             eprint!("\r{} records read, {} matched", self.read, self.matched);

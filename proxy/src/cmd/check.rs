@@ -10,9 +10,11 @@ use super::UsageError;
 
 /// Options of `egressd check`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  egressd check examples/github-actions-org.yaml\n\n\
+#[command(
+    after_help = "Example:\n  egressd check examples/github-actions-org.yaml\n\n\
 Prints every problem as file:line:col: message on stderr and `ok: N rules` on stdout.\n\
-Exit status: 0 valid (warnings allowed), 2 invalid or unreadable.")]
+Exit status: 0 valid (warnings allowed), 2 invalid or unreadable."
+)]
 pub struct Args {
     /// The policy YAML file.
     pub policy: PathBuf,

@@ -75,7 +75,9 @@ fn parse_target(raw: &str) -> Result<Target, UsageError> {
             .map_err(|_| bad("the part in brackets is not an IPv6 address"));
     }
     if raw.starts_with('[') {
-        return Err(bad("an [IPv6]:port needs a valid address and a port from 1 to 65535"));
+        return Err(bad(
+            "an [IPv6]:port needs a valid address and a port from 1 to 65535",
+        ));
     }
     let (host, port) = match raw.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => {
@@ -93,7 +95,9 @@ fn parse_target(raw: &str) -> Result<Target, UsageError> {
         return Err(bad("it looks like a URL; give only the host name"));
     }
     if !host.is_ascii() {
-        return Err(bad("host names must be ASCII; use the punycode (xn--) form"));
+        return Err(bad(
+            "host names must be ASCII; use the punycode (xn--) form",
+        ));
     }
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(bad("the host name is empty or has spaces"));
@@ -139,7 +143,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Target::Ip(ip, p) => {
             let (port, defaulted) = port(p)?;
             if defaulted {
-                notes.push(format!("no port given: evaluated for port {DEFAULT_PORT} (use --port)"));
+                notes.push(format!(
+                    "no port given: evaluated for port {DEFAULT_PORT} (use --port)"
+                ));
             }
             let dst = SocketAddr::new(ip, port);
             let decision = match &args.sni {
@@ -177,7 +183,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             let (port, defaulted) = port(p)?;
             if defaulted {
-                notes.push(format!("no port given: evaluated for port {DEFAULT_PORT} (use --port)"));
+                notes.push(format!(
+                    "no port given: evaluated for port {DEFAULT_PORT} (use --port)"
+                ));
             }
             let decision = rules.decide_name(&host, port);
             let dns = rules.decide_dns(&host);
@@ -209,14 +217,25 @@ fn print_json(d: &Decision) -> anyhow::Result<()> {
     if let Some(would) = d.enforce_would {
         obj.insert("enforce_would".into(), would.as_str().into());
     }
-    println!("{}", serde_json::to_string(&serde_json::Value::Object(obj))?);
+    println!(
+        "{}",
+        serde_json::to_string(&serde_json::Value::Object(obj))?
+    );
     Ok(())
+}
+
+/// `allow`, `deny`, or in audit mode `allow (audit; enforce would deny)`.
+fn verdict_text(d: &Decision) -> String {
+    match d.enforce_would {
+        Some(would) => format!("{} (audit; enforce would {would})", d.verdict),
+        None => d.verdict.to_string(),
+    }
 }
 
 fn print_human(policy: &Policy, job: &JobContext<'_>, e: &Explanation) {
     let d = &e.decision;
     println!("target:   {}", e.subject);
-    println!("decision: {}", d.verdict);
+    println!("decision: {}", verdict_text(d));
     println!("reason:   {}", d.reason);
     match policy.rule(d.rule) {
         Some(info) => match info.line {
@@ -247,7 +266,7 @@ fn print_human(policy: &Policy, job: &JobContext<'_>, e: &Explanation) {
     if let Some(dns) = &e.dns {
         println!(
             "dns:      {} ({}, {})",
-            dns.verdict,
+            verdict_text(dns),
             dns.reason,
             dns.rule
         );
@@ -264,14 +283,44 @@ mod tests {
     #[test]
     fn targets_of_every_shape() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(parse_target("github.com").unwrap(), Target::Host("github.com".into(), None));
-        assert_eq!(parse_target("github.com:22").unwrap(), Target::Host("github.com".into(), Some(22)));
-        assert_eq!(parse_target("198.51.100.7").unwrap(), Target::Ip(ip("198.51.100.7"), None));
-        assert_eq!(parse_target("198.51.100.7:8443").unwrap(), Target::Ip(ip("198.51.100.7"), Some(8443)));
-        assert_eq!(parse_target("2001:db8::1").unwrap(), Target::Ip(ip("2001:db8::1"), None));
-        assert_eq!(parse_target("[2001:db8::1]:22").unwrap(), Target::Ip(ip("2001:db8::1"), Some(22)));
-        assert_eq!(parse_target("[2001:db8::1]").unwrap(), Target::Ip(ip("2001:db8::1"), None));
-        for bad in ["", "host:0", "host:99999", "host:x", "[nope]:1", "https://github.com", "bücher.example", "a b"] {
+        assert_eq!(
+            parse_target("github.com").unwrap(),
+            Target::Host("github.com".into(), None)
+        );
+        assert_eq!(
+            parse_target("github.com:22").unwrap(),
+            Target::Host("github.com".into(), Some(22))
+        );
+        assert_eq!(
+            parse_target("198.51.100.7").unwrap(),
+            Target::Ip(ip("198.51.100.7"), None)
+        );
+        assert_eq!(
+            parse_target("198.51.100.7:8443").unwrap(),
+            Target::Ip(ip("198.51.100.7"), Some(8443))
+        );
+        assert_eq!(
+            parse_target("2001:db8::1").unwrap(),
+            Target::Ip(ip("2001:db8::1"), None)
+        );
+        assert_eq!(
+            parse_target("[2001:db8::1]:22").unwrap(),
+            Target::Ip(ip("2001:db8::1"), Some(22))
+        );
+        assert_eq!(
+            parse_target("[2001:db8::1]").unwrap(),
+            Target::Ip(ip("2001:db8::1"), None)
+        );
+        for bad in [
+            "",
+            "host:0",
+            "host:99999",
+            "host:x",
+            "[nope]:1",
+            "https://github.com",
+            "bücher.example",
+            "a b",
+        ] {
             assert!(parse_target(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -220,10 +220,9 @@ struct Bound {
 async fn bind_tcp(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
     match addr {
         None => Ok(None),
-        Some(a) => TcpListener::bind(a)
-            .await
-            .map(Some)
-            .with_context(|| format!("cannot listen on {a} for the {what}; choose another address")),
+        Some(a) => TcpListener::bind(a).await.map(Some).with_context(|| {
+            format!("cannot listen on {a} for the {what}; choose another address")
+        }),
     }
 }
 
@@ -240,7 +239,9 @@ async fn bind(plan: &Plan) -> anyhow::Result<Bound> {
             // Port 0: serve TCP on the port UDP got.
             let tcp_addr = udp.local_addr()?;
             let tcp = TcpListener::bind(tcp_addr).await.with_context(|| {
-                format!("cannot listen on {tcp_addr} (TCP) for the DNS server; choose another address")
+                format!(
+                    "cannot listen on {tcp_addr} (TCP) for the DNS server; choose another address"
+                )
             })?;
             (Some(udp), Some(tcp))
         }
@@ -259,7 +260,11 @@ async fn bind(plan: &Plan) -> anyhow::Result<Bound> {
 /// kernel's `SO_ORIGINAL_DST` (an nftables `redirect` setup). The eBPF
 /// enforcer plugs in here: attach with the engine's listener ports and return
 /// its original-destination lookup.
-fn attach_kernel(args: &Args, _engine: &Arc<Engine>, _bound: &Bound) -> anyhow::Result<Arc<dyn DstSource>> {
+fn attach_kernel(
+    args: &Args,
+    _engine: &Arc<Engine>,
+    _bound: &Bound,
+) -> anyhow::Result<Arc<dyn DstSource>> {
     if args.no_ebpf {
         return Ok(Arc::new(KernelOriginalDst));
     }
@@ -288,7 +293,12 @@ async fn serve(args: Args, plan: Plan) -> anyhow::Result<ExitCode> {
     let tasks = TaskTracker::new();
     let mut servers = tokio::task::JoinSet::new();
     if let Some(l) = bound.transparent {
-        servers.spawn(transparent::serve(Arc::clone(&engine), l, source, tasks.clone()));
+        servers.spawn(transparent::serve(
+            Arc::clone(&engine),
+            l,
+            source,
+            tasks.clone(),
+        ));
     }
     if let Some(l) = bound.explicit {
         servers.spawn(connect::serve(Arc::clone(&engine), l, tasks.clone()));
@@ -327,7 +337,10 @@ async fn serve(args: Args, plan: Plan) -> anyhow::Result<ExitCode> {
         .await
         .is_err()
     {
-        tracing::info!(open = tasks.len(), "grace period over: cutting open tunnels");
+        tracing::info!(
+            open = tasks.len(),
+            "grace period over: cutting open tunnels"
+        );
         engine.cut_tunnels().cancel();
         // Cut tunnels write their closing records; peeks end by their timeouts.
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
@@ -369,7 +382,9 @@ struct ReadyInfo {
 impl ReadyInfo {
     fn of(b: &Bound) -> anyhow::Result<ReadyInfo> {
         fn addr(l: Option<&TcpListener>) -> anyhow::Result<Option<SocketAddr>> {
-            l.map(|l| l.local_addr()).transpose().context("a bound listener has no address")
+            l.map(|l| l.local_addr())
+                .transpose()
+                .context("a bound listener has no address")
         }
         Ok(ReadyInfo {
             pid: std::process::id(),

@@ -14,7 +14,9 @@ use crate::cmd::UsageError;
 
 /// Options of `egressd serve`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  egressd serve --listen 0.0.0.0:8443 --policies /etc/egressd/orgs \\\n    --database postgres://egressd@db/egressd --tokens /etc/egressd/tokens \\\n    --tls-cert /etc/egressd/tls.crt --tls-key /etc/egressd/tls.key")]
+#[command(
+    after_help = "Example:\n  egressd serve --listen 0.0.0.0:8443 --policies /etc/egressd/orgs \\\n    --database postgres://egressd@db/egressd --tokens /etc/egressd/tokens \\\n    --tls-cert /etc/egressd/tls.crt --tls-key /etc/egressd/tls.key"
+)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR")]
@@ -45,9 +47,9 @@ pub struct Args {
 /// Entry point.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            egressd_service::tls::acceptor(cert, key).map_err(|e| UsageError(e.to_string()))?,
-        ),
+        (Some(cert), Some(key)) => {
+            Some(egressd_service::tls::acceptor(cert, key).map_err(|e| UsageError(e.to_string()))?)
+        }
         _ => None,
     };
     if args.poll_ms == 0 {

@@ -19,11 +19,26 @@ fn ip(i: &str, port: u16) -> ConnectTarget {
 #[test]
 fn connect_targets_parse() {
     let table: &[(&str, ConnectTarget)] = &[
-        ("CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n", name("a.test", 443)),
-        ("CONNECT API.Example.COM.:8443 HTTP/1.1\r\n\r\n", name("api.example.com", 8443)),
-        ("CONNECT 198.51.100.7:22 HTTP/1.1\r\n\r\n", ip("198.51.100.7", 22)),
-        ("CONNECT [2001:db8::1]:443 HTTP/1.1\r\n\r\n", ip("2001:db8::1", 443)),
-        ("CONNECT [::ffff:198.51.100.7]:443 HTTP/1.1\r\n\r\n", ip("198.51.100.7", 443)),
+        (
+            "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+            name("a.test", 443),
+        ),
+        (
+            "CONNECT API.Example.COM.:8443 HTTP/1.1\r\n\r\n",
+            name("api.example.com", 8443),
+        ),
+        (
+            "CONNECT 198.51.100.7:22 HTTP/1.1\r\n\r\n",
+            ip("198.51.100.7", 22),
+        ),
+        (
+            "CONNECT [2001:db8::1]:443 HTTP/1.1\r\n\r\n",
+            ip("2001:db8::1", 443),
+        ),
+        (
+            "CONNECT [::ffff:198.51.100.7]:443 HTTP/1.1\r\n\r\n",
+            ip("198.51.100.7", 443),
+        ),
         ("connect a.test:1 HTTP/1.0\r\n\r\n", name("a.test", 1)),
     ];
     for (head, want) in table {

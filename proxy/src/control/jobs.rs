@@ -202,7 +202,11 @@ impl JobService {
 
 /// The records of the job with `tags` written since `started`. Unreadable or
 /// corrupt lines are logged and skipped (the reader's torn-line rule).
-fn job_records(dir: &Path, tags: &JobTags, started: jiff::Timestamp) -> Result<Vec<Record>, String> {
+fn job_records(
+    dir: &Path,
+    tags: &JobTags,
+    started: jiff::Timestamp,
+) -> Result<Vec<Record>, String> {
     let records = reader::read_dir(dir).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for rec in records {

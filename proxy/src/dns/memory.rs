@@ -181,7 +181,7 @@ impl DnsMemory {
             return Vec::new();
         };
         let mut live: Vec<&Binding<Arc<str>>> = bs.iter().filter(|b| b.expires > now).collect();
-        live.sort_by(|a, b| b.expires.cmp(&a.expires));
+        live.sort_by_key(|b| std::cmp::Reverse(b.expires));
         live.into_iter().map(|b| Arc::clone(&b.value)).collect()
     }
 
@@ -276,7 +276,7 @@ fn merge<T: Clone + PartialEq>(
         }
     }
     if out.len() > cap {
-        out.sort_by(|a, b| b.expires.cmp(&a.expires));
+        out.sort_by_key(|b| std::cmp::Reverse(b.expires));
         out.truncate(cap);
     }
     out.into_boxed_slice()

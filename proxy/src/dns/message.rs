@@ -8,8 +8,8 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::svcb::{Mandatory, SVCB, SvcParamKey, SvcParamValue};
 use hickory_proto::rr::rdata::HTTPS;
+use hickory_proto::rr::rdata::svcb::{Mandatory, SVCB, SvcParamKey, SvcParamValue};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// DNS header length.

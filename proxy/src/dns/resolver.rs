@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as Question, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
+use super::DnsError;
 use super::memory::{DnsMemory, normalise};
 use super::message::{ascii_name, learn};
 use super::upstream::{DEFAULT_TIMEOUT, Upstreams};
-use super::DnsError;
 
 /// The longest a lookup result is reused.
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -129,14 +129,21 @@ impl Resolver {
     }
 
     /// One question; returns the chain's addresses and their smallest TTL.
-    async fn ask(&self, qname: &Name, key: &str, qtype: RecordType) -> Result<(Vec<IpAddr>, u32), DnsError> {
+    async fn ask(
+        &self,
+        qname: &Name,
+        key: &str,
+        qtype: RecordType,
+    ) -> Result<(Vec<IpAddr>, u32), DnsError> {
         let mut q = Message::new();
         q.set_id(rand::random())
             .set_message_type(MessageType::Query)
             .set_op_code(OpCode::Query)
             .set_recursion_desired(true)
             .add_query(Question::query(qname.clone(), qtype));
-        let wire = q.to_vec().map_err(|_| DnsError::InvalidName(key.to_owned()))?;
+        let wire = q
+            .to_vec()
+            .map_err(|_| DnsError::InvalidName(key.to_owned()))?;
         let x = self.upstreams.exchange(&wire, false).await?;
         let reply = Message::from_vec(&x.reply).map_err(|_| DnsError::BadReply(x.from))?;
         let matches = matches!(reply.queries(), [r] if r.query_type() == qtype && ascii_name(r.name()) == key);

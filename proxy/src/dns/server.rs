@@ -76,7 +76,12 @@ pub async fn serve_tcp(engine: Arc<Engine>, listener: TcpListener, tasks: TaskTr
 }
 
 /// [`serve_udp`] with options. Also sweeps the DNS memory periodically.
-pub async fn serve_udp_with(engine: Arc<Engine>, sock: UdpSocket, tasks: TaskTracker, opts: DnsOptions) {
+pub async fn serve_udp_with(
+    engine: Arc<Engine>,
+    sock: UdpSocket,
+    tasks: TaskTracker,
+    opts: DnsOptions,
+) {
     let sock = Arc::new(sock);
     let inflight = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
     let mut purge = tokio::time::interval(PURGE_EVERY);
@@ -120,7 +125,12 @@ pub async fn serve_udp_with(engine: Arc<Engine>, sock: UdpSocket, tasks: TaskTra
 }
 
 /// [`serve_tcp`] with options.
-pub async fn serve_tcp_with(engine: Arc<Engine>, listener: TcpListener, tasks: TaskTracker, opts: DnsOptions) {
+pub async fn serve_tcp_with(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    tasks: TaskTracker,
+    opts: DnsOptions,
+) {
     let conns = Arc::new(Semaphore::new(opts.max_tcp_connections.max(1)));
     let stop = engine.stop_accepting().clone();
     loop {
@@ -149,7 +159,12 @@ pub async fn serve_tcp_with(engine: Arc<Engine>, listener: TcpListener, tasks: T
 }
 
 /// Queries one after another on one TCP connection.
-async fn tcp_connection(engine: &Engine, opts: &DnsOptions, mut stream: TcpStream, client: SocketAddr) {
+async fn tcp_connection(
+    engine: &Engine,
+    opts: &DnsOptions,
+    mut stream: TcpStream,
+    client: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let stop = engine.stop_accepting();
     loop {
@@ -166,7 +181,9 @@ async fn tcp_connection(engine: &Engine, opts: &DnsOptions, mut stream: TcpStrea
         let Some(reply) = answer(engine, opts, &raw, client, true).await else {
             return;
         };
-        let Ok(n) = u16::try_from(reply.len()) else { return };
+        let Ok(n) = u16::try_from(reply.len()) else {
+            return;
+        };
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&n.to_be_bytes());
         framed.extend_from_slice(&reply);
@@ -298,6 +315,11 @@ fn remember(memory: &DnsMemory, qname: &str, msg: &Message, now: Instant) {
     memory.remember(qname, &learned.addresses, ttl, now);
     for (alias, alias_ttl) in &learned.aliases {
         memory.remember(alias, &learned.addresses, ttl, now);
-        memory.remember_alias(alias, qname, Duration::from_secs(u64::from(*alias_ttl)), now);
+        memory.remember_alias(
+            alias,
+            qname,
+            Duration::from_secs(u64::from(*alias_ttl)),
+            now,
+        );
     }
 }

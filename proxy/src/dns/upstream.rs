@@ -82,7 +82,12 @@ impl Upstreams {
         Err(last)
     }
 
-    async fn exchange_one(&self, addr: SocketAddr, query: &[u8], tcp_only: bool) -> Result<Exchanged, DnsError> {
+    async fn exchange_one(
+        &self,
+        addr: SocketAddr,
+        query: &[u8],
+        tcp_only: bool,
+    ) -> Result<Exchanged, DnsError> {
         if !tcp_only {
             let reply = self.udp(addr, query).await?;
             // TC: retry the same upstream over TCP.

@@ -36,7 +36,10 @@ async fn moves_bytes_both_ways_and_passes_half_close_on() {
     let mut got = Vec::new();
     server.read_to_end(&mut got).await.unwrap();
     assert_eq!(got.len(), big.len());
-    server.write_all(b"answer after the client's FIN").await.unwrap();
+    server
+        .write_all(b"answer after the client's FIN")
+        .await
+        .unwrap();
     server.shutdown().await.unwrap();
     let mut answer = Vec::new();
     client.read_to_end(&mut answer).await.unwrap();

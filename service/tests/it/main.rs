@@ -3,6 +3,11 @@
 //! through service restarts. Without the variable each test prints one
 //! `skipped:` line (and fails when `CI=true`).
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test fixtures unwrap: a failure there is the test failing"
+)]
+
 mod support;
 
 mod api;

@@ -34,7 +34,13 @@ fn start_shipper(dir: &Path, url: &str) -> ShipperHandle {
 async fn produce(journal: Journal, runner: String, repository: String, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let mut r = record(&runner, &repository, "github.com", Verdict::Allow, "2026-11-26T10:00:00.000000Z");
+        let mut r = record(
+            &runner,
+            &repository,
+            "github.com",
+            Verdict::Allow,
+            "2026-11-26T10:00:00.000000Z",
+        );
         r.ts = jiff::Timestamp::now();
         ids.push(r.id.to_string());
         journal.append(r).await.unwrap();
@@ -68,7 +74,12 @@ async fn a_runner_ships_through_a_service_restart_and_its_own_restart() {
         let audit = tempfile::tempdir().unwrap();
         let journal = Journal::open(JournalConfig::new(audit.path())).unwrap();
         let shipper = start_shipper(audit.path(), &url);
-        let producer = tokio::spawn(produce(journal.clone(), "r1".into(), "acme/app".into(), 600));
+        let producer = tokio::spawn(produce(
+            journal.clone(),
+            "r1".into(),
+            "acme/app".into(),
+            600,
+        ));
 
         tokio::time::sleep(Duration::from_millis(250)).await;
         server.kill();
@@ -77,11 +88,17 @@ async fn a_runner_ships_through_a_service_restart_and_its_own_restart() {
         let before = shipper.stop().await;
         let shipper = start_shipper(audit.path(), &url);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(shipper.progress().failing.is_some() || before.retries > 0, "the outage was seen");
+        assert!(
+            shipper.progress().failing.is_some() || before.retries > 0,
+            "the outage was seen"
+        );
         let server = TestServer::start(cfg.config(&db), addr).await;
 
         let mut ids = producer.await.unwrap();
-        shipper.flush(Instant::now() + Duration::from_secs(60)).await.unwrap();
+        shipper
+            .flush(Instant::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
         shipper.stop().await;
         journal.close().await.unwrap();
 
@@ -126,15 +143,23 @@ async fn twenty_runners_ship_concurrently_through_a_service_restart() {
         let mut all = Vec::new();
         let mut per_repo = Vec::new();
         let mut retries = 0;
-        for (_dir, journal, shipper, producer) in runners.iter_mut().map(|r| (&r.0, &r.1, &r.2, &mut r.3)) {
+        for (_dir, journal, shipper, producer) in
+            runners.iter_mut().map(|r| (&r.0, &r.1, &r.2, &mut r.3))
+        {
             let ids = producer.await.unwrap();
-            shipper.flush(Instant::now() + Duration::from_secs(60)).await.unwrap();
+            shipper
+                .flush(Instant::now() + Duration::from_secs(60))
+                .await
+                .unwrap();
             retries += shipper.progress().stats.retries;
             journal.flush().await.unwrap();
             all.extend(ids.iter().cloned());
             per_repo.push(ids);
         }
-        assert!(retries > 0, "the restart happened while runners were shipping");
+        assert!(
+            retries > 0,
+            "the restart happened while runners were shipping"
+        );
         for (_dir, journal, shipper, _) in runners {
             shipper.stop().await;
             journal.close().await.unwrap();
@@ -142,7 +167,10 @@ async fn twenty_runners_ship_concurrently_through_a_service_restart() {
 
         all.sort();
         assert_eq!(all.len(), RUNNERS * PER_RUNNER);
-        assert_eq!(db.counts().await, ((RUNNERS * PER_RUNNER) as i64, (RUNNERS * PER_RUNNER) as i64));
+        assert_eq!(
+            db.counts().await,
+            ((RUNNERS * PER_RUNNER) as i64, (RUNNERS * PER_RUNNER) as i64)
+        );
         assert_eq!(stored_ids(&db).await, all, "exactly one row per record");
 
         let client = Client::new(&server.url(), ACME_TOKEN, Duration::from_secs(10)).unwrap();
@@ -152,7 +180,9 @@ async fn twenty_runners_ship_concurrently_through_a_service_restart() {
             ..Default::default()
         };
         client.export(&filter, &mut out).await.unwrap();
-        let got: BTreeSet<String> = ids_of_jsonl(&String::from_utf8(out).unwrap()).into_iter().collect();
+        let got: BTreeSet<String> = ids_of_jsonl(&String::from_utf8(out).unwrap())
+            .into_iter()
+            .collect();
         let want: BTreeSet<String> = per_repo[7].iter().cloned().collect();
         assert_eq!(got.len(), PER_RUNNER);
         assert_eq!(got, want, "the repository's records, all and only them");

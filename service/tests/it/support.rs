@@ -31,7 +31,9 @@ pub async fn database() -> Option<TestDb> {
         Ok(u) if !u.is_empty() => u,
         _ => {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{DB_ENV} is not set: CI must run scripts/postgres-test.sh start and export it");
+                panic!(
+                    "{DB_ENV} is not set: CI must run scripts/postgres-test.sh start and export it"
+                );
             }
             println!("skipped: needs PostgreSQL (run scripts/postgres-test.sh)");
             return None;
@@ -104,7 +106,8 @@ impl Drop for TestDb {
 /// A policy the policy crate accepts.
 pub const GOOD_POLICY: &str = "version: 1\nmode: enforce\nallow:\n  - github.com\n";
 /// Another valid policy.
-pub const GOOD_POLICY_2: &str = "version: 1\nmode: enforce\nallow:\n  - github.com\n  - \"*.githubusercontent.com\"\n";
+pub const GOOD_POLICY_2: &str =
+    "version: 1\nmode: enforce\nallow:\n  - github.com\n  - \"*.githubusercontent.com\"\n";
 /// A policy the policy crate refuses.
 pub const BROKEN_POLICY: &str = "version: 1\nallow:\n  - \"*example.com\"\nbogus_key: 1\n";
 

@@ -89,7 +89,7 @@ fn of(results: &[(Target, Outcome)], t: Target) -> Option<&Measured> {
 }
 
 /// W1 and W2: peak conn/s (closed loop), then latency at one common rate
-/// (open loop, half the lowest peak among the proxies) for every target.
+/// (open loop, half the relay's peak) for every target.
 fn rate_workload<O: Op>(
     b: &Bench,
     table: &mut Table,
@@ -123,17 +123,11 @@ fn rate_workload<O: Op>(
             )
         })
         .collect();
-    let lowest = peaks
-        .iter()
-        .filter(|(t, _)| *t != Target::Direct)
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .map(|m| median(&m.rates))
-        .fold(f64::INFINITY, f64::min);
-    let rate = if lowest.is_finite() {
-        (lowest * 0.5).max(50.0)
-    } else {
-        500.0
-    };
+    // Latency at one rate for all: half the floor's peak, or half a
+    // target's own peak when it cannot take that much (its row says so).
+    let floor = of(&peaks, Target::Relay).map_or(1000.0, |m| median(&m.rates));
+    let rate = (floor * 0.5).max(50.0);
+    let rate_of = |t: Target| of(&peaks, t).map_or(rate, |m| rate.min(median(&m.rates) * 0.5).max(20.0));
     let lats: Vec<(Target, Outcome)> = targets
         .iter()
         .map(|&t| {
@@ -145,7 +139,7 @@ fn rate_workload<O: Op>(
                     tcp_role(t, upstream),
                     &list,
                     &format!("{tag}-latency"),
-                    Load::Open { rate },
+                    Load::Open { rate: rate_of(t) },
                     timeout,
                     true,
                     make,
@@ -172,6 +166,7 @@ fn rate_workload<O: Op>(
                     ratio(r, direct),
                     ratio(r, relay),
                     ratio(r, best),
+                    format!("{:.0}", rate_of(*t)),
                     format!("{:+.0}", median(&l.p50) - d50),
                     format!("{:+.0}", median(&l.p99) - d99),
                     format!("{:.0}", median(&l.p50)),
@@ -197,23 +192,24 @@ fn rate_workload<O: Op>(
             }
             (Err(e), _) | (_, Err(e)) => {
                 row.push(format!("not run: {e}"));
-                row.extend(std::iter::repeat_n(String::new(), 11));
+                row.extend(std::iter::repeat_n(String::new(), 12));
             }
         }
         table.rows.push(row);
     }
     table.notes.push(format!(
-        "peak: {clients} clients back to back, {} x {:?}, median (min-max); latency: open loop at {rate:.0} conn/s (half the lowest proxy peak) for every target, from the scheduled start (coordinated omission corrected), median of the repetitions' p50/p99; added = minus direct",
+        "peak: {clients} clients back to back, {} x {:?}, median (min-max); latency: open loop at {rate:.0} conn/s (half the relay's peak; half a target's own peak when that is lower, see 'latency at'), from the scheduled start (coordinated omission corrected), median of the repetitions' p50/p99; added = minus direct",
         b.settings.reps, b.settings.dur
     ));
 }
 
-const RATE_HEADER: [&str; 13] = [
+const RATE_HEADER: [&str; 14] = [
     "target",
     "conn/s peak",
     "vs direct",
     "vs relay",
     "vs best peer",
+    "latency at conn/s",
     "added p50 us",
     "added p99 us",
     "p50 us",

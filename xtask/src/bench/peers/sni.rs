@@ -22,14 +22,14 @@ pub fn haproxy(
     let cfg = format!(
         "global
     nbthread 2
-    maxconn 60000
+    maxconn 9000
     log stdout format raw local0 info
 defaults
     mode tcp
     log global
     option tcplog
     option splice-auto
-    maxconn 60000
+    maxconn 9000
     timeout connect 5s
     timeout client 60s
     timeout server 60s
@@ -72,13 +72,13 @@ pub fn nginx(
     let cfg = format!(
         "load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 2;
-worker_rlimit_nofile 200000;
+worker_rlimit_nofile 20000;
 daemon off;
 master_process on;
 user root;
 pid {d}/nginx.pid;
 error_log {d}/error.log crit;
-events {{ worker_connections 60000; }}
+events {{ worker_connections 9500; }}
 stream {{
     log_format decision '$time_iso8601 $remote_addr $ssl_preread_server_name $upstream_addr $status $bytes_received $bytes_sent $session_time';
     access_log {d}/access.log decision buffer=64k flush=1s;

@@ -1,0 +1,729 @@
+//! The enforcer as an in-process service, shared by `egressd run`, `exec` and
+//! `boot`: the options they all take ([`Options`]), and [`start`], which opens
+//! the journal, binds every listener, builds the [`Engine`], attaches the
+//! kernel hooks (when asked) and serves, returning a [`RunningDaemon`] whose
+//! [`RunningDaemon::shutdown`] stops accepting, lets tunnels finish for the
+//! grace period, flushes the journal and detaches the hooks (unless pinned).
+//!
+//! Order matters for failing closed: listeners are bound before the hooks
+//! redirect anything to them, and the ready file is written by the caller
+//! only once [`start`] returned, i.e. after every hook is attached.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use egressd_ebpf::{Enforcer, EnforcerConfig};
+use egressd_policy::Policy;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::task::TaskTracker;
+
+use crate::cmd::UsageError;
+use crate::dns::{self, DnsMemory, Resolver};
+use crate::engine::{Engine, EngineParts};
+use crate::kernel::{self, EbpfOrigins};
+use crate::limits::Limits;
+use crate::origin::{DstSource, KernelOriginalDst};
+use crate::{connect, metrics, reload, transparent};
+
+/// The transparent listener's default address with the kernel hooks.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001);
+/// The DNS server's default address with the kernel hooks.
+pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15053);
+/// Where the journal lives unless `--audit-dir` says otherwise.
+pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/egressd/audit";
+
+/// Options of the enforcer, shared by `run`, `exec` and `boot`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// cgroup v2 directory whose processes (and descendants) are filtered
+    /// [run, boot: the cgroup v2 root; exec: a fresh child of this directory,
+    /// default the cgroup egressd runs in].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Attach nothing in the kernel: serve only the listeners asked for
+    /// (`--explicit`, `--listen`, `--dns-listen`); needs no root.
+    #[arg(long)]
+    pub no_ebpf: bool,
+    /// Pin the kernel links under --pin-dir so that a killed egressd leaves
+    /// traffic blocked (fail closed); they stay attached after exit too.
+    /// `egressd cleanup` removes them.
+    #[arg(long, conflicts_with = "no_ebpf")]
+    pub pin: bool,
+    /// bpffs directory for --pin.
+    #[arg(long, value_name = "DIR", default_value = egressd_ebpf::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Host-side gateway address of a container bridge (e.g. docker0's
+    /// 172.17.0.1), repeatable: connections from other network namespaces are
+    /// redirected to the proxy there. Without one, such connections are denied.
+    #[arg(long = "container-gateway", value_name = "IP")]
+    pub container_gateways: Vec<IpAddr>,
+    /// Also serve an HTTP CONNECT proxy on ADDR (e.g. 127.0.0.1:3128).
+    #[arg(long, value_name = "ADDR")]
+    pub explicit: Option<SocketAddr>,
+    /// The transparent listener redirected connections arrive on (also bound
+    /// on ::1 with the same port) [default: 127.0.0.1:15001 (exec: a free
+    /// port); with --no-ebpf only when given, for an nftables `redirect`].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The DNS server, UDP and TCP [default: 127.0.0.1:15053 (exec: a free
+    /// port); with --no-ebpf only when given].
+    #[arg(long, value_name = "ADDR")]
+    pub dns_listen: Option<SocketAddr>,
+    /// Upstream resolver IP:PORT, repeatable [default: from
+    /// /run/systemd/resolve/resolv.conf, else /etc/resolv.conf].
+    #[arg(long = "dns-upstream", value_name = "IP:PORT")]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// Where the audit journal lives [default: /var/lib/egressd/audit; exec:
+    /// a temporary directory removed afterwards].
+    #[arg(long, value_name = "DIR")]
+    pub audit_dir: Option<PathBuf>,
+    /// Created (with the bound addresses, as JSON) once every listener is
+    /// bound and every kernel hook attached (boot: after the self-test);
+    /// removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// Runner name written into every record [default: the hostname].
+    #[arg(long, value_name = "NAME")]
+    pub runner: Option<String>,
+    /// Serve Prometheus text metrics on ADDR.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Also filter loopback destinations (policy.md step 1 skipped); for
+    /// testing a policy against local servers.
+    #[arg(long)]
+    pub filter_loopback: bool,
+    /// Client connections handled at once; more are denied (limit_exceeded).
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    pub max_tunnels: usize,
+    /// Longest a client may take to send its ClientHello, HTTP head or
+    /// CONNECT request (e.g. 500ms, 10s).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub peek_timeout: Duration,
+    /// A tunnel with no traffic either way for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, how long open tunnels may finish before they are cut.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// `500ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 10s or 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("{s:?}: a duration must be longer than zero"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Where the kernel hooks go.
+#[derive(Debug, Clone)]
+pub struct KernelPlan {
+    /// The cgroup to attach to.
+    pub cgroup: PathBuf,
+    /// Pin the links here (fail closed across a crash).
+    pub pin_dir: Option<PathBuf>,
+    /// Container bridge gateway addresses.
+    pub container_gateways: Vec<IpAddr>,
+}
+
+/// What to serve, fully validated ([`plan`] builds it from [`Options`]).
+#[derive(Debug)]
+pub struct Plan {
+    /// The policy to enforce.
+    pub policy: Policy,
+    /// The policy file to watch for changes (and its loaded version).
+    pub watch: Option<(PathBuf, reload::Fingerprint)>,
+    /// The kernel hooks, or `None` (`--no-ebpf`).
+    pub kernel: Option<KernelPlan>,
+    /// The transparent listener.
+    pub transparent: Option<SocketAddr>,
+    /// The CONNECT proxy.
+    pub explicit: Option<SocketAddr>,
+    /// The DNS server.
+    pub dns: Option<SocketAddr>,
+    /// The metrics endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// DNS upstreams.
+    pub upstreams: Vec<SocketAddr>,
+    /// Runner name.
+    pub runner: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Also filter loopback destinations.
+    pub filter_loopback: bool,
+    /// The journal directory.
+    pub audit_dir: PathBuf,
+}
+
+/// Per-command defaults [`plan`] applies.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// The cgroup to attach to when `--cgroup` is absent (`None`: the cgroup
+    /// v2 root).
+    pub cgroup: Option<PathBuf>,
+    /// Transparent listener with the hooks.
+    pub listen: SocketAddr,
+    /// DNS server with the hooks.
+    pub dns_listen: SocketAddr,
+    /// Journal directory.
+    pub audit_dir: PathBuf,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            cgroup: None,
+            listen: DEFAULT_LISTEN,
+            dns_listen: DEFAULT_DNS_LISTEN,
+            audit_dir: PathBuf::from(DEFAULT_AUDIT_DIR),
+        }
+    }
+}
+
+/// Validate `opts` with `policy` into a [`Plan`]. Bad input is a
+/// [`UsageError`] (exit 2) naming what to change.
+pub fn plan(
+    opts: &Options,
+    policy: Policy,
+    watch: Option<(PathBuf, reload::Fingerprint)>,
+    defaults: Defaults,
+) -> anyhow::Result<Plan> {
+    let usage = |msg: String| anyhow::Error::new(UsageError(msg));
+    let kernel = if opts.no_ebpf {
+        None
+    } else {
+        let cgroup = match opts.cgroup.clone().or(defaults.cgroup) {
+            Some(c) => c,
+            None => egressd_ebpf::cgroup2_mount().context("cannot find the cgroup v2 mount")?,
+        };
+        Some(KernelPlan {
+            cgroup,
+            pin_dir: opts.pin.then(|| opts.pin_dir.clone()),
+            container_gateways: opts.container_gateways.clone(),
+        })
+    };
+    let (transparent, dns) = if kernel.is_none() {
+        (opts.listen, opts.dns_listen)
+    } else {
+        (
+            Some(opts.listen.unwrap_or(defaults.listen)),
+            Some(opts.dns_listen.unwrap_or(defaults.dns_listen)),
+        )
+    };
+    if transparent.is_none() && opts.explicit.is_none() && dns.is_none() {
+        return Err(usage(
+            "with --no-ebpf there is nothing to serve: give --explicit ADDR (and/or --listen, --dns-listen)".into(),
+        ));
+    }
+    if opts.max_tunnels == 0 || opts.max_tunnels > tokio::sync::Semaphore::MAX_PERMITS {
+        return Err(usage("--max-tunnels must be at least 1".into()));
+    }
+    let upstreams = if opts.dns_upstream.is_empty() {
+        dns::system_upstreams()
+    } else {
+        opts.dns_upstream.clone()
+    };
+    if upstreams.is_empty() {
+        return Err(usage(
+            "no DNS upstream found in /run/systemd/resolve/resolv.conf or /etc/resolv.conf: pass --dns-upstream IP:PORT".into(),
+        ));
+    }
+    let runner = match &opts.runner {
+        Some(r) if r.trim().is_empty() => return Err(usage("--runner must not be empty".into())),
+        Some(r) => r.clone(),
+        None => hostname(),
+    };
+    let limits = Limits {
+        max_tunnels: opts.max_tunnels,
+        peek_timeout: opts.peek_timeout,
+        idle_timeout: opts.idle_timeout,
+        shutdown_grace: opts.shutdown_grace,
+        ..Limits::default()
+    };
+    Ok(Plan {
+        policy,
+        watch,
+        kernel,
+        transparent,
+        explicit: opts.explicit,
+        dns,
+        metrics: opts.metrics,
+        upstreams,
+        runner,
+        limits,
+        filter_loopback: opts.filter_loopback,
+        audit_dir: opts.audit_dir.clone().unwrap_or(defaults.audit_dir),
+    })
+}
+
+/// The host name, for `runner` when `--runner` is not given.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The sockets bound (ports resolved when 0 was asked for).
+struct Bound {
+    transparent: Vec<TcpListener>,
+    explicit: Option<TcpListener>,
+    dns_udp: Vec<UdpSocket>,
+    dns_tcp: Vec<TcpListener>,
+    metrics: Option<TcpListener>,
+}
+
+async fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}; choose another address"))
+}
+
+/// The extra addresses a redirected listener also needs: ::1 (IPv6 is
+/// redirected there) and the container gateways, all on the primary's port.
+fn companions(primary: SocketAddr, kernel: Option<&KernelPlan>) -> Vec<SocketAddr> {
+    let Some(k) = kernel else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if primary.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) {
+        out.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), primary.port()));
+    }
+    for gw in &k.container_gateways {
+        let a = SocketAddr::new(*gw, primary.port());
+        if a != primary && !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Bind ::1 where IPv6 exists; a machine without IPv6 has nothing to redirect there.
+fn optional_v6(addr: SocketAddr, e: &std::io::Error) -> bool {
+    addr.ip() == IpAddr::V6(Ipv6Addr::LOCALHOST)
+        && matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT))
+}
+
+async fn bind_tcp_group(primary: SocketAddr, kernel: Option<&KernelPlan>, what: &str) -> anyhow::Result<Vec<TcpListener>> {
+    // An ephemeral primary port may be taken on a companion address: retry.
+    for attempt in 0..8 {
+        let first = bind_tcp(primary, what).await?;
+        let port = first.local_addr()?.port();
+        let mut all = vec![first];
+        let mut collided = false;
+        for a in companions(SocketAddr::new(primary.ip(), port), kernel) {
+            match TcpListener::bind(a).await {
+                Ok(l) => all.push(l),
+                Err(e) if optional_v6(a, &e) => tracing::warn!(%a, "no IPv6 loopback: IPv6 connections cannot be redirected"),
+                Err(e) if primary.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < 7 => {
+                    collided = true;
+                    break;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot listen on {a} for the {what}")),
+            }
+        }
+        if !collided {
+            return Ok(all);
+        }
+    }
+    anyhow::bail!("cannot find a free port for the {what}")
+}
+
+async fn bind_dns(primary: SocketAddr, kernel: Option<&KernelPlan>) -> anyhow::Result<(Vec<UdpSocket>, Vec<TcpListener>)> {
+    for attempt in 0..8 {
+        let udp = UdpSocket::bind(primary).await.with_context(|| {
+            format!("cannot listen on {primary} (UDP) for the DNS server; choose another address")
+        })?;
+        let addr = udp.local_addr()?;
+        let mut udps = vec![udp];
+        let mut tcps = Vec::new();
+        let mut collided = false;
+        for a in std::iter::once(addr).chain(companions(addr, kernel)) {
+            if a != addr {
+                match UdpSocket::bind(a).await {
+                    Ok(s) => udps.push(s),
+                    Err(e) if optional_v6(a, &e) => continue,
+                    Err(e) if primary.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < 7 => {
+                        collided = true;
+                        break;
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("cannot listen on {a} (UDP) for the DNS server")),
+                }
+            }
+            match TcpListener::bind(a).await {
+                Ok(l) => tcps.push(l),
+                Err(e) if optional_v6(a, &e) => {}
+                Err(e) if primary.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < 7 => {
+                    collided = true;
+                    break;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot listen on {a} (TCP) for the DNS server")),
+            }
+        }
+        if !collided {
+            return Ok((udps, tcps));
+        }
+    }
+    anyhow::bail!("cannot find a free port for the DNS server")
+}
+
+async fn bind(plan: &Plan) -> anyhow::Result<Bound> {
+    let k = plan.kernel.as_ref();
+    let transparent = match plan.transparent {
+        Some(a) => bind_tcp_group(a, k, "transparent listener").await?,
+        None => Vec::new(),
+    };
+    let explicit = match plan.explicit {
+        Some(a) => Some(bind_tcp(a, "CONNECT proxy").await?),
+        None => None,
+    };
+    let metrics = match plan.metrics {
+        Some(a) => Some(bind_tcp(a, "metrics endpoint").await?),
+        None => None,
+    };
+    let (dns_udp, dns_tcp) = match plan.dns {
+        Some(a) => bind_dns(a, k).await?,
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(Bound {
+        transparent,
+        explicit,
+        dns_udp,
+        dns_tcp,
+        metrics,
+    })
+}
+
+/// What the ready file says: the addresses actually bound (useful when port 0
+/// was asked for) and, for boot, the enforcement state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReadyInfo {
+    /// egressd's pid.
+    pub pid: u32,
+    /// The CONNECT proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explicit: Option<SocketAddr>,
+    /// The transparent listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The DNS server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<SocketAddr>,
+    /// The metrics endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
+    /// The cgroup the kernel hooks are attached to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// boot: `enforcing` or `degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// boot: where the policy came from, or why enforcement is degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The ready file: written atomically (temp file + rename), removed on drop.
+#[derive(Debug)]
+pub struct ReadyFile {
+    path: PathBuf,
+}
+
+impl ReadyFile {
+    /// Write `info` to `path`.
+    pub fn create(path: &Path, info: &ReadyInfo) -> anyhow::Result<ReadyFile> {
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_string(info)? + "\n";
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+        Ok(ReadyFile {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A serving enforcer. Dropping it without [`RunningDaemon::shutdown`] still
+/// detaches unpinned hooks (the enforcer's own drop) but skips the grace
+/// period and the journal flush.
+pub struct RunningDaemon {
+    engine: Arc<Engine>,
+    ready: ReadyInfo,
+    enforcer: Option<Arc<Enforcer>>,
+    origins: Option<Arc<EbpfOrigins>>,
+    tasks: TaskTracker,
+    servers: tokio::task::JoinSet<()>,
+    ready_file: Option<ReadyFile>,
+}
+
+impl std::fmt::Debug for RunningDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningDaemon")
+            .field("ready", &self.ready)
+            .field("kernel", &self.enforcer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Open the journal, bind, build the engine, attach the kernel hooks, serve.
+/// Must run inside the tokio runtime that will drive it.
+pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
+    let journal = egressd_audit::Journal::open(egressd_audit::JournalConfig::new(&plan.audit_dir))
+        .context("cannot open the audit journal")?;
+    let bound = bind(&plan).await?;
+    let mark = plan.kernel.as_ref().map(|_| bypass_mark());
+    let dns_memory = Arc::new(DnsMemory::new());
+    let resolver = Resolver::new(plan.upstreams.clone()).with_socket_mark(mark);
+    let engine = Engine::new(EngineParts {
+        policy: plan.policy,
+        journal: journal.clone(),
+        dns_memory,
+        resolver,
+        runner: plan.runner,
+        limits: plan.limits,
+        upstream_mark: mark,
+        filter_loopback: plan.filter_loopback,
+    });
+    let mut ready = ReadyInfo {
+        pid: std::process::id(),
+        explicit: bound.explicit.as_ref().map(TcpListener::local_addr).transpose()?,
+        listen: bound.transparent.first().map(TcpListener::local_addr).transpose()?,
+        dns: bound.dns_udp.first().map(UdpSocket::local_addr).transpose()?,
+        metrics: bound.metrics.as_ref().map(TcpListener::local_addr).transpose()?,
+        cgroup: None,
+        state: None,
+        detail: None,
+    };
+    let tasks = TaskTracker::new();
+    let mut servers = tokio::task::JoinSet::new();
+
+    // Kernel last: everything it redirects to is already listening.
+    let (source, enforcer, origins): (Arc<dyn DstSource>, _, _) = match (&plan.kernel, mark) {
+        (Some(k), Some(mark)) => {
+            let (Some(listen), Some(dns)) = (ready.listen, ready.dns) else {
+                anyhow::bail!("the kernel hooks need the transparent listener and the DNS server");
+            };
+            let own = crate::cgroup_child::own_cgroup()
+                .ok()
+                .and_then(|p| egressd_ebpf::cgroup::cgroup_id_of(&p).ok());
+            let mut enforcer = Enforcer::attach(EnforcerConfig {
+                cgroup: k.cgroup.clone(),
+                proxy_port: listen.port(),
+                dns_port: dns.port(),
+                bypass_mark: mark,
+                proxy_cgroup_id: own,
+                container_gateways: k.container_gateways.clone(),
+                passthrough: Vec::new(),
+                pin_dir: k.pin_dir.clone(),
+            })
+            .with_context(|| format!("cannot attach the kernel hooks to {}", k.cgroup.display()))?;
+            let events = enforcer.deny_events().context("cannot read the kernel's deny events")?;
+            let enforcer = Arc::new(enforcer);
+            let origins = EbpfOrigins::new(Arc::clone(&enforcer));
+            // HANDOFF: engine.set_process_lookup(Arc::clone(&origins) as Arc<dyn kernel::ProcessLookup>);
+            servers.spawn(kernel::audit_denies(Arc::clone(&engine), events, Arc::clone(&origins)));
+            ready.cgroup = Some(k.cgroup.clone());
+            (Arc::clone(&origins) as Arc<dyn DstSource>, Some(enforcer), Some(origins))
+        }
+        _ => (Arc::new(KernelOriginalDst), None, None),
+    };
+
+    for l in bound.transparent {
+        servers.spawn(transparent::serve(Arc::clone(&engine), l, Arc::clone(&source), tasks.clone()));
+    }
+    if let Some(l) = bound.explicit {
+        servers.spawn(connect::serve(Arc::clone(&engine), l, tasks.clone()));
+    }
+    if let Some(l) = bound.metrics {
+        servers.spawn(metrics::serve(Arc::clone(&engine), l));
+    }
+    for udp in bound.dns_udp {
+        servers.spawn(dns::serve_udp(Arc::clone(&engine), udp, tasks.clone()));
+    }
+    for tcp in bound.dns_tcp {
+        servers.spawn(dns::serve_tcp(Arc::clone(&engine), tcp, tasks.clone()));
+    }
+    if let Some((path, fingerprint)) = plan.watch {
+        servers.spawn(reload::watch(Arc::clone(&engine), path, fingerprint, Duration::from_secs(1)));
+    }
+    Ok(RunningDaemon {
+        engine,
+        ready,
+        enforcer,
+        origins,
+        tasks,
+        servers,
+        ready_file: None,
+    })
+}
+
+/// A random non-zero `SO_MARK` for this start: the proxy's upstream sockets
+/// carry it so the kernel hooks let them pass. A job without CAP_NET_ADMIN
+/// cannot set a mark, and a new start picks a new one.
+fn bypass_mark() -> u32 {
+    loop {
+        let m: u32 = rand::random();
+        if m != 0 {
+            return m;
+        }
+    }
+}
+
+impl RunningDaemon {
+    /// The shared engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The bound addresses (and state, once set).
+    pub fn ready_info(&self) -> &ReadyInfo {
+        &self.ready
+    }
+
+    /// Whether the kernel hooks are attached.
+    pub fn kernel_attached(&self) -> bool {
+        self.enforcer.is_some()
+    }
+
+    /// The enforcer's lookups, when the hooks are attached.
+    pub fn origins(&self) -> Option<&Arc<EbpfOrigins>> {
+        self.origins.as_ref()
+    }
+
+    /// Record the enforcement state written into the ready file.
+    pub fn set_state(&mut self, state: &str, detail: &str) {
+        self.ready.state = Some(state.to_owned());
+        self.ready.detail = Some(detail.to_owned());
+    }
+
+    /// Write the ready file (removed at shutdown).
+    pub fn write_ready_file(&mut self, path: &Path) -> anyhow::Result<()> {
+        self.ready_file = Some(ReadyFile::create(path, &self.ready)?);
+        Ok(())
+    }
+
+    /// Stop accepting, let open tunnels finish for the grace period, cut the
+    /// rest, flush and close the journal, detach the hooks (unless pinned),
+    /// remove the ready file.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let engine = &self.engine;
+        engine.stop_accepting().cancel();
+        self.tasks.close();
+        if tokio::time::timeout(engine.limits().shutdown_grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(open = self.tasks.len(), "grace period over: cutting open tunnels");
+            engine.cut_tunnels().cancel();
+            // Cut tunnels write their closing records; peeks end by their timeouts.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        }
+        // The deny-event task drains what the kernel already reported.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.servers.len() > 0 {
+                tokio::select! {
+                    _ = self.servers.join_next() => {}
+                    () = tokio::time::sleep(Duration::from_millis(200)) => break,
+                }
+            }
+        })
+        .await;
+        self.servers.abort_all();
+        while self.servers.join_next().await.is_some() {}
+        // HANDOFF: engine.clear_process_lookup();
+        drop(self.origins.take());
+        let detached = match self.enforcer.take().map(Arc::try_unwrap) {
+            Some(Ok(enforcer)) if !enforcer.is_pinned() => {
+                enforcer.detach().context("cannot detach the kernel hooks")
+            }
+            Some(Ok(pinned)) => {
+                tracing::info!("kernel hooks stay pinned (fail closed); `egressd cleanup` removes them");
+                drop(pinned);
+                Ok(())
+            }
+            Some(Err(shared)) => {
+                // A task still holds it: dropping the last handle detaches
+                // unpinned links all the same.
+                tracing::warn!("kernel hooks still referenced at shutdown; they detach when released");
+                drop(shared);
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        let closed = engine.journal().close().await;
+        drop(self.ready_file.take());
+        closed.context("cannot flush the audit journal on shutdown")?;
+        detached
+    }
+}
+
+/// Wait for SIGTERM or SIGINT.
+pub async fn wait_for_termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn redirected_listeners_also_bind_v6_loopback_and_gateways() {
+        let k = KernelPlan {
+            cgroup: PathBuf::from("/x"),
+            pin_dir: None,
+            container_gateways: vec!["172.17.0.1".parse().unwrap()],
+        };
+        let got = companions("127.0.0.1:15001".parse().unwrap(), Some(&k));
+        assert_eq!(
+            got,
+            vec![
+                "[::1]:15001".parse::<SocketAddr>().unwrap(),
+                "172.17.0.1:15001".parse().unwrap()
+            ]
+        );
+        assert!(companions("127.0.0.1:15001".parse().unwrap(), None).is_empty());
+    }
+}

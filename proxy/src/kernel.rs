@@ -1,0 +1,219 @@
+//! The eBPF enforcer as the data plane sees it: the original destination of
+//! a redirected connection (a [`DstSource`]), the process behind a DNS query
+//! (a [`ProcessLookup`]), and the in-kernel denies turned into audit records.
+//! Process attribution (pid, comm from the kernel hook; exe, cgroup path and
+//! container id from /proc and the cgroup tree) is built here once for all
+//! three.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use egressd_audit::{Kind, Process};
+use egressd_ebpf::{DenyEvent, DenyEvents, DenyKind, Enforcer, OriginalDst};
+use egressd_policy::{Decision, Reason};
+use tokio::net::TcpStream;
+
+use crate::engine::Engine;
+use crate::origin::{DstSource, Origin};
+
+/// Who made a DNS query that reached the DNS server from `client`.
+pub trait ProcessLookup: Send + Sync + 'static {
+    /// The process behind the query, when the kernel recorded it.
+    fn dns_process(&self, client: SocketAddr) -> Option<Process>;
+}
+
+/// Original destinations and DNS origins from the enforcer's maps.
+pub struct EbpfOrigins {
+    enforcer: Arc<Enforcer>,
+    cgroups: papaya::HashMap<u64, Option<String>>,
+}
+
+impl std::fmt::Debug for EbpfOrigins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfOrigins").finish_non_exhaustive()
+    }
+}
+
+impl EbpfOrigins {
+    /// Lookups in `enforcer`'s maps.
+    pub fn new(enforcer: Arc<Enforcer>) -> Arc<EbpfOrigins> {
+        Arc::new(EbpfOrigins {
+            enforcer,
+            cgroups: papaya::HashMap::new(),
+        })
+    }
+
+    /// The audit `process` for what the kernel reported.
+    pub fn process(&self, pid: u32, comm: &str, cgroup_id: u64) -> Process {
+        let cgroup = proc_cgroup(pid).or_else(|| self.cgroup_path(cgroup_id));
+        Process {
+            pid: (pid != 0).then_some(pid),
+            comm: (!comm.is_empty()).then(|| comm.to_owned()),
+            exe: proc_exe(pid),
+            container: cgroup
+                .as_deref()
+                .and_then(egressd_ebpf::container_id_of_cgroup_path),
+            cgroup,
+        }
+    }
+
+    /// A cgroup id's path, from a cache: finding it walks the cgroup tree.
+    fn cgroup_path(&self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        let map = self.cgroups.pin();
+        if let Some(found) = map.get(&id) {
+            return found.clone();
+        }
+        if map.len() > 4096 {
+            map.clear();
+        }
+        let found = egressd_ebpf::cgroup_path_of_id(id);
+        map.insert(id, found.clone());
+        found
+    }
+
+    fn origin(&self, o: OriginalDst) -> Origin {
+        Origin {
+            dst: o.dst,
+            process: Some(self.process(o.pid, &o.comm, o.cgroup_id)),
+        }
+    }
+}
+
+impl DstSource for EbpfOrigins {
+    fn lookup(&self, _accepted: &TcpStream, peer: SocketAddr, local: SocketAddr) -> Option<Origin> {
+        self.enforcer
+            .original_dst(peer, local)
+            .map(|o| self.origin(o))
+    }
+
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+}
+
+impl ProcessLookup for EbpfOrigins {
+    fn dns_process(&self, client: SocketAddr) -> Option<Process> {
+        let o = self.enforcer.dns_origin(client)?;
+        Some(self.process(o.pid, &o.comm, o.cgroup_id))
+    }
+}
+
+/// `/proc/PID/exe`, while the process exists.
+fn proc_exe(pid: u32) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+/// The cgroup v2 path of a running process (the `0::` line).
+fn proc_cgroup(pid: u32) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// The record kind and reason for an in-kernel deny.
+pub fn deny_kind(ev: &DenyEvent) -> (Kind, Reason) {
+    let by_protocol = || match ev.protocol {
+        17 => (Kind::Udp, Reason::UdpBlocked),
+        1 | 58 => (Kind::Icmp, Reason::IcmpBlocked),
+        _ => (Kind::Raw, Reason::RawBlocked),
+    };
+    match ev.kind {
+        DenyKind::Udp => (Kind::Udp, Reason::UdpBlocked),
+        DenyKind::Icmp => (Kind::Icmp, Reason::IcmpBlocked),
+        DenyKind::Raw | DenyKind::Packet => (Kind::Raw, Reason::RawBlocked),
+        DenyKind::Backstop | DenyKind::NoGateway => by_protocol(),
+    }
+}
+
+fn deny_detail(ev: &DenyEvent) -> String {
+    match ev.kind {
+        DenyKind::Udp => "UDP other than DNS is denied in the kernel (EPERM)".into(),
+        DenyKind::Icmp => "ICMP ping sockets are denied in the kernel (EPERM)".into(),
+        DenyKind::Raw => format!("raw socket (protocol {}) denied in the kernel (EPERM)", ev.protocol),
+        DenyKind::Packet => "AF_PACKET socket denied in the kernel (EPERM)".into(),
+        DenyKind::Backstop => format!(
+            "packet (IP protocol {}) that bypassed the socket hooks, dropped on egress",
+            ev.protocol
+        ),
+        DenyKind::NoGateway => {
+            "connection from another network namespace, and no container gateway of its family is configured (--container-gateway)"
+                .into()
+        }
+    }
+}
+
+/// Write one audit record per in-kernel deny until the engine stops accepting.
+pub async fn audit_denies(engine: Arc<Engine>, mut events: DenyEvents, origins: Arc<EbpfOrigins>) {
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            () = engine.stop_accepting().cancelled() => break,
+        };
+        let Some(ev) = ev else {
+            tracing::error!("the kernel deny ring buffer failed: in-kernel denies are no longer audited");
+            return;
+        };
+        record_deny(&engine, &origins, &ev).await;
+    }
+    // What the kernel reported before the stop is still audited.
+    while let Some(ev) = events.try_recv() {
+        record_deny(&engine, &origins, &ev).await;
+    }
+}
+
+async fn record_deny(engine: &Engine, origins: &EbpfOrigins, ev: &DenyEvent) {
+    let (kind, reason) = deny_kind(ev);
+    let mut rec = engine.record(kind, &Decision::engine_deny(reason));
+    rec.dst = ev.dst;
+    rec.process = Some(origins.process(ev.pid, &ev.comm, ev.cgroup_id));
+    rec.detail = Some(deny_detail(ev));
+    engine.metrics().decision(&Decision::engine_deny(reason));
+    engine.audit(rec).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: DenyKind, protocol: u32) -> DenyEvent {
+        DenyEvent {
+            kind,
+            dst: None,
+            protocol,
+            pid: 1,
+            comm: "x".into(),
+            cgroup_id: 0,
+        }
+    }
+
+    #[test]
+    fn kernel_denies_map_to_record_kinds() {
+        assert_eq!(deny_kind(&ev(DenyKind::Udp, 17)), (Kind::Udp, Reason::UdpBlocked));
+        assert_eq!(deny_kind(&ev(DenyKind::Icmp, 1)), (Kind::Icmp, Reason::IcmpBlocked));
+        assert_eq!(deny_kind(&ev(DenyKind::Packet, 0)), (Kind::Raw, Reason::RawBlocked));
+        assert_eq!(deny_kind(&ev(DenyKind::Backstop, 17)), (Kind::Udp, Reason::UdpBlocked));
+        assert_eq!(deny_kind(&ev(DenyKind::Backstop, 58)), (Kind::Icmp, Reason::IcmpBlocked));
+        assert_eq!(deny_kind(&ev(DenyKind::Backstop, 6)), (Kind::Raw, Reason::RawBlocked));
+    }
+
+    #[test]
+    fn own_process_is_attributed() {
+        let me = std::process::id();
+        let exe = proc_exe(me).unwrap();
+        assert!(exe.starts_with('/'));
+        assert!(proc_cgroup(me).is_some_and(|c| c.starts_with('/')));
+        assert_eq!(proc_exe(0), None);
+    }
+}
