@@ -22,7 +22,6 @@
 
 #define AF_INET 2
 #define AF_INET6 10
-#define AF_PACKET 17
 #define SOCK_DGRAM 2
 #define SOCK_RAW 3
 #define SOL_SOCKET 1
@@ -39,7 +38,6 @@
 #define DENY_UDP 1
 #define DENY_ICMP 2
 #define DENY_RAW 3
-#define DENY_PACKET 4
 #define DENY_BACKSTOP 5
 #define DENY_NO_GATEWAY 6
 
@@ -484,17 +482,13 @@ int sock_ops(struct bpf_sock_ops *skops)
     return 1;
 }
 
-/* Deny raw, packet and ICMP "ping" sockets; remember who created every other one. */
+/* Deny raw and ICMP "ping" sockets; remember who created every other one. */
 SEC("cgroup/sock_create")
 int sock_create(struct bpf_sock *sk)
 {
     if (proxy_cgroup_id && bpf_get_current_cgroup_id() == proxy_cgroup_id)
         return ALLOW;
     __u32 family = sk->family, type = sk->type, proto = sk->protocol;
-    if (family == AF_PACKET) {
-        emit_deny(DENY_PACKET, 0, 0, 0, proto);
-        return DENY;
-    }
     if (family == AF_INET || family == AF_INET6) {
         if (type == SOCK_RAW) {
             emit_deny(DENY_RAW, 0, 0, 0, proto);

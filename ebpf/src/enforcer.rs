@@ -158,7 +158,7 @@ impl Enforcer {
             .find_map(|&t| self.original_dst(client, SocketAddr::new(t, self.dns_port)))
     }
 
-    /// The in-kernel denies (UDP other than DNS, ping/raw/packet sockets, backstop
+    /// The in-kernel denies (UDP other than DNS, ping/raw sockets, backstop
     /// drops). Call once, inside a tokio runtime.
     pub fn deny_events(&mut self) -> Result<DenyEvents, EbpfError> {
         let ring = self
@@ -170,6 +170,11 @@ impl Enforcer {
                 "cannot watch the ring buffer (inside a tokio runtime?): {e}"
             ))
         })
+    }
+
+    /// The programs attached (and pinned, in pin mode), in attach order.
+    pub fn attached_programs(&self) -> Vec<&'static str> {
+        self.links.iter().map(|(name, _)| *name).collect()
     }
 
     /// Whether the links are pinned (they outlive this process).

@@ -17,8 +17,6 @@ pub enum DenyKind {
     Icmp,
     /// A raw socket: `socket()` got EPERM.
     Raw,
-    /// An `AF_PACKET` socket: `socket()` got EPERM.
-    Packet,
     /// A packet that slipped past the socket hooks, dropped on egress.
     Backstop,
     /// A container's connection that could not be redirected: no gateway of its family
@@ -32,7 +30,6 @@ impl DenyKind {
             1 => Self::Udp,
             2 => Self::Icmp,
             3 => Self::Raw,
-            4 => Self::Packet,
             5 => Self::Backstop,
             6 => Self::NoGateway,
             _ => return None,
@@ -45,7 +42,6 @@ impl DenyKind {
             Self::Udp => "udp",
             Self::Icmp => "icmp",
             Self::Raw => "raw",
-            Self::Packet => "packet",
             Self::Backstop => "backstop",
             Self::NoGateway => "no_gateway",
         }

@@ -4,7 +4,7 @@
 //!
 //! The programs never decide policy. They steer every outbound TCP connection
 //! and DNS query of the filtered cgroup to the egressd proxy and deny in the
-//! kernel what the proxy cannot see (UDP other than DNS, ping, raw and packet
+//! kernel what the proxy cannot see (UDP other than DNS, ping and raw
 //! sockets, anything that slipped past the socket hooks), reporting each deny
 //! as a [`DenyEvent`].
 //!

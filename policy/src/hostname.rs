@@ -193,7 +193,10 @@ impl Normalised {
             buf,
             len: name.len(),
         };
-        if n.as_str().parse::<IpAddr>().is_ok() {
+        // Only a name ending in a digit or holding a ':' can be an IP
+        // literal; skip the parse for everything else (the hot path).
+        let maybe_ip = name.ends_with(|c: char| c.is_ascii_digit()) || name.contains(':');
+        if maybe_ip && n.as_str().parse::<IpAddr>().is_ok() {
             return None;
         }
         Some(n)

@@ -153,7 +153,14 @@ fn build<'a>(
                 at,
                 "YAML aliases (`*name`) are not supported in a policy; write the value out in full",
             );
-            None
+            // Stand in an empty value so the rest of the file is still checked.
+            Some(Node {
+                at,
+                kind: Kind::Scalar {
+                    text: String::new(),
+                    plain: true,
+                },
+            })
         }
         Event::SequenceStart(_, _) => {
             let mut items = Vec::new();

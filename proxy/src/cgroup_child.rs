@@ -46,6 +46,11 @@ pub fn own_cgroup() -> Result<PathBuf, CgroupError> {
     Ok(cgroup2_mount()?.join(rel.trim_start_matches('/')))
 }
 
+/// The cgroup v2 mount point (from `/proc/self/mountinfo`).
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    Ok(cgroup2_mount()?)
+}
+
 /// The `0::` path in a `/proc/PID/cgroup` text.
 fn own_cgroup_in(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))

@@ -132,7 +132,7 @@ pub fn deny_kind(ev: &DenyEvent) -> (Kind, Reason) {
     match ev.kind {
         DenyKind::Udp => (Kind::Udp, Reason::UdpBlocked),
         DenyKind::Icmp => (Kind::Icmp, Reason::IcmpBlocked),
-        DenyKind::Raw | DenyKind::Packet => (Kind::Raw, Reason::RawBlocked),
+        DenyKind::Raw => (Kind::Raw, Reason::RawBlocked),
         DenyKind::Backstop | DenyKind::NoGateway => by_protocol(),
     }
 }
@@ -141,8 +141,10 @@ fn deny_detail(ev: &DenyEvent) -> String {
     match ev.kind {
         DenyKind::Udp => "UDP other than DNS is denied in the kernel (EPERM)".into(),
         DenyKind::Icmp => "ICMP ping sockets are denied in the kernel (EPERM)".into(),
-        DenyKind::Raw => format!("raw socket (protocol {}) denied in the kernel (EPERM)", ev.protocol),
-        DenyKind::Packet => "AF_PACKET socket denied in the kernel (EPERM)".into(),
+        DenyKind::Raw => format!(
+            "raw or packet socket (protocol {}) denied in the kernel (EPERM)",
+            ev.protocol
+        ),
         DenyKind::Backstop => format!(
             "packet (IP protocol {}) that bypassed the socket hooks, dropped on egress",
             ev.protocol
@@ -202,7 +204,7 @@ mod tests {
     fn kernel_denies_map_to_record_kinds() {
         assert_eq!(deny_kind(&ev(DenyKind::Udp, 17)), (Kind::Udp, Reason::UdpBlocked));
         assert_eq!(deny_kind(&ev(DenyKind::Icmp, 1)), (Kind::Icmp, Reason::IcmpBlocked));
-        assert_eq!(deny_kind(&ev(DenyKind::Packet, 0)), (Kind::Raw, Reason::RawBlocked));
+        assert_eq!(deny_kind(&ev(DenyKind::Raw, 255)), (Kind::Raw, Reason::RawBlocked));
         assert_eq!(deny_kind(&ev(DenyKind::Backstop, 17)), (Kind::Udp, Reason::UdpBlocked));
         assert_eq!(deny_kind(&ev(DenyKind::Backstop, 58)), (Kind::Icmp, Reason::IcmpBlocked));
         assert_eq!(deny_kind(&ev(DenyKind::Backstop, 6)), (Kind::Raw, Reason::RawBlocked));

@@ -23,3 +23,5 @@ pub mod kernel;
 pub mod policy_source;
 pub mod selftest;
 pub mod daemon;
+pub mod sudo;
+pub mod tamper;

@@ -118,7 +118,27 @@ pub async fn run(
     target: SocketAddr,
     probe_parent: Option<&Path>,
 ) -> Result<SelfTestReport, SelfTestError> {
-    let allowed_name = pick_allowed_name(engine, allow_name);
+    run_checks(engine, Some(allow_name), target, probe_parent).await
+}
+
+/// The self-test in the fail-closed state (no valid policy): there is no
+/// allowed name to check; the denied target must still be decided deny and
+/// the probe intercepted and refused.
+pub async fn run_fail_closed(
+    engine: &Engine,
+    target: SocketAddr,
+    probe_parent: Option<&Path>,
+) -> Result<SelfTestReport, SelfTestError> {
+    run_checks(engine, None, target, probe_parent).await
+}
+
+async fn run_checks(
+    engine: &Engine,
+    allow_name: Option<Option<&str>>,
+    target: SocketAddr,
+    probe_parent: Option<&Path>,
+) -> Result<SelfTestReport, SelfTestError> {
+    let allowed_name = allow_name.and_then(|a| pick_allowed_name(engine, a));
     if let Some(name) = &allowed_name {
         let d = engine.decide_name(name);
         if enforce_outcome(&d) != Verdict::Allow {
@@ -128,7 +148,7 @@ pub async fn run(
                 rule: d.rule.to_string(),
             });
         }
-    } else {
+    } else if allow_name.is_some() {
         tracing::warn!("self-test: the policy allows no plain name to check; pass --self-test-allow NAME");
     }
     let decided = engine

@@ -169,7 +169,15 @@ impl Client {
         org: &str,
         etag: Option<&str>,
     ) -> Result<PolicyFetch, ClientError> {
-        let url = self.url(&format!("/v1/orgs/{org}/policy"));
+        self.get_policy(self.url(&format!("/v1/orgs/{org}/policy")), etag)
+            .await
+    }
+
+    async fn get_policy(
+        &self,
+        url: String,
+        etag: Option<&str>,
+    ) -> Result<PolicyFetch, ClientError> {
         let mut req = self.http.get(&url).bearer_auth(&self.token);
         if let Some(tag) = etag {
             req = req.header(IF_NONE_MATCH, tag);
@@ -285,4 +293,17 @@ impl Sink for Client {
             Err(e) => Err(SinkError::Retry(e.to_string())),
         }
     }
+}
+
+/// `egressd boot --policy-url URL --token-file FILE`: fetch the policy at the
+/// full `policy_url` (`https://host/v1/orgs/ORG/policy`), conditional on
+/// `etag` when given, with the token read from `token_file`.
+pub async fn fetch_policy_url(
+    policy_url: &str,
+    token_file: &Path,
+    etag: Option<&str>,
+    timeout: Duration,
+) -> Result<PolicyFetch, ClientError> {
+    let client = Client::with_token_file(policy_url, token_file, timeout)?;
+    client.get_policy(client.base.clone(), etag).await
 }

@@ -75,12 +75,27 @@ impl StartError {
 pub struct Service {
     state: Arc<AppState>,
     max_batch_bytes: usize,
-    watcher: tokio::task::JoinHandle<()>,
+    /// Background tasks (policy watch, partition upkeep), aborted on drop.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
-        self.watcher.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Keep the next days' partitions created ahead of need.
+async fn prepare_partitions_hourly(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.prepare_partitions().await {
+            tracing::warn!(error = %e, "cannot create the coming days' audit partitions; ingest creates them on demand");
+        }
     }
 }
 
@@ -96,17 +111,19 @@ impl Service {
             refused = report.refused.len(),
             "configuration loaded"
         );
-        let store = Store::connect(&config.database_url, config.max_db_connections).await?;
+        let store =
+            Arc::new(Store::connect(&config.database_url, config.max_db_connections).await?);
         let policies = Arc::new(policies);
         let watcher = policies.watch(config.poll_interval);
+        let partitions = tokio::spawn(prepare_partitions_hourly(Arc::clone(&store)));
         Ok(Service {
             state: Arc::new(AppState {
                 tokens,
                 policies,
-                store: Arc::new(store),
+                store,
             }),
             max_batch_bytes: config.max_batch_bytes,
-            watcher,
+            tasks: vec![watcher, partitions],
         })
     }
 

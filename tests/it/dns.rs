@@ -1,1 +1,333 @@
-//! dns end-to-end tests (being written).
+//! The DNS server of the real `egressd run --no-ebpf --dns-listen`, asked by
+//! a real client (knot's `kdig`) and by raw TCP, with [`FakeDns`] as its
+//! upstream: allowed names answered, denied ones REFUSED, upstream silence
+//! answered SERVFAIL, truncated upstream answers fetched over TCP, CNAME
+//! targets of allowed names allowed, `ech` removed; every query checked
+//! against its one audit record.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use egressd_audit::{HostSource, Kind, Record};
+use egressd_policy::{Reason, Verdict};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::fake_dns::{Behaviour, FakeDns, RecordSpec};
+use crate::support::{Proxy, ProxyBuilder};
+
+const POLICY: &str = "version: 1\nallow:\n  - a.test\n  - www.a.test\n  - slow.test\n  - big.test\n  - ech.test\ndeny:\n  - host: denied.test\n";
+
+/// An ECHConfigList as the `ech` SvcParam carries it (its bytes are opaque here).
+const ECH: &[u8] = b"\x00\x0a\xfe\x0d\x00\x06public";
+
+struct World {
+    dns: FakeDns,
+    proxy: Proxy,
+}
+
+impl World {
+    async fn new() -> World {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let dns = FakeDns::start(&[
+            ("a.test", RecordSpec::addr(ip("198.51.100.7"))),
+            ("a.test", RecordSpec::addr(ip("2001:db8::7"))),
+            ("www.a.test", RecordSpec::cname("edge.cdn.test").ttl(300)),
+            (
+                "edge.cdn.test",
+                RecordSpec::addr(ip("198.51.100.8")).ttl(30),
+            ),
+            ("slow.test", RecordSpec::addr(ip("198.51.100.9"))),
+            ("big.test", RecordSpec::addr(ip("198.51.100.10"))),
+            ("ech.test", RecordSpec::https(Some(ECH))),
+            ("denied.test", RecordSpec::addr(ip("198.51.100.11"))),
+            ("unlisted.test", RecordSpec::addr(ip("198.51.100.12"))),
+        ])
+        .await;
+        dns.behave("slow.test", Behaviour::Drop);
+        dns.behave("big.test", Behaviour::TruncateUdp);
+        let proxy = ProxyBuilder::new(POLICY)
+            .args(["--dns-listen", "127.0.0.1:0"])
+            .dns_upstream(dns.addr())
+            .start();
+        World { dns, proxy }
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.proxy.ready().dns.expect("started with --dns-listen")
+    }
+
+    async fn kdig(&self, args: &[&str]) -> String {
+        kdig(self.listen(), args).await
+    }
+
+    /// The one DNS record for `name` (waits for it; fails on a second one
+    /// once the journal is flushed by [`World::stop`]).
+    fn record_for(&self, name: &str) -> Record {
+        self.proxy
+            .wait_record(&format!("dns {name}"), |r| is_dns_for(r, name))
+    }
+
+    /// Stop egressd (flushing the journal) and return its records.
+    fn stop(mut self) -> Vec<Record> {
+        assert!(
+            self.proxy.terminate().success(),
+            "{}",
+            self.proxy.log_text()
+        );
+        self.proxy.records()
+    }
+}
+
+fn is_dns_for(r: &Record, name: &str) -> bool {
+    r.kind == Kind::Dns && r.host.as_deref() == Some(name)
+}
+
+/// `kdig` against `server`, one try, generous timeout.
+async fn kdig(server: SocketAddr, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("kdig")
+        .arg(format!("@{}", server.ip()))
+        .arg("-p")
+        .arg(server.port().to_string())
+        .args(["+timeout=10", "+retry=0"])
+        .args(args)
+        .output()
+        .await
+        .expect("kdig runs (knot-dnsutils is installed by .ci/run)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status(kdig_out: &str) -> &str {
+    kdig_out
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap_or_else(|| panic!("no status in kdig output:\n{kdig_out}"))
+}
+
+fn assert_one_record_each(records: &[Record], names: &[&str]) {
+    for name in names {
+        let n = records.iter().filter(|r| is_dns_for(r, name)).count();
+        assert_eq!(n, 1, "records for {name}: {records:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_names_are_answered_and_audited() {
+    let w = World::new().await;
+    let out = w.kdig(&["a.test", "A"]).await;
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("198.51.100.7"), "{out}");
+    let out = w.kdig(&["+tcp", "a.test", "AAAA"]).await;
+    assert!(out.contains("2001:db8::7"), "{out}");
+
+    let rec = w.record_for("a.test");
+    assert_eq!(rec.decision, Verdict::Allow);
+    assert_eq!(rec.reason, Reason::RuleAllow);
+    assert_eq!(rec.rule, "allow[0]");
+    assert_eq!(rec.host_source, HostSource::DnsQuery);
+    assert_eq!(rec.dst, Some(w.dns.addr()));
+    assert!(rec.src.is_some_and(|s| s.ip().is_loopback()));
+    assert_eq!(rec.runner, "e2e-runner");
+    let records = w.stop();
+    let n = records.iter().filter(|r| is_dns_for(r, "a.test")).count();
+    assert_eq!(n, 2, "one record per query (A and AAAA)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_names_are_refused_and_never_forwarded() {
+    let w = World::new().await;
+    let out = w.kdig(&["denied.test", "A"]).await;
+    assert_eq!(status(&out), "REFUSED", "{out}");
+    assert!(!out.contains("198.51.100.11"), "{out}");
+    let out = w.kdig(&["+tcp", "Unlisted.TEST.", "A"]).await;
+    assert_eq!(status(&out), "REFUSED", "{out}");
+
+    let denied = w.record_for("denied.test");
+    assert_eq!(denied.decision, Verdict::Deny);
+    assert_eq!(denied.reason, Reason::RuleDeny);
+    assert_eq!(denied.rule, "deny[0]");
+    let unlisted = w.record_for("unlisted.test");
+    assert_eq!(unlisted.decision, Verdict::Deny);
+    assert_eq!(unlisted.reason, Reason::DnsRefused);
+    assert_eq!(unlisted.rule, "default");
+    assert_eq!(unlisted.dst, None);
+    assert!(
+        w.dns.queries().is_empty(),
+        "denied names reached the upstream: {:?}",
+        w.dns.queries()
+    );
+    assert_one_record_each(&w.stop(), &["denied.test", "unlisted.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_gets_the_client_servfail() {
+    let w = World::new().await;
+    let out = w.kdig(&["slow.test", "A"]).await;
+    assert_eq!(status(&out), "SERVFAIL", "{out}");
+    let rec = w.record_for("slow.test");
+    assert_eq!(rec.reason, Reason::UpstreamFailed);
+    assert_eq!(rec.rule, "allow[2]");
+    assert!(
+        rec.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("did not answer")),
+        "{rec:?}"
+    );
+    assert!(!w.dns.queries().is_empty());
+    assert_one_record_each(&w.stop(), &["slow.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_upstream_answers_are_fetched_over_tcp() {
+    let w = World::new().await;
+    // +ignore: kdig itself must not retry over TCP; the proxy has to.
+    let out = w.kdig(&["+ignore", "big.test", "A"]).await;
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("198.51.100.10"), "{out}");
+    assert!(!out.contains(" tc"), "the client saw TC: {out}");
+    let asked: Vec<bool> = w
+        .dns
+        .queries()
+        .iter()
+        .filter(|q| q.name == "big.test")
+        .map(|q| q.tcp)
+        .collect();
+    assert_eq!(asked, [false, true], "UDP first, then TCP");
+    let rec = w.record_for("big.test");
+    assert_eq!(rec.decision, Verdict::Allow);
+    assert_one_record_each(&w.stop(), &["big.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cname_targets_of_allowed_names_are_allowed() {
+    let w = World::new().await;
+    // Not allowed on its own...
+    let out = w.kdig(&["edge.cdn.test", "A"]).await;
+    assert_eq!(status(&out), "REFUSED", "{out}");
+    // ...but once an allowed name's answer led there, it is.
+    let out = w.kdig(&["www.a.test", "A"]).await;
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(
+        out.contains("edge.cdn.test") && out.contains("198.51.100.8"),
+        "{out}"
+    );
+    let out = w.kdig(&["edge.cdn.test", "A"]).await;
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("198.51.100.8"), "{out}");
+
+    let records = w.stop();
+    let edge: Vec<&Record> = records
+        .iter()
+        .filter(|r| is_dns_for(r, "edge.cdn.test"))
+        .collect();
+    assert_eq!(edge.len(), 2, "{records:#?}");
+    assert_eq!(edge[0].decision, Verdict::Deny);
+    assert_eq!(edge[1].decision, Verdict::Allow);
+    assert_eq!(
+        edge[1].rule, "allow[1]",
+        "the rule of the name that led there"
+    );
+    assert!(
+        edge[1]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("www.a.test")),
+        "{:?}",
+        edge[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ech_is_removed_from_https_answers() {
+    let w = World::new().await;
+    // The upstream itself does send `ech` (so the check below means something).
+    let direct = kdig(w.dns.addr(), &["ech.test", "HTTPS"]).await;
+    assert!(direct.contains("ech="), "{direct}");
+    let out = w.kdig(&["ech.test", "HTTPS"]).await;
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(out.contains("alpn=h2"), "{out}");
+    assert!(!out.contains("ech="), "ech passed through: {out}");
+    assert_one_record_each(&w.stop(), &["ech.test"]);
+}
+
+fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    m.to_vec().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_serves_several_queries_on_one_connection() {
+    let w = World::new().await;
+    let mut s = tokio::net::TcpStream::connect(w.listen()).await.unwrap();
+    for (id, name) in [(1u16, "a.test."), (2, "denied.test."), (3, "a.test.")] {
+        let q = query(id, name, RecordType::A);
+        s.write_u16(q.len() as u16).await.unwrap();
+        s.write_all(&q).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_u16())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut buf = vec![0u8; usize::from(n)];
+        s.read_exact(&mut buf).await.unwrap();
+        answers.push(Message::from_vec(&buf).unwrap());
+    }
+    let got: Vec<(u16, ResponseCode)> = answers
+        .iter()
+        .map(|m| (m.id(), m.response_code()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, ResponseCode::NoError),
+            (2, ResponseCode::Refused),
+            (3, ResponseCode::NoError)
+        ]
+    );
+    assert!(
+        matches!(answers[0].answers()[0].data(), RData::A(a) if a.0.octets() == [198, 51, 100, 7])
+    );
+    drop(s);
+    let records = w.stop();
+    assert_eq!(
+        records.iter().filter(|r| is_dns_for(r, "a.test")).count(),
+        2
+    );
+    assert_one_record_each(&records, &["denied.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_queries_get_formerr_and_are_audited() {
+    let w = World::new().await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // A header announcing one question, then garbage.
+    let junk = b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff\xff\xff";
+    sock.send_to(junk, w.listen()).await.unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(n >= 12);
+    assert_eq!(&buf[..2], b"\xab\xcd");
+    assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
+    let src = sock.local_addr().unwrap();
+    let rec = w.proxy.wait_record("malformed dns", |r| {
+        r.kind == Kind::Dns && r.src == Some(src)
+    });
+    assert_eq!(rec.reason, Reason::MalformedRequest);
+    assert_eq!(rec.decision, Verdict::Deny);
+    assert_eq!(rec.host, None);
+    // The server still answers afterwards.
+    let out = w.kdig(&["a.test", "A"]).await;
+    assert_eq!(status(&out), "NOERROR", "{out}");
+}

@@ -149,7 +149,9 @@ impl FakeDns {
                 .push(rec.clone().into());
         }
         let state = Arc::new(Mutex::new(state));
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind fake DNS UDP");
+        let udp = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake DNS UDP");
         let addr = udp.local_addr().expect("fake DNS address");
         let tcp = TcpListener::bind(addr).await.expect("bind fake DNS TCP");
         let udp = Arc::new(udp);
@@ -182,7 +184,9 @@ impl FakeDns {
                     let state = Arc::clone(&state);
                     tokio::spawn(async move {
                         loop {
-                            let Ok(len) = stream.read_u16().await else { return };
+                            let Ok(len) = stream.read_u16().await else {
+                                return;
+                            };
                             let mut query = vec![0u8; usize::from(len)];
                             if stream.read_exact(&mut query).await.is_err() {
                                 return;
@@ -223,7 +227,9 @@ impl FakeDns {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -241,14 +247,19 @@ async fn respond(state: &Mutex<State>, raw: &[u8], tcp: bool) -> Option<Vec<u8>>
     let question = query.queries().first()?.clone();
     let name = key(&question.name().to_ascii());
     let (behaviour, records) = {
-        let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.log.push(LoggedQuery {
             name: name.clone(),
             qtype: question.query_type(),
             tcp,
         });
         let behaviour = s.behaviour.get(&name).copied().unwrap_or_default();
-        (behaviour, answer_records(&s.zone, &name, question.query_type()))
+        (
+            behaviour,
+            answer_records(&s.zone, &name, question.query_type()),
+        )
     };
     let mut reply = Message::new();
     reply
@@ -288,12 +299,18 @@ async fn respond(state: &Mutex<State>, raw: &[u8], tcp: bool) -> Option<Vec<u8>>
 
 /// The records answering `qtype` for `name`, CNAMEs inside the zone
 /// followed; `None` when the zone does not hold `name`.
-fn answer_records(zone: &HashMap<String, Vec<RecordSpec>>, name: &str, qtype: RecordType) -> Option<Vec<Record>> {
+fn answer_records(
+    zone: &HashMap<String, Vec<RecordSpec>>,
+    name: &str,
+    qtype: RecordType,
+) -> Option<Vec<Record>> {
     let mut out = Vec::new();
     let mut current = name.to_owned();
     zone.get(&current)?;
     for _ in 0..8 {
-        let Some(specs) = zone.get(&current) else { break };
+        let Some(specs) = zone.get(&current) else {
+            break;
+        };
         let owner = Name::from_ascii(format!("{current}.")).ok()?;
         if let Some(target) = specs.iter().find_map(|s| match &s.data {
             RecordData::Cname(t) if qtype != RecordType::CNAME => Some((t.clone(), s.ttl)),

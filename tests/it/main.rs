@@ -10,3 +10,5 @@ mod dns;
 mod explicit;
 mod service;
 mod transparent;
+mod exec;
+mod runner;

@@ -122,3 +122,41 @@ fn a_missing_directory_is_a_clear_error() {
         "{err}"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// A segment cut at any byte (a crash mid-write) yields exactly the
+    /// records whose line was complete, whether or not a newer segment exists.
+    #[test]
+    fn a_segment_cut_anywhere_yields_exactly_its_complete_lines(
+        count in 1u64..20,
+        cut_permille in 0u64..=1000,
+        sealed in proptest::bool::ANY,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..count).map(line).collect();
+        let text = lines.concat();
+        let cut = (text.len() as u64 * cut_permille / 1000) as usize;
+        append(tmp.path(), 1, &text[..cut]);
+        if sealed {
+            append(tmp.path(), 2, &line(1000));
+        }
+        let mut want: Vec<u64> = Vec::new();
+        let mut end = 0;
+        for (n, l) in lines.iter().enumerate() {
+            end += l.len();
+            if end <= cut {
+                want.push(n as u64);
+            }
+        }
+        if sealed {
+            want.push(1000);
+        }
+        let got: Vec<u64> = reader::read_dir(tmp.path())
+            .unwrap()
+            .map(|r| number_of(&r.unwrap()).unwrap())
+            .collect();
+        proptest::prop_assert_eq!(got, want);
+    }
+}

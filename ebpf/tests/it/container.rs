@@ -130,3 +130,33 @@ print(addr[0], addr[1], data.decode(), flush=True)
     assert_eq!(client.line(), "198.51.100.53 53 answer");
     client.finish();
 }
+
+#[test]
+fn a_container_without_a_configured_gateway_is_denied_not_let_out() {
+    if !support::privileged() {
+        return;
+    }
+    let mut world = World::with_container_but_no_gateway();
+    let mut events = world.deny_events();
+    let script = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(10)
+try:
+    s.connect(("198.51.100.10", 443))
+    print("connected", flush=True)
+except OSError as e:
+    print(e.errno, flush=True)
+"#;
+    let (ns, _) = world.container.as_ref().unwrap();
+    let mut cmd = ns.command(support::python());
+    cmd.args(["-c", script]);
+    let client = world.spawn_command(cmd);
+    let pid = client.pid();
+    assert_eq!(client.finish().trim(), libc::EPERM.to_string());
+    let denies = support::collect_denies(&world, &mut events, 1);
+    assert_eq!(denies.len(), 1, "{denies:?}");
+    assert_eq!(denies[0].kind, egressd_ebpf::DenyKind::NoGateway);
+    assert_eq!(denies[0].dst, Some("198.51.100.10:443".parse().unwrap()));
+    assert_eq!(denies[0].pid, pid);
+}

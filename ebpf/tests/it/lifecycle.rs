@@ -19,9 +19,11 @@ fn detach_leaves_nothing_attached_and_the_cgroup_goes() {
     let mut world = World::new();
     let path = world.cgroup.path().to_path_buf();
     let attached = attached_programs(&path);
+    let ours = world.enforcer().attached_programs();
+    assert!(ours.starts_with(&egressd_ebpf::PROGRAMS), "{ours:?}");
     assert_eq!(
         attached.len(),
-        egressd_ebpf::PROGRAMS.len(),
+        ours.len(),
         "all hooks attached: {attached:#?}"
     );
     world.enforcer.take().unwrap().detach().unwrap();
@@ -46,13 +48,10 @@ fn pinned_links_outlive_the_enforcer_and_cleanup_removes_them() {
     let mut world = World::pinned();
     let path = world.cgroup.path().to_path_buf();
     let pin_dir = world.pin_dir.clone().unwrap();
+    let count = world.enforcer().attached_programs().len();
     // Dropping the enforcer is what a crash does to its fds: pinned links stay.
     drop(world.enforcer.take());
-    assert_eq!(
-        attached_programs(&path).len(),
-        egressd_ebpf::PROGRAMS.len(),
-        "links survive"
-    );
+    assert_eq!(attached_programs(&path).len(), count, "links survive");
 
     // Fail closed: with the proxy gone, a connection from the cgroup is refused,
     // it does not reach the outside.
@@ -78,7 +77,7 @@ except ConnectionRefusedError:
     let removed = egressd_ebpf::cleanup(&pin_dir).unwrap();
     assert_eq!(
         removed.len(),
-        egressd_ebpf::PROGRAMS.len() + 1,
+        count + 1,
         "every pin and the directory: {removed:?}"
     );
     assert_eq!(attached_programs(&path), Vec::<String>::new());
@@ -98,6 +97,7 @@ fn a_new_pinned_run_replaces_the_pins_of_a_crashed_one() {
     let mut world = World::pinned();
     let path = world.cgroup.path().to_path_buf();
     let pin_dir = world.pin_dir.clone().unwrap();
+    let count = world.enforcer().attached_programs().len();
     drop(world.enforcer.take()); // the "crashed" run
     let again = egressd_ebpf::Enforcer::attach(egressd_ebpf::EnforcerConfig {
         cgroup: path.clone(),
@@ -109,7 +109,7 @@ fn a_new_pinned_run_replaces_the_pins_of_a_crashed_one() {
     .unwrap();
     assert_eq!(
         attached_programs(&path).len(),
-        egressd_ebpf::PROGRAMS.len(),
+        count,
         "old links replaced, not doubled"
     );
     again.detach().unwrap();

@@ -262,6 +262,8 @@ pub struct ProxySockets {
     pub tcp6: TcpListener,
     pub udp4: UdpSocket,
     pub udp6: UdpSocket,
+    /// DNS over TCP, on the DNS port of 127.0.0.1.
+    pub dns_tcp4: TcpListener,
 }
 
 impl ProxySockets {
@@ -277,11 +279,15 @@ impl ProxySockets {
             let Ok(udp6) = UdpSocket::bind((Ipv6Addr::LOCALHOST, dns)) else {
                 continue;
             };
+            let Ok(dns_tcp4) = TcpListener::bind((Ipv4Addr::LOCALHOST, dns)) else {
+                continue;
+            };
             let sockets = ProxySockets {
                 tcp4,
                 tcp6,
                 udp4,
                 udp6,
+                dns_tcp4,
             };
             sockets.configure();
             return sockets;
@@ -296,13 +302,14 @@ impl ProxySockets {
             tcp6: TcpListener::bind((v6, port)).unwrap(),
             udp4: UdpSocket::bind((v4, dns)).unwrap(),
             udp6: UdpSocket::bind((v6, dns)).unwrap(),
+            dns_tcp4: TcpListener::bind((v4, dns)).unwrap(),
         };
         sockets.configure();
         sockets
     }
 
     fn configure(&self) {
-        for l in [&self.tcp4, &self.tcp6] {
+        for l in [&self.tcp4, &self.tcp6, &self.dns_tcp4] {
             l.set_nonblocking(true).unwrap();
         }
         for u in [&self.udp4, &self.udp6] {
@@ -353,20 +360,25 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
-        World::build(false, false)
+        World::build(false, false, false)
     }
 
     /// A world whose links are pinned under `/sys/fs/bpf/egressd-ebpf-test-<id>`.
     pub fn pinned() -> World {
-        World::build(true, false)
+        World::build(true, false, false)
     }
 
     /// A world with an emulated container namespace and gateway.
     pub fn with_container() -> World {
-        World::build(false, true)
+        World::build(false, true, true)
     }
 
-    fn build(pin: bool, with_container: bool) -> World {
+    /// A container namespace, but the enforcer is given no gateway address.
+    pub fn with_container_but_no_gateway() -> World {
+        World::build(false, true, false)
+    }
+
+    fn build(pin: bool, with_container: bool, gateways: bool) -> World {
         let lock = TOPOLOGY.lock().unwrap_or_else(|p| p.into_inner());
         remove_leftovers();
         let id = format!(
@@ -395,7 +407,7 @@ impl World {
             proxy_port: proxy.proxy_port(),
             dns_port: proxy.dns_port(),
             bypass_mark: BYPASS_MARK,
-            container_gateways: if with_container {
+            container_gateways: if gateways {
                 vec![
                     CONTAINER_GW4.parse().unwrap(),
                     CONTAINER_GW6.parse().unwrap(),

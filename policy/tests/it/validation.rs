@@ -125,3 +125,56 @@ fn yaml_features_a_policy_does_not_use_are_refused() {
     let e = errors(&deep);
     assert!(e[0].contains("nested more than"), "{e:?}");
 }
+
+mod robustness {
+    //! Whatever the bytes, parsing returns (never panics), and every
+    //! diagnostic points at a real line of the input.
+    use egressd_policy::Policy;
+    use proptest::prelude::*;
+
+    const SEEDS: &[&str] = &[
+        include_str!("../../../examples/github-actions-org.yaml"),
+        include_str!("../../../examples/overrides-by-team.yaml"),
+        include_str!("../../../examples/internal-networks.yaml"),
+        include_str!("../../tests/fixtures/broken/many-errors.yaml"),
+    ];
+
+    fn check(text: &str) -> Result<(), TestCaseError> {
+        let lines = u32::try_from(text.lines().count()).unwrap() + 1;
+        match Policy::parse("f.yaml", text) {
+            Ok(l) => {
+                for w in &l.warnings {
+                    prop_assert!(w.line >= 1 && w.line <= lines && w.col >= 1, "{}", w);
+                }
+            }
+            Err(d) => {
+                prop_assert!(!d.0.is_empty());
+                for e in &d.0 {
+                    prop_assert!(e.line >= 1 && e.line <= lines && e.col >= 1, "{} in {:?}", e, text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn yaml_shaped_noise(s in "[a-z0-9:*./\\-\\[\\]{},#&!|>'\" \n\t]{0,200}") {
+            check(&format!("version: 1\n{s}"))?;
+            check(&s)?;
+        }
+
+        #[test]
+        fn mutated_real_policies(seed in 0..SEEDS.len(), edits in prop::collection::vec((any::<prop::sample::Index>(), any::<char>()), 1..6)) {
+            let mut chars: Vec<char> = SEEDS[seed].chars().collect();
+            for (at, c) in edits {
+                let i = at.index(chars.len());
+                chars[i] = c;
+            }
+            let text: String = chars.into_iter().collect();
+            check(&text)?;
+        }
+    }
+}

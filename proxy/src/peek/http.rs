@@ -11,6 +11,9 @@ use super::PeekError;
 /// The longest method accepted when sniffing (`VERSION-CONTROL` is 15).
 const MAX_METHOD: usize = 20;
 
+/// The first line of the HTTP/2 connection preface (RFC 9113 3.4).
+pub const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
 /// Whether the first bytes look like an HTTP/1 request line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {

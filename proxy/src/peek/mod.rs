@@ -92,6 +92,8 @@ pub fn classify(buf: &[u8], limits: &PeekLimits) -> Result<Peeked, PeekError> {
             })
         }
         Some(_) => match http::looks_like_request(buf) {
+            // HTTP/2 with prior knowledge: the name is in HPACK, not readable here.
+            http::Shape::Request if buf.starts_with(http::H2_PREFACE_LINE) => Ok(Peeked::Other),
             http::Shape::Request => {
                 let head = http::parse(buf, limits.max_http_head)?;
                 Ok(Peeked::Http {

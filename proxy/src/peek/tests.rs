@@ -512,6 +512,11 @@ fn not_tls_nor_http_is_other() {
     );
     assert_eq!(classify(b" GET", &lim()), Ok(Peeked::Other));
     assert_eq!(classify(b"\x80\x2e\x01\x03\x01", &lim()), Ok(Peeked::Other));
+    assert_eq!(
+        classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &lim()),
+        Ok(Peeked::Other)
+    );
+    assert_eq!(classify(b"PRI * HTTP/2", &lim()), Err(PeekError::Incomplete));
     assert_eq!(classify(b"GE", &lim()), Err(PeekError::Incomplete));
     assert_eq!(classify(b"", &lim()), Err(PeekError::Incomplete));
 }

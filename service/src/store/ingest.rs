@@ -194,6 +194,23 @@ impl Store {
         })
     }
 
+    /// Create the partitions of yesterday, today and the next two days (UTC)
+    /// ahead of need. Creating a partition locks the whole `audit` table
+    /// briefly (and waits for running exports), so it is done here, at start
+    /// and hourly, rather than on the ingest path at midnight.
+    pub async fn prepare_partitions(&self) -> Result<(), StoreError> {
+        let today = jiff::Timestamp::now()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date();
+        let mut days = BTreeSet::new();
+        let mut d = today.yesterday().unwrap_or(today);
+        for _ in 0..4 {
+            days.insert(d);
+            d = d.tomorrow().unwrap_or(d);
+        }
+        self.ensure_partitions(&days).await
+    }
+
     /// Create the day partitions of `audit` that are not known to exist.
     async fn ensure_partitions(&self, days: &BTreeSet<Date>) -> Result<(), StoreError> {
         let missing: Vec<Date> = {
@@ -215,6 +232,10 @@ impl Store {
         // on the catalog's unique index: take a lock first.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK_KEY])
             .await?;
+        // Creating a partition waits for every reader of `audit`; give up
+        // (the batch is retried) rather than stall all ingest behind a long
+        // export.
+        tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
         for day in &missing {
             tx.batch_execute(&partition_ddl(*day)).await?;
         }

@@ -102,6 +102,7 @@ impl Store {
             let mut client = store.pool.get().await?;
             migrations::run(&mut client).await?;
         }
+        store.prepare_partitions().await?;
         Ok(store)
     }
 

@@ -66,6 +66,11 @@ impl Allowlist {
     }
 }
 
+/// Every name [`tunnel_name`] can yield.
+pub fn tunnel_names() -> Vec<String> {
+    (0..9).map(|i| format!("ok{i}.bench.test")).chain((0..7).map(|i| format!("no{i}.bench.test"))).collect()
+}
+
 /// The hostname of tunnel `i` (W1/W2/W3/W6) and whether it is allowed: 90% are.
 pub fn tunnel_name(i: u64) -> (String, bool) {
     if i % 10 == 9 {

@@ -22,7 +22,8 @@ pub const ZONE: &str = "bench.test";
 pub struct Backends {
     /// Echo: everything after an optional leading TLS record comes back.
     pub echo: SocketAddr,
-    /// Sink: counts bytes until EOF, answers the count as a big-endian u64.
+    /// Sink: reads a big-endian u64 length, counts that many bytes (or until
+    /// EOF), answers the count as a big-endian u64.
     pub sink: SocketAddr,
     /// TLS echo: handshake, 32 bytes back, close.
     pub tls: SocketAddr,
@@ -119,9 +120,12 @@ async fn echo_conn(mut s: TcpStream) -> std::io::Result<()> {
 
 async fn sink_conn(mut s: TcpStream) -> std::io::Result<()> {
     skip_tls_record(&mut s).await?;
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len).await?;
+    let want = u64::from_be_bytes(len);
     let mut buf = vec![0u8; 256 * 1024];
     let mut total: u64 = 0;
-    loop {
+    while total < want {
         let n = s.read(&mut buf).await?;
         if n == 0 {
             break;

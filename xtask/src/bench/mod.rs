@@ -141,7 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (bulk_bytes, idle) = if args.quick {
         (1u64 << 30, 2_000)
     } else {
-        (4u64 << 30, 9_000)
+        (4u64 << 30, 7_000)
     };
 
     let mut tables = Vec::new();

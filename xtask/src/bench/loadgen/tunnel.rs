@@ -39,12 +39,9 @@ impl Hellos {
     /// ClientHellos for every name [`tunnel_name`] yields.
     pub fn new(pki: &crate::bench::tls::Pki) -> anyhow::Result<Self> {
         let mut map = HashMap::new();
-        for i in 0..63 {
-            let (name, _) = tunnel_name(i);
-            if !map.contains_key(&name) {
-                let hello = pki.client_hello(&name)?;
-                map.insert(name, hello);
-            }
+        for name in crate::bench::allowlist::tunnel_names() {
+            let hello = pki.client_hello(&name)?;
+            map.insert(name, hello);
         }
         Ok(Self(Arc::new(map)))
     }
@@ -263,6 +260,9 @@ impl Op for Bulk {
         let Some(mut s) = open(self.via, self.sink, &name, true, Some(hello)).await? else {
             return Err(format!("allowed {name} was denied"));
         };
+        // Length first: CONNECT proxies close both ways at the first EOF, so
+        // the sink must know when the stream is complete without a half-close.
+        s.write_all(&self.bytes.to_be_bytes()).await.map_err(io("write bulk length"))?;
         let chunk = vec![0x5au8; 256 * 1024];
         let mut left = self.bytes;
         while left > 0 {
@@ -270,7 +270,6 @@ impl Op for Bulk {
             s.write_all(&chunk[..n]).await.map_err(io("write bulk"))?;
             left -= n as u64;
         }
-        s.shutdown().await.map_err(io("shutdown bulk"))?;
         let mut count = [0u8; 8];
         s.read_exact(&mut count)
             .await

@@ -239,12 +239,9 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
 /// that resolve through the system resolver read it instead of DNS).
 fn hosts_file(dir: &Path) -> anyhow::Result<PathBuf> {
     let mut names = String::from("127.0.0.1 localhost");
-    for i in 0..63 {
-        let (n, _) = super::allowlist::tunnel_name(i);
-        if !names.contains(&format!(" {n}")) {
-            names.push(' ');
-            names.push_str(&n);
-        }
+    for n in super::allowlist::tunnel_names() {
+        names.push(' ');
+        names.push_str(&n);
     }
     names.push('\n');
     write(dir, "hosts", &names)

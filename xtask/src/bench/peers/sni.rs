@@ -22,14 +22,14 @@ pub fn haproxy(
     let cfg = format!(
         "global
     nbthread 2
-    maxconn 9000
+    maxconn 7500
     log stdout format raw local0 info
 defaults
     mode tcp
     log global
     option tcplog
     option splice-auto
-    maxconn 9000
+    maxconn 7500
     timeout connect 5s
     timeout client 60s
     timeout server 60s

@@ -1,0 +1,663 @@
+//! The runner integration against the real binary: `egressd boot` with the
+//! kernel hooks on a test cgroup standing in for the runner's jobs, the job
+//! hooks (`egressd job start` / `job end`) with GitHub-style environments,
+//! traffic from the job cgroup to servers in a test network namespace, the
+//! fail-closed states (broken policy, unreachable policy service), and the
+//! packaging (the systemd unit, install.sh into a temporary DESTDIR).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use egressd::cgroup_child::OwnedCgroup;
+use egressd_audit::{JobTags, Record};
+use egressd_policy::{Reason, Verdict};
+
+use self::kit::{ALLOWED, DENIED, OVERRIDE_ONLY, Topology};
+
+/// What the privileged modules (this one and `exec`) share: the namespace
+/// topology, the skip rule, journal reading and leftover checks.
+pub(crate) mod kit {
+    use std::path::Path;
+    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::sync::{Mutex, MutexGuard};
+    use std::time::{Duration, Instant};
+
+    use egressd_audit::Record;
+
+    /// Host side of the test link; the namespace holds `ALLOWED` and
+    /// `OVERRIDE_ONLY`; `DENIED` is on the link but nobody has it. The block
+    /// 198.51.100.200/29 is used by these modules only.
+    pub const HOST: &str = "198.51.100.201";
+    /// A server the base policy allows (port 8080).
+    pub const ALLOWED: &str = "198.51.100.202";
+    /// A server only a policy override allows (port 8080).
+    pub const OVERRIDE_ONLY: &str = "198.51.100.203";
+    /// An address no policy allows.
+    pub const DENIED: &str = "198.51.100.204";
+    /// What the servers answer.
+    pub const SERVER_BODY: &str = "hello from the test namespace";
+
+    static LOCK: Mutex<()> = Mutex::new(());
+
+    /// True when the test can run; otherwise prints the skip line (and fails
+    /// under CI=true, where these tests must run).
+    pub fn privileged() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        println!("skipped: needs root and bpf()");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "privileged runner tests must run in CI (CI=true): run them as root"
+        );
+        false
+    }
+
+    fn sh(args: &[&str]) -> std::process::Output {
+        Command::new(args[0]).args(&args[1..]).output().unwrap()
+    }
+
+    fn must(args: &[&str]) {
+        let out = sh(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Remove sessions of killed test runs (names carry a dead pid).
+    fn sweep() {
+        let out = sh(&["ip", "netns", "list"]);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if let Some(pid) = name.strip_prefix("egrt-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = sh(&["ip", "netns", "del", name]);
+            }
+        }
+        let out = sh(&["ip", "-o", "link", "show"]);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n)) else {
+                continue;
+            };
+            if let Some(pid) = name.strip_prefix("egrt")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = sh(&["ip", "link", "del", name]);
+            }
+        }
+    }
+
+    /// The namespace with the servers, held for one test at a time.
+    pub struct Topology {
+        ns: String,
+        link: String,
+        server: Child,
+        _lock: MutexGuard<'static, ()>,
+    }
+
+    impl Topology {
+        /// Build it (or fail: no test packet may take the default route).
+        pub fn up() -> Topology {
+            let lock = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            sweep();
+            let pid = std::process::id();
+            let ns = format!("egrt-{pid}");
+            let link = format!("egrt{pid}");
+            let peer = format!("egrp{pid}");
+            let _ = sh(&["ip", "netns", "del", &ns]);
+            let _ = sh(&["ip", "link", "del", &link]);
+            must(&["ip", "netns", "add", &ns]);
+            must(&["ip", "link", "add", &link, "type", "veth", "peer", "name", &peer]);
+            must(&["ip", "link", "set", &peer, "netns", &ns]);
+            must(&["ip", "addr", "add", &format!("{HOST}/29"), "dev", &link]);
+            must(&["ip", "link", "set", &link, "up"]);
+            for a in [ALLOWED, OVERRIDE_ONLY] {
+                must(&["ip", "-n", &ns, "addr", "add", &format!("{a}/29"), "dev", &peer]);
+            }
+            must(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
+            must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            // The route to every test address goes through the link, checked
+            // before anything is sent.
+            for a in [ALLOWED, OVERRIDE_ONLY, DENIED] {
+                let route = String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
+                assert!(route.contains(&format!("dev {link}")), "{a} is not routed via {link}: {route}");
+            }
+            let script = format!(
+                "import http.server\n\
+                 class H(http.server.BaseHTTPRequestHandler):\n  \
+                   def do_GET(self):\n    \
+                     b=b'{SERVER_BODY}'\n    \
+                     self.send_response(200); self.send_header('Content-Length',str(len(b))); self.end_headers(); self.wfile.write(b)\n  \
+                   def log_message(self,*a): pass\n\
+                 http.server.ThreadingHTTPServer(('0.0.0.0',8080),H).serve_forever()\n"
+            );
+            let server = Command::new("ip")
+                .args(["netns", "exec", &ns, "python3", "-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let t = Topology {
+                ns,
+                link,
+                server,
+                _lock: lock,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let addr: std::net::SocketAddr = format!("{ALLOWED}:8080").parse().unwrap();
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                assert!(Instant::now() < deadline, "the test server did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            t
+        }
+    }
+
+    impl Drop for Topology {
+        fn drop(&mut self) {
+            let _ = self.server.kill();
+            let _ = self.server.wait();
+            let _ = sh(&["ip", "link", "del", &self.link]);
+            let _ = sh(&["ip", "netns", "del", &self.ns]);
+        }
+    }
+
+    /// Remove every proxy variable (curl would obey them).
+    pub fn clear_proxy_env(cmd: &mut Command) {
+        for v in [
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "NO_PROXY",
+        ] {
+            cmd.env_remove(v);
+        }
+    }
+
+    /// Every record in a journal directory.
+    pub fn records(dir: &Path) -> Vec<Record> {
+        egressd_audit::reader::read_dir(dir)
+            .map(|it| it.filter_map(Result::ok).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether a cgroup path (as in /proc/PID/cgroup) still exists.
+    pub fn cgroup_exists(rel: &str) -> bool {
+        let root = egressd::cgroup_child::cgroup2_root().unwrap();
+        root.join(rel.trim_start_matches('/')).exists()
+    }
+
+    /// `bpftool cgroup tree` output.
+    pub fn bpftool_cgroup_tree() -> String {
+        let out = sh(&["bpftool", "cgroup", "tree"]);
+        assert!(out.status.success(), "bpftool cgroup tree failed (install bpftool)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait for `child` (bounded), killing it when the time is up.
+    pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the process did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+const POLICY: &str = "version: 1\n\
+allow:\n  \
+  - ok.test\n  \
+  - cidr: 198.51.100.202/32\n    ports: [8080]\n\
+overrides:\n  \
+  - when: { repository: \"octo/wide\" }\n    \
+    allow:\n      \
+      - cidr: 198.51.100.203/32\n        ports: [8080]\n";
+
+/// A running `egressd boot` attached to a job cgroup, killed on drop.
+struct Boot {
+    child: Child,
+    dir: tempfile::TempDir,
+    jobs: OwnedCgroup,
+}
+
+impl Boot {
+    fn start(policy_args: &[&str], extra: &[&str]) -> Boot {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = egressd::cgroup_child::own_cgroup().unwrap();
+        let jobs = OwnedCgroup::create(&parent, "egressd-it-jobs").unwrap();
+        let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
+        let mut cmd = Command::new(crate::support::egressd_bin());
+        cmd.arg("boot")
+            .args(policy_args.iter().map(|a| a.replace("$DIR", &dir.path().display().to_string())))
+            .arg("--cgroup")
+            .arg(jobs.path())
+            .arg("--control-socket")
+            .arg(dir.path().join("control.sock"))
+            .arg("--audit-dir")
+            .arg(dir.path().join("audit"))
+            .arg("--ready-file")
+            .arg(dir.path().join("ready.json"))
+            .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
+            .args(["--dns-upstream", "127.0.0.1:9", "--runner", "it-runner", "--labels", "linux"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        kit::clear_proxy_env(&mut cmd);
+        let mut boot = Boot {
+            child: cmd.spawn().unwrap(),
+            dir,
+            jobs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !boot.dir.path().join("ready.json").exists() {
+            if let Some(s) = boot.child.try_wait().unwrap() {
+                panic!("egressd boot exited ({s}) before ready:\n{}", boot.log());
+            }
+            assert!(Instant::now() < deadline, "boot not ready in 60 s:\n{}", boot.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        boot
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("boot.log")).unwrap_or_default()
+    }
+
+    fn ready(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.path("ready.json")).unwrap()).unwrap()
+    }
+
+    fn records(&self) -> Vec<Record> {
+        kit::records(&self.path("audit"))
+    }
+
+    /// `egressd job ARGS` with a GitHub-style environment.
+    fn job(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut cmd = Command::new(crate::support::egressd_bin());
+        cmd.arg("job")
+            .args(args)
+            .arg("--control-socket")
+            .arg(self.path("control.sock"));
+        for v in [
+            "GITHUB_REPOSITORY",
+            "GITHUB_WORKFLOW",
+            "GITHUB_RUN_ID",
+            "GITHUB_RUN_ATTEMPT",
+            "GITHUB_JOB",
+            "GITHUB_STEP_SUMMARY",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.envs(env.iter().copied());
+        cmd.output().unwrap()
+    }
+
+    /// curl from inside the job cgroup; its exit code.
+    fn curl_from_job(&self, ip: &str) -> (i32, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10", &format!("http://{ip}:8080/")]);
+        kit::clear_proxy_env(&mut cmd);
+        self.jobs.spawn_inside(&mut cmd);
+        let out = cmd.output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the child we spawned and have not reaped.
+        unsafe {
+            libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM);
+        }
+        kit::wait_bounded(&mut self.child, Duration::from_secs(30))
+    }
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn github_env<'a>(repo: &'a str, run_id: &'a str, job: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("GITHUB_REPOSITORY", repo),
+        ("GITHUB_WORKFLOW", "CI"),
+        ("GITHUB_RUN_ID", run_id),
+        ("GITHUB_RUN_ATTEMPT", "1"),
+        ("GITHUB_JOB", job),
+    ]
+}
+
+fn tags(repo: &str, run_id: &str, job: &str) -> JobTags {
+    JobTags {
+        repository: Some(repo.into()),
+        workflow: Some("CI".into()),
+        run_id: Some(run_id.into()),
+        run_attempt: Some("1".into()),
+        job: Some(job.into()),
+    }
+}
+
+/// Wait until the journal holds a record matching `pred`.
+fn wait_for(boot: &Boot, what: &str, pred: impl Fn(&Record) -> bool) -> Record {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let recs = boot.records();
+        if let Some(r) = recs.iter().find(|r| pred(r)) {
+            return r.clone();
+        }
+        assert!(Instant::now() < deadline, "no record {what}: {recs:#?}\n{}", boot.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
+    if !kit::privileged() {
+        return;
+    }
+    let _t = Topology::up();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut boot = Boot::start(&["--policy", policy.to_str().unwrap()], &[]);
+    let ready = boot.ready();
+    assert_eq!(ready["state"], "enforcing", "{ready}");
+    assert_eq!(ready["cgroup"], boot.jobs.path().to_str().unwrap());
+    assert!(boot.log().contains("self-test passed"), "{}", boot.log());
+    let socket_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(boot.path("control.sock")).unwrap().permissions(),
+    );
+    assert_eq!(socket_mode & 0o777, 0o660, "root or the control group only");
+
+    // Job 1.
+    let env1 = github_env("octo/app", "101", "build");
+    let started = boot.job(&["start"], &env1);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let (code, body) = boot.curl_from_job(ALLOWED);
+    assert_eq!((code, body.as_str()), (0, kit::SERVER_BODY), "{}", boot.log());
+    let (code, _) = boot.curl_from_job(DENIED);
+    assert_ne!(code, 0, "the denied connection fails");
+    let (code, _) = boot.curl_from_job(OVERRIDE_ONLY);
+    assert_ne!(code, 0, "the override is not for octo/app");
+    let t1 = tags("octo/app", "101", "build");
+    wait_for(&boot, "for the denied connection", |r| {
+        r.dst.map(|d| d.to_string()) == Some(format!("{DENIED}:8080"))
+    });
+    let summary_file = dir.path().join("step-summary.md");
+    std::fs::write(&summary_file, "# earlier step\n").unwrap();
+    let mut env1_end = env1.clone();
+    let summary_path = summary_file.to_str().unwrap().to_owned();
+    env1_end.push(("GITHUB_STEP_SUMMARY", &summary_path));
+    let ended = boot.job(&["end", "--fail-on-deny"], &env1_end);
+    assert_eq!(ended.status.code(), Some(1), "--fail-on-deny with a deny exits 1");
+    let printed = String::from_utf8_lossy(&ended.stdout).into_owned();
+
+    // The printed summary is exactly the summary of job 1's records.
+    let job1: Vec<Record> = boot.records().into_iter().filter(|r| r.job.as_ref() == Some(&t1)).collect();
+    assert!(job1.iter().any(|r| r.decision == Verdict::Deny), "{job1:#?}");
+    for r in &job1 {
+        let p = r.process.as_ref().expect("every job record names its process");
+        assert_eq!(p.comm.as_deref(), Some("curl"));
+        assert_eq!(r.runner, "it-runner");
+    }
+    let expected = egressd_audit::summary::summarize(job1.iter().cloned()).to_markdown();
+    assert!(printed.contains(&expected), "printed:\n{printed}\nexpected:\n{expected}");
+    assert!(expected.contains(&format!("| {DENIED} | 8080 | 0 | 1 | curl |")), "{expected}");
+    let step = std::fs::read_to_string(&summary_file).unwrap();
+    assert!(step.starts_with("# earlier step\n") && step.contains(&expected), "appended:\n{step}");
+
+    // Between jobs: no tags.
+    let (code, _) = boot.curl_from_job(ALLOWED);
+    assert_eq!(code, 0);
+
+    // Job 2, a repository with an override.
+    let env2 = github_env("octo/wide", "102", "test");
+    assert!(boot.job(&["start"], &env2).status.success());
+    let (code, body) = boot.curl_from_job(OVERRIDE_ONLY);
+    assert_eq!((code, body.as_str()), (0, kit::SERVER_BODY), "the override applies to octo/wide");
+    let ended = boot.job(&["end", "--fail-on-deny"], &env2);
+    assert!(ended.status.success(), "nothing denied in job 2: {}", String::from_utf8_lossy(&ended.stdout));
+    let t2 = tags("octo/wide", "102", "test");
+    let recs = boot.records();
+    let job2: Vec<&Record> = recs.iter().filter(|r| r.job.as_ref() == Some(&t2)).collect();
+    let over = job2
+        .iter()
+        .find(|r| r.dst.map(|d| d.to_string()) == Some(format!("{OVERRIDE_ONLY}:8080")) && !r.is_closing())
+        .expect("job 2's connection carries job 2's tags");
+    assert_eq!(over.rule, "overrides[0].allow[0]");
+    assert!(
+        recs.iter().filter(|r| r.job.is_none()).any(|r| r.dst.map(|d| d.to_string()) == Some(format!("{ALLOWED}:8080"))),
+        "traffic between jobs carries no job tags"
+    );
+    assert!(!recs.iter().any(|r| r.job.as_ref() == Some(&t1) && r.dst.map(|d| d.to_string()) == Some(format!("{OVERRIDE_ONLY}:8080")) && r.decision == Verdict::Allow));
+
+    // SIGTERM: exit 0, nothing of egressd left.
+    let status = boot.terminate();
+    assert!(status.success(), "{}", boot.log());
+    assert!(!boot.path("ready.json").exists());
+    assert!(!boot.path("control.sock").exists());
+    let tree = kit::bpftool_cgroup_tree();
+    let name = boot.jobs.path().file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(!tree.contains(&name), "programs still attached to {name}:\n{tree}");
+    assert!(
+        !std::fs::read_dir(boot.jobs.path().parent().unwrap())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("egressd-selftest-")),
+        "the self-test cgroup is gone"
+    );
+}
+
+/// Boot in a fail-closed state: ready, but `degraded`, with the reason in
+/// the ready file, the log, `job status` and an `event` record; job traffic
+/// is denied.
+fn assert_fail_closed(boot: &Boot, why: &str) {
+    let ready = boot.ready();
+    assert_eq!(ready["state"], "degraded", "{ready}");
+    assert!(ready["detail"].as_str().unwrap().contains(why), "{ready}");
+    assert!(boot.log().contains("FAIL CLOSED"), "{}", boot.log());
+    let event = wait_for(boot, "of kind event", |r| r.kind == egressd_audit::Kind::Event);
+    assert_eq!(event.reason, Reason::PolicyUnavailable);
+    assert!(event.detail.as_deref().unwrap_or_default().contains(why), "{event:?}");
+    let status = boot.job(&["status"], &[]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("degraded"));
+
+    let (code, _) = boot.curl_from_job(ALLOWED);
+    assert_ne!(code, 0, "no job traffic gets out without a policy");
+    let denied = wait_for(boot, "for the blocked connection", |r| {
+        r.dst.map(|d| d.to_string()) == Some(format!("{ALLOWED}:8080"))
+    });
+    assert_eq!(denied.decision, Verdict::Deny);
+    assert_eq!(denied.reason, Reason::PolicyUnavailable, "{denied:?}");
+}
+
+#[test]
+fn a_broken_policy_boots_fail_closed_and_says_why() {
+    if !kit::privileged() {
+        return;
+    }
+    let _t = Topology::up();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "version: 1\nallow:\n  - \"*example.com\"\n").unwrap();
+    let mut boot = Boot::start(&["--policy", policy.to_str().unwrap()], &[]);
+    assert_fail_closed(&boot, "policy.yaml:3");
+    assert!(boot.terminate().success());
+}
+
+#[test]
+fn an_unreachable_policy_service_boots_fail_closed_and_says_why() {
+    if !kit::privileged() {
+        return;
+    }
+    let _t = Topology::up();
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/v1/orgs/octo/policy");
+    let mut boot = Boot::start(
+        &[
+            "--policy-url",
+            &url,
+            "--token-file",
+            "$DIR/token",
+            "--policy-cache",
+            "$DIR/lkg.yaml",
+        ],
+        &[],
+    );
+    // (the token file does not exist either: the message names what failed)
+    assert_fail_closed(&boot, "no policy");
+    assert!(boot.terminate().success());
+}
+
+#[test]
+fn the_systemd_unit_parses_cleanly() {
+    let unit = repo().join("packaging/egressd.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for needed in [
+        "Type=notify",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "Restart=on-failure",
+        "WantedBy=multi-user.target",
+        "ReadWritePaths=/var/lib/egressd /sys/fs/bpf",
+    ] {
+        assert!(text.contains(needed), "the unit lacks {needed}");
+    }
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        println!("systemd-analyze not installed: structural check only");
+        return;
+    };
+    assert!(version.status.success());
+    // Verify a copy whose ExecStart names a binary that exists here.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("egressd.service");
+    let bin = crate::support::egressd_bin();
+    std::fs::write(&copy, text.replace("/usr/local/bin/egressd", bin.to_str().unwrap())).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+}
+
+#[test]
+fn install_sh_stages_into_a_destdir_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("image");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let install = |extra: &[&str]| {
+        let out = Command::new("sh")
+            .arg(repo().join("packaging/install.sh"))
+            .arg("--destdir")
+            .arg(&dest)
+            .arg("--binary")
+            .arg(crate::support::egressd_bin())
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--labels", "self-hosted,linux", "--runner-service", "actions.runner.octo-app.r1.service"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "install.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    install(&[]);
+    let snapshot = || {
+        let mut files = Vec::new();
+        let mut stack = vec![dest.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let mode = std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
+                    files.push((p.strip_prefix(&dest).unwrap().to_owned(), mode & 0o777, std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        files.sort();
+        files
+    };
+    let first = snapshot();
+    let names: Vec<String> = first.iter().map(|(p, m, _)| format!("{} {m:o}", p.display())).collect();
+    for want in [
+        "usr/local/bin/egressd 755",
+        "etc/systemd/system/egressd.service 644",
+        "etc/egressd/policy.yaml 644",
+        "etc/default/egressd 644",
+        "usr/local/lib/egressd/job-started.sh 755",
+        "usr/local/lib/egressd/job-completed.sh 755",
+        "etc/systemd/system/actions.runner.octo-app.r1.service.d/egressd.conf 644",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:#?}");
+    }
+    let defaults = std::fs::read_to_string(dest.join("etc/default/egressd")).unwrap();
+    assert!(defaults.contains("--policy /etc/egressd/policy.yaml --control-group egressd --labels self-hosted,linux"), "{defaults}");
+    install(&[]);
+    assert_eq!(snapshot(), first, "a second run changes nothing");
+
+    // An invalid policy is refused before anything is written.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "version: 2\n").unwrap();
+    let out = Command::new("sh")
+        .arg(repo().join("packaging/install.sh"))
+        .arg("--destdir")
+        .arg(dir.path().join("other"))
+        .arg("--binary")
+        .arg(crate::support::egressd_bin())
+        .arg("--policy")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!dir.path().join("other").exists());
+}
+
+#[test]
+fn install_sh_refuses_to_run_without_root() {
+    // As root, drop to nobody for the check; as another user, run it as is.
+    // SAFETY: geteuid has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh"]);
+        c
+    } else {
+        Command::new("sh")
+    };
+    let out = cmd.arg(repo().join("packaging/install.sh")).arg("--policy").arg("/nonexistent").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("must run as root"), "{stderr}");
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
