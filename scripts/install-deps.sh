@@ -13,6 +13,7 @@ have kdig || need+=(knot-dnsutils)
 have curl || need+=(curl)
 have ip || need+=(iproute2)
 have python3 || need+=(python3)
+have sysctl || need+=(procps)
 have openssl || need+=(openssl)
 have pg_ctlcluster || need+=(postgresql)
 

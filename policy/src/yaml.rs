@@ -74,7 +74,7 @@ pub(crate) fn load(text: &str, sink: &mut Sink) -> Option<Node> {
             None => break,
             Some(Ok(e)) => e,
             Some(Err(e)) => {
-                scan_error(&e, sink);
+                scan_error(&e, text, sink);
                 return None;
             }
         };
@@ -92,7 +92,7 @@ pub(crate) fn load(text: &str, sink: &mut Sink) -> Option<Node> {
                 }
             }
             other => {
-                let node = build(other, span, &mut events, sink, 0)?;
+                let node = build(other, span, &mut events, text, sink, 0)?;
                 root = Some(node);
             }
         }
@@ -100,25 +100,41 @@ pub(crate) fn load(text: &str, sink: &mut Sink) -> Option<Node> {
     root
 }
 
-fn scan_error(e: &saphyr_parser::ScanError, sink: &mut Sink) {
+fn scan_error(e: &saphyr_parser::ScanError, text: &str, sink: &mut Sink) {
     let m = e.marker();
     sink.error(
-        Pos {
-            line: u32::try_from(m.line()).unwrap_or(u32::MAX),
-            col: u32::try_from(m.col().saturating_add(1)).unwrap_or(u32::MAX),
-        },
+        within(text, m.line(), m.col().saturating_add(1)),
         format!("this is not valid YAML: {}", e.info()),
     );
 }
 
+/// A position the scanner reports past the end of the text (it does so for
+/// "unexpected end of file") is moved to just after the last character, so
+/// the message points at a line the person can see.
+fn within(text: &str, line: usize, col: usize) -> Pos {
+    let normalised = text.replace("\r\n", "\n");
+    let last_line = normalised.split(['\n', '\r']).count();
+    let (line, col) = if line > last_line {
+        let tail = normalised.rsplit(['\n', '\r']).next().unwrap_or("");
+        (last_line, tail.chars().count() + 1)
+    } else {
+        (line, col)
+    };
+    Pos {
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        col: u32::try_from(col).unwrap_or(u32::MAX),
+    }
+}
+
 fn next_event<'a>(
     events: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
+    text: &str,
     sink: &mut Sink,
 ) -> Option<(Event<'a>, Span)> {
     match events.next() {
         Some(Ok(e)) => Some(e),
         Some(Err(e)) => {
-            scan_error(&e, sink);
+            scan_error(&e, text, sink);
             None
         }
         None => None,
@@ -129,6 +145,7 @@ fn build<'a>(
     event: Event<'a>,
     span: Span,
     events: &mut Parser<'a, saphyr_parser::StrInput<'a>>,
+    text: &str,
     sink: &mut Sink,
     depth: usize,
 ) -> Option<Node> {
@@ -165,11 +182,11 @@ fn build<'a>(
         Event::SequenceStart(_, _) => {
             let mut items = Vec::new();
             loop {
-                let (e, s) = next_event(events, sink)?;
+                let (e, s) = next_event(events, text, sink)?;
                 if matches!(e, Event::SequenceEnd) {
                     break;
                 }
-                items.push(build(e, s, events, sink, depth + 1)?);
+                items.push(build(e, s, events, text, sink, depth + 1)?);
             }
             Some(Node {
                 at,
@@ -179,13 +196,13 @@ fn build<'a>(
         Event::MappingStart(_, _) => {
             let mut pairs = Vec::new();
             loop {
-                let (e, s) = next_event(events, sink)?;
+                let (e, s) = next_event(events, text, sink)?;
                 if matches!(e, Event::MappingEnd) {
                     break;
                 }
-                let key = build(e, s, events, sink, depth + 1)?;
-                let (e, s) = next_event(events, sink)?;
-                let value = build(e, s, events, sink, depth + 1)?;
+                let key = build(e, s, events, text, sink, depth + 1)?;
+                let (e, s) = next_event(events, text, sink)?;
+                let value = build(e, s, events, text, sink, depth + 1)?;
                 pairs.push((key, value));
             }
             Some(Node {

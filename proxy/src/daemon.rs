@@ -306,7 +306,10 @@ fn companions(primary: SocketAddr, kernel: Option<&KernelPlan>) -> Vec<SocketAdd
     };
     let mut out = Vec::new();
     if primary.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) {
-        out.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), primary.port()));
+        out.push(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            primary.port(),
+        ));
     }
     for gw in &k.container_gateways {
         let a = SocketAddr::new(*gw, primary.port());
@@ -320,10 +323,17 @@ fn companions(primary: SocketAddr, kernel: Option<&KernelPlan>) -> Vec<SocketAdd
 /// Bind ::1 where IPv6 exists; a machine without IPv6 has nothing to redirect there.
 fn optional_v6(addr: SocketAddr, e: &std::io::Error) -> bool {
     addr.ip() == IpAddr::V6(Ipv6Addr::LOCALHOST)
-        && matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT))
+        && matches!(
+            e.raw_os_error(),
+            Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)
+        )
 }
 
-async fn bind_tcp_group(primary: SocketAddr, kernel: Option<&KernelPlan>, what: &str) -> anyhow::Result<Vec<TcpListener>> {
+async fn bind_tcp_group(
+    primary: SocketAddr,
+    kernel: Option<&KernelPlan>,
+    what: &str,
+) -> anyhow::Result<Vec<TcpListener>> {
     // An ephemeral primary port may be taken on a companion address: retry.
     for attempt in 0..8 {
         let first = bind_tcp(primary, what).await?;
@@ -333,12 +343,20 @@ async fn bind_tcp_group(primary: SocketAddr, kernel: Option<&KernelPlan>, what: 
         for a in companions(SocketAddr::new(primary.ip(), port), kernel) {
             match TcpListener::bind(a).await {
                 Ok(l) => all.push(l),
-                Err(e) if optional_v6(a, &e) => tracing::warn!(%a, "no IPv6 loopback: IPv6 connections cannot be redirected"),
-                Err(e) if primary.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < 7 => {
+                Err(e) if optional_v6(a, &e) => {
+                    tracing::warn!(%a, "no IPv6 loopback: IPv6 connections cannot be redirected")
+                }
+                Err(e)
+                    if primary.port() == 0
+                        && e.kind() == std::io::ErrorKind::AddrInUse
+                        && attempt < 7 =>
+                {
                     collided = true;
                     break;
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot listen on {a} for the {what}")),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot listen on {a} for the {what}"));
+                }
             }
         }
         if !collided {
@@ -348,7 +366,10 @@ async fn bind_tcp_group(primary: SocketAddr, kernel: Option<&KernelPlan>, what: 
     anyhow::bail!("cannot find a free port for the {what}")
 }
 
-async fn bind_dns(primary: SocketAddr, kernel: Option<&KernelPlan>) -> anyhow::Result<(Vec<UdpSocket>, Vec<TcpListener>)> {
+async fn bind_dns(
+    primary: SocketAddr,
+    kernel: Option<&KernelPlan>,
+) -> anyhow::Result<(Vec<UdpSocket>, Vec<TcpListener>)> {
     for attempt in 0..8 {
         let udp = UdpSocket::bind(primary).await.with_context(|| {
             format!("cannot listen on {primary} (UDP) for the DNS server; choose another address")
@@ -362,21 +383,36 @@ async fn bind_dns(primary: SocketAddr, kernel: Option<&KernelPlan>) -> anyhow::R
                 match UdpSocket::bind(a).await {
                     Ok(s) => udps.push(s),
                     Err(e) if optional_v6(a, &e) => continue,
-                    Err(e) if primary.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < 7 => {
+                    Err(e)
+                        if primary.port() == 0
+                            && e.kind() == std::io::ErrorKind::AddrInUse
+                            && attempt < 7 =>
+                    {
                         collided = true;
                         break;
                     }
-                    Err(e) => return Err(e).with_context(|| format!("cannot listen on {a} (UDP) for the DNS server")),
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("cannot listen on {a} (UDP) for the DNS server")
+                        });
+                    }
                 }
             }
             match TcpListener::bind(a).await {
                 Ok(l) => tcps.push(l),
                 Err(e) if optional_v6(a, &e) => {}
-                Err(e) if primary.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < 7 => {
+                Err(e)
+                    if primary.port() == 0
+                        && e.kind() == std::io::ErrorKind::AddrInUse
+                        && attempt < 7 =>
+                {
                     collided = true;
                     break;
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot listen on {a} (TCP) for the DNS server")),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot listen on {a} (TCP) for the DNS server"));
+                }
             }
         }
         if !collided {
@@ -511,10 +547,26 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
     });
     let mut ready = ReadyInfo {
         pid: std::process::id(),
-        explicit: bound.explicit.as_ref().map(TcpListener::local_addr).transpose()?,
-        listen: bound.transparent.first().map(TcpListener::local_addr).transpose()?,
-        dns: bound.dns_udp.first().map(UdpSocket::local_addr).transpose()?,
-        metrics: bound.metrics.as_ref().map(TcpListener::local_addr).transpose()?,
+        explicit: bound
+            .explicit
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?,
+        listen: bound
+            .transparent
+            .first()
+            .map(TcpListener::local_addr)
+            .transpose()?,
+        dns: bound
+            .dns_udp
+            .first()
+            .map(UdpSocket::local_addr)
+            .transpose()?,
+        metrics: bound
+            .metrics
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?,
         cgroup: None,
         state: None,
         detail: None,
@@ -542,19 +594,34 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
                 pin_dir: k.pin_dir.clone(),
             })
             .with_context(|| format!("cannot attach the kernel hooks to {}", k.cgroup.display()))?;
-            let events = enforcer.deny_events().context("cannot read the kernel's deny events")?;
+            let events = enforcer
+                .deny_events()
+                .context("cannot read the kernel's deny events")?;
             let enforcer = Arc::new(enforcer);
             let origins = EbpfOrigins::new(Arc::clone(&enforcer));
             // HANDOFF: engine.set_process_lookup(Arc::clone(&origins) as Arc<dyn kernel::ProcessLookup>);
-            servers.spawn(kernel::audit_denies(Arc::clone(&engine), events, Arc::clone(&origins)));
+            servers.spawn(kernel::audit_denies(
+                Arc::clone(&engine),
+                events,
+                Arc::clone(&origins),
+            ));
             ready.cgroup = Some(k.cgroup.clone());
-            (Arc::clone(&origins) as Arc<dyn DstSource>, Some(enforcer), Some(origins))
+            (
+                Arc::clone(&origins) as Arc<dyn DstSource>,
+                Some(enforcer),
+                Some(origins),
+            )
         }
         _ => (Arc::new(KernelOriginalDst), None, None),
     };
 
     for l in bound.transparent {
-        servers.spawn(transparent::serve(Arc::clone(&engine), l, Arc::clone(&source), tasks.clone()));
+        servers.spawn(transparent::serve(
+            Arc::clone(&engine),
+            l,
+            Arc::clone(&source),
+            tasks.clone(),
+        ));
     }
     if let Some(l) = bound.explicit {
         servers.spawn(connect::serve(Arc::clone(&engine), l, tasks.clone()));
@@ -569,7 +636,12 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
         servers.spawn(dns::serve_tcp(Arc::clone(&engine), tcp, tasks.clone()));
     }
     if let Some((path, fingerprint)) = plan.watch {
-        servers.spawn(reload::watch(Arc::clone(&engine), path, fingerprint, Duration::from_secs(1)));
+        servers.spawn(reload::watch(
+            Arc::clone(&engine),
+            path,
+            fingerprint,
+            Duration::from_secs(1),
+        ));
     }
     Ok(RunningDaemon {
         engine,
@@ -638,14 +710,17 @@ impl RunningDaemon {
             .await
             .is_err()
         {
-            tracing::info!(open = self.tasks.len(), "grace period over: cutting open tunnels");
+            tracing::info!(
+                open = self.tasks.len(),
+                "grace period over: cutting open tunnels"
+            );
             engine.cut_tunnels().cancel();
             // Cut tunnels write their closing records; peeks end by their timeouts.
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
         }
         // The deny-event task drains what the kernel already reported.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while self.servers.len() > 0 {
+            while !self.servers.is_empty() {
                 tokio::select! {
                     _ = self.servers.join_next() => {}
                     () = tokio::time::sleep(Duration::from_millis(200)) => break,
@@ -662,14 +737,18 @@ impl RunningDaemon {
                 enforcer.detach().context("cannot detach the kernel hooks")
             }
             Some(Ok(pinned)) => {
-                tracing::info!("kernel hooks stay pinned (fail closed); `egressd cleanup` removes them");
+                tracing::info!(
+                    "kernel hooks stay pinned (fail closed); `egressd cleanup` removes them"
+                );
                 drop(pinned);
                 Ok(())
             }
             Some(Err(shared)) => {
                 // A task still holds it: dropping the last handle detaches
                 // unpinned links all the same.
-                tracing::warn!("kernel hooks still referenced at shutdown; they detach when released");
+                tracing::warn!(
+                    "kernel hooks still referenced at shutdown; they detach when released"
+                );
                 drop(shared);
                 Ok(())
             }

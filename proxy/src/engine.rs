@@ -6,15 +6,18 @@
 //! same journal. Reads on the hot path are lock-free (`ArcSwap` loads and
 //! atomics).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
-use egressd_audit::{JobTags, Journal, Kind, Record};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use egressd_audit::{JobTags, Journal, Kind, Process, Record};
 use egressd_policy::{Decision, JobContext, Policy};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::dns::{DnsMemory, Resolver};
+use crate::kernel::ProcessLookup;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 
@@ -74,6 +77,11 @@ pub struct Engine {
     filter_loopback: bool,
     stop_accepting: CancellationToken,
     cut_tunnels: CancellationToken,
+    /// Deny everything (`policy_unavailable`) while no trustworthy policy is
+    /// active (boot degraded).
+    fail_closed: AtomicBool,
+    /// Who made a DNS query, when the kernel hooks can tell.
+    process_lookup: ArcSwapOption<Arc<dyn ProcessLookup>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -104,6 +112,8 @@ impl Engine {
             filter_loopback: parts.filter_loopback,
             stop_accepting: CancellationToken::new(),
             cut_tunnels: CancellationToken::new(),
+            fail_closed: AtomicBool::new(false),
+            process_lookup: ArcSwapOption::empty(),
         })
     }
 
@@ -165,6 +175,35 @@ impl Engine {
     /// Whether loopback destinations are filtered too.
     pub fn filter_loopback(&self) -> bool {
         self.filter_loopback
+    }
+
+    /// Fail closed (`true`): every decision is a deny with
+    /// `policy_unavailable` until this is set back to `false`.
+    pub fn set_fail_closed(&self, on: bool) {
+        self.fail_closed.store(on, Ordering::Release);
+    }
+
+    /// True while failing closed.
+    pub fn is_fail_closed(&self) -> bool {
+        self.fail_closed.load(Ordering::Acquire)
+    }
+
+    /// Attribute DNS queries to processes with `lookup` (the kernel hooks).
+    pub fn set_process_lookup(&self, lookup: Arc<dyn ProcessLookup>) {
+        self.process_lookup.store(Some(Arc::new(lookup)));
+    }
+
+    /// Stop attributing DNS queries (the kernel hooks are detached).
+    pub fn clear_process_lookup(&self) {
+        self.process_lookup.store(None);
+    }
+
+    /// The process behind a DNS query from `client`, when known.
+    pub fn dns_process(&self, client: SocketAddr) -> Option<Process> {
+        self.process_lookup
+            .load()
+            .as_ref()
+            .and_then(|l| l.dns_process(client))
     }
 
     /// Take a slot of the tunnel budget; `None` when `max_tunnels` are in use.

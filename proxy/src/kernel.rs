@@ -164,7 +164,9 @@ pub async fn audit_denies(engine: Arc<Engine>, mut events: DenyEvents, origins: 
             () = engine.stop_accepting().cancelled() => break,
         };
         let Some(ev) = ev else {
-            tracing::error!("the kernel deny ring buffer failed: in-kernel denies are no longer audited");
+            tracing::error!(
+                "the kernel deny ring buffer failed: in-kernel denies are no longer audited"
+            );
             return;
         };
         record_deny(&engine, &origins, &ev).await;
@@ -202,12 +204,30 @@ mod tests {
 
     #[test]
     fn kernel_denies_map_to_record_kinds() {
-        assert_eq!(deny_kind(&ev(DenyKind::Udp, 17)), (Kind::Udp, Reason::UdpBlocked));
-        assert_eq!(deny_kind(&ev(DenyKind::Icmp, 1)), (Kind::Icmp, Reason::IcmpBlocked));
-        assert_eq!(deny_kind(&ev(DenyKind::Raw, 255)), (Kind::Raw, Reason::RawBlocked));
-        assert_eq!(deny_kind(&ev(DenyKind::Backstop, 17)), (Kind::Udp, Reason::UdpBlocked));
-        assert_eq!(deny_kind(&ev(DenyKind::Backstop, 58)), (Kind::Icmp, Reason::IcmpBlocked));
-        assert_eq!(deny_kind(&ev(DenyKind::Backstop, 6)), (Kind::Raw, Reason::RawBlocked));
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Udp, 17)),
+            (Kind::Udp, Reason::UdpBlocked)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Icmp, 1)),
+            (Kind::Icmp, Reason::IcmpBlocked)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Raw, 255)),
+            (Kind::Raw, Reason::RawBlocked)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Backstop, 17)),
+            (Kind::Udp, Reason::UdpBlocked)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Backstop, 58)),
+            (Kind::Icmp, Reason::IcmpBlocked)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Backstop, 6)),
+            (Kind::Raw, Reason::RawBlocked)
+        );
     }
 
     #[test]

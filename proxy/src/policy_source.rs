@@ -94,7 +94,11 @@ pub struct Obtained {
 
 impl ServiceSource {
     /// Split `https://host:port/v1/orgs/ORG/policy` into base and org.
-    pub fn from_url(url: &str, token_file: PathBuf, cache: PathBuf) -> Result<Self, PolicySourceError> {
+    pub fn from_url(
+        url: &str,
+        token_file: PathBuf,
+        cache: PathBuf,
+    ) -> Result<Self, PolicySourceError> {
         let bad = || PolicySourceError::Url(url.to_owned());
         let (base, rest) = url.split_once("/v1/orgs/").ok_or_else(bad)?;
         let org = rest.strip_suffix("/policy").ok_or_else(bad)?;
@@ -122,7 +126,10 @@ impl ServiceSource {
         let etag = std::fs::read_to_string(self.etag_path()).ok();
         let have_cache = self.cache.exists();
         let fetched = client
-            .fetch_policy(&self.org, etag.as_deref().filter(|_| have_cache).map(str::trim))
+            .fetch_policy(
+                &self.org,
+                etag.as_deref().filter(|_| have_cache).map(str::trim),
+            )
             .await
             .map_err(|e| e.to_string())?;
         match fetched {
@@ -181,7 +188,10 @@ impl PolicySource {
                 Ok(o) => Ok(o),
                 Err(fetch) => match svc.load_cache() {
                     Ok(mut cached) => {
-                        tracing::error!("the policy service is unusable ({fetch}); enforcing the last-known-good copy {}", svc.cache.display());
+                        tracing::error!(
+                            "the policy service is unusable ({fetch}); enforcing the last-known-good copy {}",
+                            svc.cache.display()
+                        );
                         cached.origin = Origin::Cache(fetch);
                         Ok(cached)
                     }
@@ -234,7 +244,10 @@ mod tests {
             "https://x/v1/orgs//policy",
             "https://x/v1/orgs/a/b/policy",
         ] {
-            assert!(ServiceSource::from_url(bad, "t".into(), "c".into()).is_err(), "{bad}");
+            assert!(
+                ServiceSource::from_url(bad, "t".into(), "c".into()).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -251,12 +264,20 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("http://127.0.0.1:{port}/v1/orgs/octo/policy");
-        let src = PolicySource::Service(ServiceSource::from_url(&url, token, cache.clone()).unwrap());
+        let src =
+            PolicySource::Service(ServiceSource::from_url(&url, token, cache.clone()).unwrap());
         let err = src.obtain().await.unwrap_err();
-        assert!(matches!(err, PolicySourceError::Unavailable { .. }), "{err}");
+        assert!(
+            matches!(err, PolicySourceError::Unavailable { .. }),
+            "{err}"
+        );
 
         std::fs::write(&cache, "version: 1\nallow: [github.com]\n").unwrap();
         let got = src.obtain().await.unwrap();
-        assert!(matches!(got.origin, Origin::Cache(ref why) if why.contains("cannot reach")), "{:?}", got.origin);
+        assert!(
+            matches!(got.origin, Origin::Cache(ref why) if why.contains("cannot reach")),
+            "{:?}",
+            got.origin
+        );
     }
 }

@@ -45,7 +45,9 @@ pub enum SelfTestError {
         rule: String,
     },
     /// The engine would let the denied target through.
-    #[error("self-test: the engine allows {target}, which must be denied ({reason}, {rule}); pick another --self-test-target")]
+    #[error(
+        "self-test: the engine allows {target}, which must be denied ({reason}, {rule}); pick another --self-test-target"
+    )]
     TargetAllowed {
         /// The target.
         target: SocketAddr,
@@ -55,7 +57,9 @@ pub enum SelfTestError {
         rule: String,
     },
     /// The probe's connection was not intercepted, or got through.
-    #[error("self-test: a connection from the filtered cgroup to {target} {what}: enforcement is not working")]
+    #[error(
+        "self-test: a connection from the filtered cgroup to {target} {what}: enforcement is not working"
+    )]
     Probe {
         /// The target.
         target: SocketAddr,
@@ -149,7 +153,9 @@ async fn run_checks(
             });
         }
     } else if allow_name.is_some() {
-        tracing::warn!("self-test: the policy allows no plain name to check; pass --self-test-allow NAME");
+        tracing::warn!(
+            "self-test: the policy allows no plain name to check; pass --self-test-allow NAME"
+        );
     }
     let decided = engine
         .decide_tcp(target, Some((PROBE_HOST, HostSource::HttpHost)))
@@ -171,7 +177,9 @@ async fn run_checks(
             true
         }
         Some(_) => {
-            tracing::warn!("self-test: audit mode lets the probe through by design; the kernel probe is skipped");
+            tracing::warn!(
+                "self-test: audit mode lets the probe through by design; the kernel probe is skipped"
+            );
             false
         }
         None => false,
@@ -191,7 +199,9 @@ const SETUP_FAILED: i32 = 4000;
 fn probe(parent: &Path, target: SocketAddr) -> Result<(), SelfTestError> {
     use std::os::unix::process::CommandExt as _;
     let SocketAddr::V4(v4) = target else {
-        return Err(SelfTestError::Setup("the self-test target must be an IPv4 address".into()));
+        return Err(SelfTestError::Setup(
+            "the self-test target must be an IPv4 address".into(),
+        ));
     };
     let cgroup = OwnedCgroup::create(parent, "egressd-selftest")
         .map_err(|e| SelfTestError::Setup(e.to_string()))?;
@@ -225,15 +235,32 @@ fn probe(parent: &Path, target: SocketAddr) -> Result<(), SelfTestError> {
                 tv_usec: 0,
             };
             let tv_len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), tv_len);
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), tv_len);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                tv_len,
+            );
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&raw const tv).cast(),
+                tv_len,
+            );
             let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
                 let e = fail(CONNECT_FAILED);
                 libc::close(fd);
                 return Err(e);
             }
-            libc::send(fd, request.as_ptr().cast(), request.len(), libc::MSG_NOSIGNAL);
+            libc::send(
+                fd,
+                request.as_ptr().cast(),
+                request.len(),
+                libc::MSG_NOSIGNAL,
+            );
             let mut buf = [0u8; 64];
             let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
             let outcome = match n {

@@ -24,7 +24,11 @@ pub struct Removed {
 pub fn remove_sudo(etc: &Path, user: &str, backup_dir: &Path) -> std::io::Result<Vec<Removed>> {
     let mut files = vec![etc.join("sudoers")];
     if let Ok(entries) = std::fs::read_dir(etc.join("sudoers.d")) {
-        let mut more: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        let mut more: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
         more.sort();
         files.extend(more);
     }
@@ -51,7 +55,11 @@ pub fn remove_sudo(etc: &Path, user: &str, backup_dir: &Path) -> std::io::Result
         std::fs::write(&tmp, rewritten)?;
         std::fs::set_permissions(&tmp, std::fs::metadata(&file)?.permissions())?;
         std::fs::rename(&tmp, &file)?;
-        out.push(Removed { file, backup, lines });
+        out.push(Removed {
+            file,
+            backup,
+            lines,
+        });
     }
     Ok(out)
 }
@@ -79,8 +87,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let etc = dir.path().join("etc");
         std::fs::create_dir_all(etc.join("sudoers.d")).unwrap();
-        std::fs::write(etc.join("sudoers"), "root ALL=(ALL) ALL\n%sudo ALL=(ALL) ALL\n").unwrap();
-        std::fs::write(etc.join("sudoers.d/runner"), "runner ALL=(ALL) NOPASSWD:ALL\n# runner note\n").unwrap();
+        std::fs::write(
+            etc.join("sudoers"),
+            "root ALL=(ALL) ALL\n%sudo ALL=(ALL) ALL\n",
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("sudoers.d/runner"),
+            "runner ALL=(ALL) NOPASSWD:ALL\n# runner note\n",
+        )
+        .unwrap();
         let backups = dir.path().join("backup");
         let removed = remove_sudo(&etc, "runner", &backups).unwrap();
         assert_eq!(removed.len(), 1);

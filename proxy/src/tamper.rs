@@ -77,7 +77,11 @@ pub fn listening(addr: SocketAddr) -> bool {
     let (file, want) = match addr {
         SocketAddr::V4(a) => (
             "/proc/net/tcp",
-            format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port()),
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(a.ip().octets()),
+                a.port()
+            ),
         ),
         SocketAddr::V6(a) => {
             let o = a.ip().octets();
@@ -126,9 +130,15 @@ impl Watched {
     /// The state now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            programs: self.cgroup.as_deref().and_then(|c| attached_programs(c).ok()),
+            programs: self
+                .cgroup
+                .as_deref()
+                .and_then(|c| attached_programs(c).ok()),
             listeners: self.listeners.iter().map(|&a| (a, listening(a))).collect(),
-            policy: self.policy_file.as_deref().and_then(|p| std::fs::read(p).ok()),
+            policy: self
+                .policy_file
+                .as_deref()
+                .and_then(|p| std::fs::read(p).ok()),
         }
     }
 }
@@ -145,7 +155,9 @@ pub fn differences(before: &Snapshot, now: &Snapshot) -> Vec<String> {
                 }
             }
         }
-        (Some(_), None) => out.push("the filtered cgroup's programs can no longer be queried (cgroup removed?)".into()),
+        (Some(_), None) => out.push(
+            "the filtered cgroup's programs can no longer be queried (cgroup removed?)".into(),
+        ),
         _ => {}
     }
     for ((addr, was), (_, is)) in before.listeners.iter().zip(&now.listeners) {
@@ -154,7 +166,10 @@ pub fn differences(before: &Snapshot, now: &Snapshot) -> Vec<String> {
         }
     }
     if before.policy != now.policy {
-        out.push("the policy file changed on disk (not applied: boot's policy is fixed until restart)".into());
+        out.push(
+            "the policy file changed on disk (not applied: boot's policy is fixed until restart)"
+                .into(),
+        );
     }
     out
 }

@@ -206,6 +206,18 @@ pub async fn audit_decision(
 ) -> Record {
     let mut rec = engine.record(egressd_audit::Kind::Tcp, decision);
     fill(&mut rec);
+    if decision.is_allow() {
+        tracing::debug!(
+            host = rec.host.as_deref(), dst = ?rec.dst, src = ?rec.src,
+            reason = decision.reason.as_str(), rule = %decision.rule, "allowed"
+        );
+    } else {
+        tracing::info!(
+            host = rec.host.as_deref(), dst = ?rec.dst, src = ?rec.src,
+            reason = decision.reason.as_str(), rule = %decision.rule,
+            detail = rec.detail.as_deref(), "denied"
+        );
+    }
     engine.metrics().decision(decision);
     engine.audit(rec.clone()).await;
     rec

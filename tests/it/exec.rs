@@ -5,6 +5,11 @@
 //! remains afterwards (no cgroup, no attached program, no process), also when
 //! egressd itself is interrupted.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a failed setup step or lookup is a failed test"
+)]
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,12 +55,29 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
     );
     let out = exec_cmd(&t, dir.path(), &script).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(7), "exit code passed through; stderr:\n{stderr}");
-    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap().trim().to_owned();
-    assert_eq!(read("allowed"), "0", "the allowed server was reached; stderr:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "exit code passed through; stderr:\n{stderr}"
+    );
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.path().join(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        read("allowed"),
+        "0",
+        "the allowed server was reached; stderr:\n{stderr}"
+    );
     assert_eq!(read("body"), kit::SERVER_BODY);
     assert_ne!(read("denied"), "0", "the denied connection failed");
-    assert_eq!(read("udp"), "EPERM", "UDP other than DNS is refused in the kernel");
+    assert_eq!(
+        read("udp"),
+        "EPERM",
+        "UDP other than DNS is refused in the kernel"
+    );
 
     // The command ran in a fresh child cgroup, not egressd's own.
     let cg = read("cgroup");
@@ -73,11 +95,16 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
     assert_eq!(denied.reason, egressd_policy::Reason::NoRule);
     let p = denied.process.as_ref().expect("process attribution");
     assert_eq!(p.comm.as_deref(), Some("curl"));
-    assert!(p.exe.as_deref().is_some_and(|e| e.ends_with("curl")), "{p:?}");
+    assert!(
+        p.exe.as_deref().is_some_and(|e| e.ends_with("curl")),
+        "{p:?}"
+    );
     assert_eq!(p.cgroup.as_deref(), Some(cg.as_str()));
     let allowed = records
         .iter()
-        .find(|r| r.dst.map(|d| d.to_string()) == Some(format!("{ALLOWED}:8080")) && !r.is_closing())
+        .find(|r| {
+            r.dst.map(|d| d.to_string()) == Some(format!("{ALLOWED}:8080")) && !r.is_closing()
+        })
         .expect("a record for the allowed connection");
     assert_eq!(allowed.decision, egressd_policy::Verdict::Allow);
     assert_eq!(allowed.rule, "allow[0]");
@@ -86,22 +113,47 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
         .find(|r| r.kind == egressd_audit::Kind::Udp)
         .expect("the UDP deny is audited");
     assert_eq!(udp.reason, egressd_policy::Reason::UdpBlocked);
-    assert_eq!(udp.process.as_ref().and_then(|p| p.comm.as_deref()), Some("python3"));
+    assert_eq!(
+        udp.process.as_ref().and_then(|p| p.comm.as_deref()),
+        Some("python3")
+    );
     let summary = egressd_audit::summary::summarize(records.iter().cloned()).to_markdown();
-    assert!(stderr.contains(&summary), "the summary of the run's records is printed:\n{summary}\nstderr:\n{stderr}");
-    assert!(summary.contains(&format!("| {DENIED} | 8080 | 0 | 1 | curl |")), "{summary}");
+    assert!(
+        stderr.contains(&summary),
+        "the summary of the run's records is printed:\n{summary}\nstderr:\n{stderr}"
+    );
+    assert!(
+        summary.contains(&format!("| {DENIED} | 8080 | 0 | 1 | curl |")),
+        "{summary}"
+    );
 
     // Nothing remains: no cgroup, no program attached anywhere under its name,
     // the background process the command left is dead.
     assert!(!kit::cgroup_exists(&cg), "{cg} was removed");
     let tree = kit::bpftool_cgroup_tree();
-    assert!(!tree.contains(&cg_name), "bpftool cgroup tree still shows {cg_name}:\n{tree}");
+    assert!(
+        !tree.contains(&cg_name),
+        "bpftool cgroup tree still shows {cg_name}:\n{tree}"
+    );
     let bg = read("bg");
     // Dead: gone, or a zombie waiting for whoever inherited it to reap it.
     let state = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
-    let state = state.rsplit(')').next().unwrap_or_default().split_whitespace().next().unwrap_or("gone").to_owned();
-    assert!(state == "gone" || state == "Z", "the leftover process {bg} was killed (state {state})");
-    assert!(!dir.path().join("ready.json").exists(), "the ready file is removed");
+    let state = state
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("gone")
+        .to_owned();
+    assert!(
+        state == "gone" || state == "Z",
+        "the leftover process {bg} was killed (state {state})"
+    );
+    assert!(
+        !dir.path().join("ready.json").exists(),
+        "the ready file is removed"
+    );
 }
 
 #[test]
@@ -111,24 +163,36 @@ fn interrupted_exec_still_cleans_up() {
     }
     let t = Topology::up();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = exec_cmd(&t, dir.path(), "grep ^0:: /proc/self/cgroup > \"$T/cgroup\"; exec sleep 300")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = exec_cmd(
+        &t,
+        dir.path(),
+        "grep ^0:: /proc/self/cgroup > \"$T/cgroup\"; exec sleep 300",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let cg_file = dir.path().join("cgroup");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cg_file.exists() || std::fs::read_to_string(&cg_file).unwrap().is_empty() {
         assert!(Instant::now() < deadline, "the command never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let cg = std::fs::read_to_string(&cg_file).unwrap().trim().trim_start_matches("0::").to_owned();
+    let cg = std::fs::read_to_string(&cg_file)
+        .unwrap()
+        .trim()
+        .trim_start_matches("0::")
+        .to_owned();
     // SAFETY: kill(2) on the child we spawned and have not reaped.
     unsafe {
         libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGINT);
     }
     let status = kit::wait_bounded(&mut child, Duration::from_secs(30));
-    assert_eq!(status.code(), Some(128 + libc::SIGINT), "the command's fate is the exit code");
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGINT),
+        "the command's fate is the exit code"
+    );
     assert!(!kit::cgroup_exists(&cg), "{cg} was removed after Ctrl-C");
     let name = cg.rsplit('/').next().unwrap();
     assert!(!kit::bpftool_cgroup_tree().contains(name));

@@ -90,12 +90,18 @@ async fn an_allowed_name_is_reached_and_audited_with_its_rule() {
     let proxy = w.proxy(&policy("enforce")).start();
     let url = format!("https://a.test:{}/", w.a.port());
     let out = w.curl(&proxy, &url).await;
-    assert!(out.status.success(), "curl failed: {out:?}\n{}", proxy.log_text());
+    assert!(
+        out.status.success(),
+        "curl failed: {out:?}\n{}",
+        proxy.log_text()
+    );
     assert_eq!(out.body, "hello from a");
     assert_eq!(out.connect_code, "200");
 
     let dst = SocketAddr::new(A_IP.into(), w.a.port());
-    let rec = proxy.wait_record("allowing a.test", |r| is_tcp_decision(r) && r.dst == Some(dst));
+    let rec = proxy.wait_record("allowing a.test", |r| {
+        is_tcp_decision(r) && r.dst == Some(dst)
+    });
     assert_eq!(rec.decision, Verdict::Allow);
     assert_eq!(rec.enforce_would, None);
     assert_eq!(rec.reason, Reason::RuleAllow);
@@ -178,14 +184,19 @@ async fn an_sni_other_than_the_connect_host_is_denied_inside_the_tunnel() {
     assert_eq!(rec.host_source, HostSource::Sni);
     assert_eq!(rec.dst, Some(SocketAddr::new(A_IP.into(), w.a.port())));
     assert!(
-        rec.detail.as_deref().unwrap_or("").contains("CONNECT a.test"),
+        rec.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("CONNECT a.test"),
         "{rec:?}"
     );
     // Nothing was relayed: no closing record for that tunnel.
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        !proxy.records().iter().any(|r| r.is_closing()
-            && r.dst == Some(SocketAddr::new(A_IP.into(), w.a.port()))),
+        !proxy
+            .records()
+            .iter()
+            .any(|r| r.is_closing() && r.dst == Some(SocketAddr::new(A_IP.into(), w.a.port()))),
         "a denied tunnel has no closing record"
     );
     let _ = &w.b;
@@ -201,18 +212,16 @@ async fn an_ip_rule_allows_its_address_and_nothing_else() {
     assert!(out.status.success(), "curl failed: {out:?}");
     assert_eq!(out.body, "hello from an address");
     let dst = SocketAddr::new(IP_ONLY.into(), w.ip_only.port());
-    let rec = proxy.wait_record("allowing 127.0.0.4", |r| is_tcp_decision(r) && r.dst == Some(dst));
+    let rec = proxy.wait_record("allowing 127.0.0.4", |r| {
+        is_tcp_decision(r) && r.dst == Some(dst)
+    });
     assert_eq!(rec.decision, Verdict::Allow);
     assert_eq!(rec.rule, "allow[2]");
     assert_eq!(rec.host, None);
     assert_eq!(rec.host_source, HostSource::None);
 
     // An address no IP rule allows, with no name: no_sni.
-    let (_s, head) = raw_connect(
-        proxy.explicit(),
-        &format!("127.0.0.3:{}", w.denied.port()),
-    )
-    .await;
+    let (_s, head) = raw_connect(proxy.explicit(), &format!("127.0.0.3:{}", w.denied.port())).await;
     assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
     let denied_dst = SocketAddr::new(DENIED_IP.into(), w.denied.port());
     let rec = proxy.wait_record("denying 127.0.0.3", |r| {
@@ -228,7 +237,10 @@ async fn audit_mode_lets_through_and_records_what_enforce_would_do() {
     let w = World::new().await;
     let proxy = w.proxy(&policy("audit")).start();
     let out = w
-        .curl(&proxy, &format!("https://unlisted.test:{}/", w.denied.port()))
+        .curl(
+            &proxy,
+            &format!("https://unlisted.test:{}/", w.denied.port()),
+        )
         .await;
     assert!(out.status.success(), "curl failed: {out:?}");
     assert_eq!(out.body, "hello from the other side");
@@ -265,8 +277,12 @@ async fn a_malformed_client_hello_is_cut_and_the_proxy_keeps_serving() {
     assert_eq!(rec.dst, Some(SocketAddr::new(A_IP.into(), w.a.port())));
 
     // Garbage instead of a CONNECT request: 400 and a record.
-    let mut s = tokio::net::TcpStream::connect(proxy.explicit()).await.unwrap();
-    s.write_all(b"\x16\x03\x01\x02\x00\x01\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.explicit())
+        .await
+        .unwrap();
+    s.write_all(b"\x16\x03\x01\x02\x00\x01\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
         .await
@@ -274,7 +290,9 @@ async fn a_malformed_client_hello_is_cut_and_the_proxy_keeps_serving() {
         .ok();
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
 
-    let out = w.curl(&proxy, &format!("https://a.test:{}/", w.a.port())).await;
+    let out = w
+        .curl(&proxy, &format!("https://a.test:{}/", w.a.port()))
+        .await;
     assert!(out.status.success(), "the proxy still serves: {out:?}");
 }
 
@@ -287,7 +305,9 @@ async fn slowloris_clients_are_cut_by_the_timeout_and_the_proxy_stays_responsive
         .start();
 
     // A CONNECT request that never ends.
-    let mut head_loris = tokio::net::TcpStream::connect(proxy.explicit()).await.unwrap();
+    let mut head_loris = tokio::net::TcpStream::connect(proxy.explicit())
+        .await
+        .unwrap();
     head_loris.write_all(b"CONNECT a.te").await.unwrap();
     // A tunnel whose ClientHello never ends.
     let (mut hello_loris, head) =
@@ -297,7 +317,9 @@ async fn slowloris_clients_are_cut_by_the_timeout_and_the_proxy_stays_responsive
 
     // Meanwhile, the proxy serves others.
     let started = Instant::now();
-    let out = w.curl(&proxy, &format!("https://a.test:{}/", w.a.port())).await;
+    let out = w
+        .curl(&proxy, &format!("https://a.test:{}/", w.a.port()))
+        .await;
     assert!(out.status.success(), "{out:?}");
 
     for (what, s) in [("head", &mut head_loris), ("hello", &mut hello_loris)] {
@@ -311,7 +333,11 @@ async fn slowloris_clients_are_cut_by_the_timeout_and_the_proxy_stays_responsive
     });
     assert_eq!(head_rec.decision, Verdict::Deny);
     assert!(
-        head_rec.detail.as_deref().unwrap_or("").contains("nothing within"),
+        head_rec
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("nothing within"),
         "{head_rec:?}"
     );
     let hello_rec = proxy.wait_record("cutting the slow ClientHello", |r| {
@@ -352,11 +378,17 @@ async fn a_broken_policy_reload_is_rejected_audited_and_the_old_policy_stays() {
     });
     assert_eq!(event.decision, Verdict::Deny);
     assert!(
-        event.detail.as_deref().unwrap_or("").contains("policy.yaml"),
+        event
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("policy.yaml"),
         "the event names the file: {event:?}"
     );
     // The old policy is still active.
-    let out = w.curl(&proxy, &format!("https://a.test:{}/", w.a.port())).await;
+    let out = w
+        .curl(&proxy, &format!("https://a.test:{}/", w.a.port()))
+        .await;
     assert!(out.status.success(), "{out:?}");
 
     // A valid change is picked up without a signal (the file is polled):
@@ -377,14 +409,26 @@ async fn a_broken_policy_reload_is_rejected_audited_and_the_old_policy_stays() {
 async fn sigterm_flushes_the_journal_removes_the_ready_file_and_exits_0() {
     let w = World::new().await;
     let mut proxy = w.proxy(&policy("enforce")).start();
-    let out = w.curl(&proxy, &format!("https://a.test:{}/", w.a.port())).await;
+    let out = w
+        .curl(&proxy, &format!("https://a.test:{}/", w.a.port()))
+        .await;
     assert!(out.status.success(), "{out:?}");
     let status = proxy.terminate();
-    assert!(status.success(), "exit status {status}:\n{}", proxy.log_text());
-    assert!(!proxy.ready_path.exists(), "the ready file is removed on exit");
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        proxy.log_text()
+    );
+    assert!(
+        !proxy.ready_path.exists(),
+        "the ready file is removed on exit"
+    );
     let dst = SocketAddr::new(A_IP.into(), w.a.port());
     let recs = proxy.records();
-    assert!(recs.iter().any(|r| is_tcp_decision(r) && r.dst == Some(dst)));
+    assert!(
+        recs.iter()
+            .any(|r| is_tcp_decision(r) && r.dst == Some(dst))
+    );
     assert!(recs.iter().any(|r| r.is_closing() && r.dst == Some(dst)));
 }
 
@@ -395,13 +439,21 @@ async fn metrics_count_decisions() {
         .proxy(&policy("enforce"))
         .args(["--metrics", "127.0.0.1:0"])
         .start();
-    let out = w.curl(&proxy, &format!("https://a.test:{}/", w.a.port())).await;
+    let out = w
+        .curl(&proxy, &format!("https://a.test:{}/", w.a.port()))
+        .await;
     assert!(out.status.success(), "{out:?}");
-    let (_s, head) = raw_connect(proxy.explicit(), &format!("denied.test:{}", w.denied.port())).await;
+    let (_s, head) = raw_connect(
+        proxy.explicit(),
+        &format!("denied.test:{}", w.denied.port()),
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
     let metrics = proxy.ready().metrics.expect("--metrics bound");
     let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut text = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
         .await
@@ -416,7 +468,10 @@ async fn metrics_count_decisions() {
         text.contains("egressd_decisions_total{verdict=\"deny\",reason=\"rule_deny\"} 1"),
         "{text}"
     );
-    assert!(text.contains("egressd_upstream_connect_seconds_count"), "{text}");
+    assert!(
+        text.contains("egressd_upstream_connect_seconds_count"),
+        "{text}"
+    );
     assert!(text.contains("egressd_journal_queue_depth"), "{text}");
 }
 
@@ -426,7 +481,14 @@ fn invalid_input_exits_2_before_binding() {
     let policy = dir.path().join("p.yaml");
     std::fs::write(&policy, "version: 2\n").unwrap();
     let out = std::process::Command::new(crate::support::egressd_bin())
-        .args(["run", "--no-ebpf", "--explicit", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:53"])
+        .args([
+            "run",
+            "--no-ebpf",
+            "--explicit",
+            "127.0.0.1:0",
+            "--dns-upstream",
+            "127.0.0.1:53",
+        ])
         .arg("--policy")
         .arg(&policy)
         .arg("--audit-dir")

@@ -5,21 +5,29 @@
 //! fail-closed states (broken policy, unreachable policy service), and the
 //! packaging (the systemd unit, install.sh into a temporary DESTDIR).
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a failed setup step or lookup is a failed test"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use egressd::cgroup_child::OwnedCgroup;
 use egressd_audit::{JobTags, Record};
 use egressd_policy::{Reason, Verdict};
 
-use self::kit::{ALLOWED, DENIED, OVERRIDE_ONLY, Topology};
+use self::kit::{ALLOWED, DENIED, JobCgroup, OVERRIDE_ONLY, Topology};
 
 /// What the privileged modules (this one and `exec`) share: the namespace
 /// topology, the skip rule, journal reading and leftover checks.
 pub(crate) mod kit {
-    use std::path::Path;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::process::CommandExt as _;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::{Mutex, MutexGuard};
     use std::time::{Duration, Instant};
 
@@ -81,7 +89,11 @@ pub(crate) mod kit {
         }
         let out = sh(&["ip", "-o", "link", "show"]);
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(name) = line.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n)) else {
+            let Some(name) = line
+                .split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap_or(n))
+            else {
                 continue;
             };
             if let Some(pid) = name.strip_prefix("egrt")
@@ -103,7 +115,9 @@ pub(crate) mod kit {
     impl Topology {
         /// Build it (or fail: no test packet may take the default route).
         pub fn up() -> Topology {
-            let lock = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let lock = LOCK
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             sweep();
             let pid = std::process::id();
             let ns = format!("egrt-{pid}");
@@ -112,20 +126,35 @@ pub(crate) mod kit {
             let _ = sh(&["ip", "netns", "del", &ns]);
             let _ = sh(&["ip", "link", "del", &link]);
             must(&["ip", "netns", "add", &ns]);
-            must(&["ip", "link", "add", &link, "type", "veth", "peer", "name", &peer]);
+            must(&[
+                "ip", "link", "add", &link, "type", "veth", "peer", "name", &peer,
+            ]);
             must(&["ip", "link", "set", &peer, "netns", &ns]);
             must(&["ip", "addr", "add", &format!("{HOST}/29"), "dev", &link]);
             must(&["ip", "link", "set", &link, "up"]);
             for a in [ALLOWED, OVERRIDE_ONLY] {
-                must(&["ip", "-n", &ns, "addr", "add", &format!("{a}/29"), "dev", &peer]);
+                must(&[
+                    "ip",
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{a}/29"),
+                    "dev",
+                    &peer,
+                ]);
             }
             must(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
             must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
             // The route to every test address goes through the link, checked
             // before anything is sent.
             for a in [ALLOWED, OVERRIDE_ONLY, DENIED] {
-                let route = String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
-                assert!(route.contains(&format!("dev {link}")), "{a} is not routed via {link}: {route}");
+                let route =
+                    String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
+                assert!(
+                    route.contains(&format!("dev {link}")),
+                    "{a} is not routed via {link}: {route}"
+                );
             }
             let script = format!(
                 "import http.server\n\
@@ -193,14 +222,109 @@ pub(crate) mod kit {
 
     /// Whether a cgroup path (as in /proc/PID/cgroup) still exists.
     pub fn cgroup_exists(rel: &str) -> bool {
-        let root = egressd::cgroup_child::cgroup2_root().unwrap();
-        root.join(rel.trim_start_matches('/')).exists()
+        cgroup2_mount().join(rel.trim_start_matches('/')).exists()
+    }
+
+    /// The cgroup v2 mount point, from /proc/self/mountinfo.
+    pub fn cgroup2_mount() -> PathBuf {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        text.lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let mount = left.split_whitespace().nth(4)?;
+                (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+            })
+            .expect("a cgroup2 mount")
+    }
+
+    /// The cgroup this test process runs in.
+    fn own_cgroup() -> PathBuf {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup v2 line");
+        cgroup2_mount().join(rel.trim_start_matches('/'))
+    }
+
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+
+    /// A uniquely named child cgroup standing in for the runner's jobs;
+    /// dropping it kills what runs inside and removes it. Leftovers of killed
+    /// runs (dead pid in the name) are removed first.
+    pub struct JobCgroup {
+        path: PathBuf,
+        procs: CString,
+    }
+
+    impl JobCgroup {
+        /// Create `<own cgroup>/egressd-it-jobs-<pid>-<n>`.
+        pub fn create() -> JobCgroup {
+            let parent = own_cgroup();
+            for e in std::fs::read_dir(&parent).unwrap().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(rest) = name.strip_prefix("egressd-it-jobs-")
+                    && let Some((pid, _)) = rest.split_once('-')
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    remove_cgroup(&e.path());
+                }
+            }
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = parent.join(format!("egressd-it-jobs-{}-{n}", std::process::id()));
+            std::fs::create_dir(&path).unwrap();
+            let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+            JobCgroup { path, procs }
+        }
+
+        /// The directory.
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// Make `cmd` enter the cgroup before it executes.
+        pub fn spawn_inside(&self, cmd: &mut Command) {
+            let procs = self.procs.clone();
+            // SAFETY: only open/write/close (async-signal-safe) between fork
+            // and exec, on a path prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n == 1 { Ok(()) } else { Err(err) }
+                });
+            }
+        }
+    }
+
+    fn remove_cgroup(path: &Path) {
+        let _ = std::fs::write(path.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(path).is_ok() || !path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    impl Drop for JobCgroup {
+        fn drop(&mut self) {
+            remove_cgroup(&self.path);
+        }
     }
 
     /// `bpftool cgroup tree` output.
     pub fn bpftool_cgroup_tree() -> String {
         let out = sh(&["bpftool", "cgroup", "tree"]);
-        assert!(out.status.success(), "bpftool cgroup tree failed (install bpftool)");
+        assert!(
+            out.status.success(),
+            "bpftool cgroup tree failed (install bpftool)"
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -233,18 +357,21 @@ overrides:\n  \
 struct Boot {
     child: Child,
     dir: tempfile::TempDir,
-    jobs: OwnedCgroup,
+    jobs: JobCgroup,
 }
 
 impl Boot {
     fn start(policy_args: &[&str], extra: &[&str]) -> Boot {
         let dir = tempfile::tempdir().unwrap();
-        let parent = egressd::cgroup_child::own_cgroup().unwrap();
-        let jobs = OwnedCgroup::create(&parent, "egressd-it-jobs").unwrap();
+        let jobs = JobCgroup::create();
         let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
         let mut cmd = Command::new(crate::support::egressd_bin());
         cmd.arg("boot")
-            .args(policy_args.iter().map(|a| a.replace("$DIR", &dir.path().display().to_string())))
+            .args(
+                policy_args
+                    .iter()
+                    .map(|a| a.replace("$DIR", &dir.path().display().to_string())),
+            )
             .arg("--cgroup")
             .arg(jobs.path())
             .arg("--control-socket")
@@ -254,7 +381,14 @@ impl Boot {
             .arg("--ready-file")
             .arg(dir.path().join("ready.json"))
             .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
-            .args(["--dns-upstream", "127.0.0.1:9", "--runner", "it-runner", "--labels", "linux"])
+            .args([
+                "--dns-upstream",
+                "127.0.0.1:9",
+                "--runner",
+                "it-runner",
+                "--labels",
+                "linux",
+            ])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -271,7 +405,11 @@ impl Boot {
             if let Some(s) = boot.child.try_wait().unwrap() {
                 panic!("egressd boot exited ({s}) before ready:\n{}", boot.log());
             }
-            assert!(Instant::now() < deadline, "boot not ready in 60 s:\n{}", boot.log());
+            assert!(
+                Instant::now() < deadline,
+                "boot not ready in 60 s:\n{}",
+                boot.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         boot
@@ -321,7 +459,10 @@ impl Boot {
         kit::clear_proxy_env(&mut cmd);
         self.jobs.spawn_inside(&mut cmd);
         let out = cmd.output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -370,7 +511,11 @@ fn wait_for(boot: &Boot, what: &str, pred: impl Fn(&Record) -> bool) -> Record {
         if let Some(r) = recs.iter().find(|r| pred(r)) {
             return r.clone();
         }
-        assert!(Instant::now() < deadline, "no record {what}: {recs:#?}\n{}", boot.log());
+        assert!(
+            Instant::now() < deadline,
+            "no record {what}: {recs:#?}\n{}",
+            boot.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -390,16 +535,27 @@ fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
     assert_eq!(ready["cgroup"], boot.jobs.path().to_str().unwrap());
     assert!(boot.log().contains("self-test passed"), "{}", boot.log());
     let socket_mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(boot.path("control.sock")).unwrap().permissions(),
+        &std::fs::metadata(boot.path("control.sock"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(socket_mode & 0o777, 0o660, "root or the control group only");
 
     // Job 1.
     let env1 = github_env("octo/app", "101", "build");
     let started = boot.job(&["start"], &env1);
-    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
     let (code, body) = boot.curl_from_job(ALLOWED);
-    assert_eq!((code, body.as_str()), (0, kit::SERVER_BODY), "{}", boot.log());
+    assert_eq!(
+        (code, body.as_str()),
+        (0, kit::SERVER_BODY),
+        "{}",
+        boot.log()
+    );
     let (code, _) = boot.curl_from_job(DENIED);
     assert_ne!(code, 0, "the denied connection fails");
     let (code, _) = boot.curl_from_job(OVERRIDE_ONLY);
@@ -414,22 +570,45 @@ fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
     let summary_path = summary_file.to_str().unwrap().to_owned();
     env1_end.push(("GITHUB_STEP_SUMMARY", &summary_path));
     let ended = boot.job(&["end", "--fail-on-deny"], &env1_end);
-    assert_eq!(ended.status.code(), Some(1), "--fail-on-deny with a deny exits 1");
+    assert_eq!(
+        ended.status.code(),
+        Some(1),
+        "--fail-on-deny with a deny exits 1"
+    );
     let printed = String::from_utf8_lossy(&ended.stdout).into_owned();
 
     // The printed summary is exactly the summary of job 1's records.
-    let job1: Vec<Record> = boot.records().into_iter().filter(|r| r.job.as_ref() == Some(&t1)).collect();
-    assert!(job1.iter().any(|r| r.decision == Verdict::Deny), "{job1:#?}");
+    let job1: Vec<Record> = boot
+        .records()
+        .into_iter()
+        .filter(|r| r.job.as_ref() == Some(&t1))
+        .collect();
+    assert!(
+        job1.iter().any(|r| r.decision == Verdict::Deny),
+        "{job1:#?}"
+    );
     for r in &job1 {
-        let p = r.process.as_ref().expect("every job record names its process");
+        let p = r
+            .process
+            .as_ref()
+            .expect("every job record names its process");
         assert_eq!(p.comm.as_deref(), Some("curl"));
         assert_eq!(r.runner, "it-runner");
     }
     let expected = egressd_audit::summary::summarize(job1.iter().cloned()).to_markdown();
-    assert!(printed.contains(&expected), "printed:\n{printed}\nexpected:\n{expected}");
-    assert!(expected.contains(&format!("| {DENIED} | 8080 | 0 | 1 | curl |")), "{expected}");
+    assert!(
+        printed.contains(&expected),
+        "printed:\n{printed}\nexpected:\n{expected}"
+    );
+    assert!(
+        expected.contains(&format!("| {DENIED} | 8080 | 0 | 1 | curl |")),
+        "{expected}"
+    );
     let step = std::fs::read_to_string(&summary_file).unwrap();
-    assert!(step.starts_with("# earlier step\n") && step.contains(&expected), "appended:\n{step}");
+    assert!(
+        step.starts_with("# earlier step\n") && step.contains(&expected),
+        "appended:\n{step}"
+    );
 
     // Between jobs: no tags.
     let (code, _) = boot.curl_from_job(ALLOWED);
@@ -439,22 +618,39 @@ fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
     let env2 = github_env("octo/wide", "102", "test");
     assert!(boot.job(&["start"], &env2).status.success());
     let (code, body) = boot.curl_from_job(OVERRIDE_ONLY);
-    assert_eq!((code, body.as_str()), (0, kit::SERVER_BODY), "the override applies to octo/wide");
+    assert_eq!(
+        (code, body.as_str()),
+        (0, kit::SERVER_BODY),
+        "the override applies to octo/wide"
+    );
     let ended = boot.job(&["end", "--fail-on-deny"], &env2);
-    assert!(ended.status.success(), "nothing denied in job 2: {}", String::from_utf8_lossy(&ended.stdout));
+    assert!(
+        ended.status.success(),
+        "nothing denied in job 2: {}",
+        String::from_utf8_lossy(&ended.stdout)
+    );
     let t2 = tags("octo/wide", "102", "test");
     let recs = boot.records();
-    let job2: Vec<&Record> = recs.iter().filter(|r| r.job.as_ref() == Some(&t2)).collect();
+    let job2: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.job.as_ref() == Some(&t2))
+        .collect();
     let over = job2
         .iter()
-        .find(|r| r.dst.map(|d| d.to_string()) == Some(format!("{OVERRIDE_ONLY}:8080")) && !r.is_closing())
+        .find(|r| {
+            r.dst.map(|d| d.to_string()) == Some(format!("{OVERRIDE_ONLY}:8080")) && !r.is_closing()
+        })
         .expect("job 2's connection carries job 2's tags");
     assert_eq!(over.rule, "overrides[0].allow[0]");
     assert!(
-        recs.iter().filter(|r| r.job.is_none()).any(|r| r.dst.map(|d| d.to_string()) == Some(format!("{ALLOWED}:8080"))),
+        recs.iter()
+            .filter(|r| r.job.is_none())
+            .any(|r| r.dst.map(|d| d.to_string()) == Some(format!("{ALLOWED}:8080"))),
         "traffic between jobs carries no job tags"
     );
-    assert!(!recs.iter().any(|r| r.job.as_ref() == Some(&t1) && r.dst.map(|d| d.to_string()) == Some(format!("{OVERRIDE_ONLY}:8080")) && r.decision == Verdict::Allow));
+    assert!(!recs.iter().any(|r| r.job.as_ref() == Some(&t1)
+        && r.dst.map(|d| d.to_string()) == Some(format!("{OVERRIDE_ONLY}:8080"))
+        && r.decision == Verdict::Allow));
 
     // SIGTERM: exit 0, nothing of egressd left.
     let status = boot.terminate();
@@ -462,13 +658,26 @@ fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
     assert!(!boot.path("ready.json").exists());
     assert!(!boot.path("control.sock").exists());
     let tree = kit::bpftool_cgroup_tree();
-    let name = boot.jobs.path().file_name().unwrap().to_str().unwrap().to_owned();
-    assert!(!tree.contains(&name), "programs still attached to {name}:\n{tree}");
+    let name = boot
+        .jobs
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !tree.contains(&name),
+        "programs still attached to {name}:\n{tree}"
+    );
     assert!(
         !std::fs::read_dir(boot.jobs.path().parent().unwrap())
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("egressd-selftest-")),
+            .any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("egressd-selftest-")),
         "the self-test cgroup is gone"
     );
 }
@@ -481,9 +690,14 @@ fn assert_fail_closed(boot: &Boot, why: &str) {
     assert_eq!(ready["state"], "degraded", "{ready}");
     assert!(ready["detail"].as_str().unwrap().contains(why), "{ready}");
     assert!(boot.log().contains("FAIL CLOSED"), "{}", boot.log());
-    let event = wait_for(boot, "of kind event", |r| r.kind == egressd_audit::Kind::Event);
+    let event = wait_for(boot, "of kind event", |r| {
+        r.kind == egressd_audit::Kind::Event
+    });
     assert_eq!(event.reason, Reason::PolicyUnavailable);
-    assert!(event.detail.as_deref().unwrap_or_default().contains(why), "{event:?}");
+    assert!(
+        event.detail.as_deref().unwrap_or_default().contains(why),
+        "{event:?}"
+    );
     let status = boot.job(&["status"], &[]);
     assert_eq!(status.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&status.stdout).contains("degraded"));
@@ -518,7 +732,11 @@ fn an_unreachable_policy_service_boots_fail_closed_and_says_why() {
     }
     let _t = Topology::up();
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}/v1/orgs/octo/policy");
     let mut boot = Boot::start(
         &[
@@ -561,10 +779,25 @@ fn the_systemd_unit_parses_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("egressd.service");
     let bin = crate::support::egressd_bin();
-    std::fs::write(&copy, text.replace("/usr/local/bin/egressd", bin.to_str().unwrap())).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/egressd", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
 }
 
 #[test]
@@ -582,11 +815,20 @@ fn install_sh_stages_into_a_destdir_idempotently() {
             .arg(crate::support::egressd_bin())
             .arg("--policy")
             .arg(&policy)
-            .args(["--labels", "self-hosted,linux", "--runner-service", "actions.runner.octo-app.r1.service"])
+            .args([
+                "--labels",
+                "self-hosted,linux",
+                "--runner-service",
+                "actions.runner.octo-app.r1.service",
+            ])
             .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "install.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "install.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     install(&[]);
     let snapshot = || {
@@ -598,8 +840,14 @@ fn install_sh_stages_into_a_destdir_idempotently() {
                 if p.is_dir() {
                     stack.push(p);
                 } else {
-                    let mode = std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
-                    files.push((p.strip_prefix(&dest).unwrap().to_owned(), mode & 0o777, std::fs::read(&p).unwrap()));
+                    let mode = std::os::unix::fs::PermissionsExt::mode(
+                        &e.metadata().unwrap().permissions(),
+                    );
+                    files.push((
+                        p.strip_prefix(&dest).unwrap().to_owned(),
+                        mode & 0o777,
+                        std::fs::read(&p).unwrap(),
+                    ));
                 }
             }
         }
@@ -607,7 +855,10 @@ fn install_sh_stages_into_a_destdir_idempotently() {
         files
     };
     let first = snapshot();
-    let names: Vec<String> = first.iter().map(|(p, m, _)| format!("{} {m:o}", p.display())).collect();
+    let names: Vec<String> = first
+        .iter()
+        .map(|(p, m, _)| format!("{} {m:o}", p.display()))
+        .collect();
     for want in [
         "usr/local/bin/egressd 755",
         "etc/systemd/system/egressd.service 644",
@@ -617,10 +868,18 @@ fn install_sh_stages_into_a_destdir_idempotently() {
         "usr/local/lib/egressd/job-completed.sh 755",
         "etc/systemd/system/actions.runner.octo-app.r1.service.d/egressd.conf 644",
     ] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:#?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:#?}"
+        );
     }
     let defaults = std::fs::read_to_string(dest.join("etc/default/egressd")).unwrap();
-    assert!(defaults.contains("--policy /etc/egressd/policy.yaml --control-group egressd --labels self-hosted,linux"), "{defaults}");
+    assert!(
+        defaults.contains(
+            "--policy /etc/egressd/policy.yaml --control-group egressd --labels self-hosted,linux"
+        ),
+        "{defaults}"
+    );
     install(&[]);
     assert_eq!(snapshot(), first, "a second run changes nothing");
 
@@ -652,12 +911,78 @@ fn install_sh_refuses_to_run_without_root() {
     } else {
         Command::new("sh")
     };
-    let out = cmd.arg(repo().join("packaging/install.sh")).arg("--policy").arg("/nonexistent").output().unwrap();
+    let out = cmd
+        .arg(repo().join("packaging/install.sh"))
+        .arg("--policy")
+        .arg("/nonexistent")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("must run as root"), "{stderr}");
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn watch_tamper_records_a_detached_program() {
+    if !kit::privileged() {
+        return;
+    }
+    let _t = Topology::up();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut boot = Boot::start(
+        &["--policy", policy.to_str().unwrap()],
+        &["--watch-tamper", "--tamper-interval", "200ms"],
+    );
+    // A job with root detaches the connect4 link of the job cgroup.
+    let cgroup_id =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(boot.jobs.path()).unwrap());
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["cgroup_id"].as_u64() == Some(cgroup_id)
+                && l["attach_type"]
+                    .as_str()
+                    .is_some_and(|a| a.contains("inet4_connect"))
+        })
+        .unwrap_or_else(|| panic!("no connect4 link on the job cgroup: {links}"));
+    let id = link["id"].as_u64().unwrap().to_string();
+    let detached = Command::new("bpftool")
+        .args(["link", "detach", "id", &id])
+        .output()
+        .unwrap();
+    assert!(
+        detached.status.success(),
+        "{}",
+        String::from_utf8_lossy(&detached.stderr)
+    );
+
+    let event = wait_for(&boot, "about the tampering", |r| {
+        r.kind == egressd_audit::Kind::Event
+            && r.detail.as_deref().is_some_and(|d| d.contains("tampering"))
+    });
+    assert!(
+        event.detail.as_deref().unwrap().contains("connect4"),
+        "{event:?}"
+    );
+    assert!(boot.log().contains("TAMPERING"));
+    let status = boot.job(&["status"], &[]);
+    assert_eq!(status.status.code(), Some(1), "degraded after tampering");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("tampering detected"));
+    assert!(boot.terminate().success());
 }

@@ -15,21 +15,56 @@ use egressd_audit::Record;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// The `egressd` binary cargo built next to this test binary
-/// (`target/<profile>/deps/it-HASH` -> `target/<profile>/egressd`).
+/// The real `egressd` binary, built once per test run.
+///
+/// `cargo test --workspace` builds only the test harness of a bin target
+/// (`deps/egressd-HASH`), never `target/<profile>/egressd` itself, and a
+/// left-over binary could be stale. So the first caller runs `cargo build
+/// -p egressd --bin egressd` for the profile and target directory this test
+/// binary was built in (`target/<profile>/deps/it-HASH`): a no-op when it is
+/// up to date. `EGRESSD_BIN` overrides all of this.
 pub fn egressd_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary knows its path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("egressd");
-    assert!(
-        bin.exists(),
-        "{} does not exist: run the tests with `cargo test --workspace` (or build it with `cargo build -p egressd`)",
-        bin.display()
-    );
-    bin
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("EGRESSD_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("the test binary knows its path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a profile directory name");
+        let profile = if profile == "debug" { "dev" } else { profile };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "egressd",
+                "--bin",
+                "egressd",
+                "--profile",
+                profile,
+            ])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .expect("run cargo to build egressd");
+        assert!(status.success(), "cannot build the egressd binary");
+        let bin = profile_dir.join("egressd");
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+    .clone()
 }
 
 /// Environment variables that would send curl (or anything) elsewhere.
@@ -303,7 +338,9 @@ impl TestPki {
         )
         .expect("server params");
         let key = rcgen::KeyPair::generate().expect("server key");
-        let cert = params.signed_by(&key, &self.ca).expect("server certificate");
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("server certificate");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let lines = text.lines().count() as u32 + 1;
+    // YAML breaks lines at "\n", "\r\n" and a lone "\r".
+    let lines = text.replace("\r\n", "\n").matches(['\n', '\r']).count() as u32 + 1;
     let loaded = match Policy::parse("fuzz.yaml", text) {
         Ok(l) => l,
         Err(d) => {

@@ -49,7 +49,12 @@ use crate::{selftest, sudo, tamper};
     See docs/runner.md for the systemd unit and the runner job hooks.")]
 pub struct Args {
     /// The policy YAML (or use --policy-url).
-    #[arg(long, value_name = "FILE", required_unless_present = "policy_url", conflicts_with = "policy_url")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "policy_url",
+        conflicts_with = "policy_url"
+    )]
     pub policy: Option<PathBuf>,
     /// The org policy from the policy service:
     /// https://HOST[:PORT]/v1/orgs/ORG/policy.
@@ -60,7 +65,11 @@ pub struct Args {
     pub token_file: PathBuf,
     /// Last-known-good copy of the service's policy (used when the service
     /// cannot be reached at boot).
-    #[arg(long, value_name = "FILE", default_value = "/var/lib/egressd/policy.lkg.yaml")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/lib/egressd/policy.lkg.yaml"
+    )]
     pub policy_cache: PathBuf,
     /// How often the policy service is asked for a newer policy.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
@@ -99,7 +108,7 @@ pub struct Args {
     pub tamper_interval: Duration,
     /// Enforcer options (as for `egressd run`).
     #[command(flatten)]
-    pub options: Options,
+    pub options: Box<Options>,
 }
 
 /// Entry point.
@@ -110,7 +119,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ServiceSource::from_url(url, args.token_file.clone(), args.policy_cache.clone())
                 .map_err(|e| UsageError(e.to_string()))?,
         ),
-        _ => return Err(UsageError("give exactly one of --policy FILE and --policy-url URL".into()).into()),
+        _ => {
+            return Err(
+                UsageError("give exactly one of --policy FILE and --policy-url URL".into()).into(),
+            );
+        }
     };
     if let Some(user) = &args.remove_sudo {
         let removed = sudo::remove_sudo(
@@ -146,7 +159,9 @@ async fn boot(args: Args, source: PolicySource) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             let why = format!("policy unavailable: {e}");
-            tracing::error!("FAIL CLOSED: {why}; every connection and query is denied until a valid policy is loaded");
+            tracing::error!(
+                "FAIL CLOSED: {why}; every connection and query is denied until a valid policy is loaded"
+            );
             (deny_all()?, Health::Degraded(why))
         }
     };
@@ -172,11 +187,23 @@ async fn boot(args: Args, source: PolicySource) -> anyhow::Result<ExitCode> {
         Health::Enforcing(_) => Some(args.self_test_allow.as_deref()),
     };
     let tested = match allow {
-        Some(allow) => selftest::run(&engine, allow, args.self_test_target, probe_parent.as_deref()).await,
-        None => selftest::run_fail_closed(&engine, args.self_test_target, probe_parent.as_deref()).await,
+        Some(allow) => {
+            selftest::run(
+                &engine,
+                allow,
+                args.self_test_target,
+                probe_parent.as_deref(),
+            )
+            .await
+        }
+        None => {
+            selftest::run_fail_closed(&engine, args.self_test_target, probe_parent.as_deref()).await
+        }
     };
     match tested {
-        Ok(report) => tracing::info!(allowed = ?report.allowed_name, probed = report.probed, "self-test passed"),
+        Ok(report) => {
+            tracing::info!(allowed = ?report.allowed_name, probed = report.probed, "self-test passed")
+        }
         Err(e) => {
             tracing::error!("{e}");
             notifier.status(&format!("FAILED: {e}"));
@@ -190,7 +217,11 @@ async fn boot(args: Args, source: PolicySource) -> anyhow::Result<ExitCode> {
     let jobs = JobService::new(Arc::clone(&engine), args.labels.clone(), health.clone());
     let stop = tokio_util::sync::CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
-    background.spawn(control::server::serve(listener, Arc::clone(&jobs), stop.clone()));
+    background.spawn(control::server::serve(
+        listener,
+        Arc::clone(&jobs),
+        stop.clone(),
+    ));
     if let PolicySource::Service(svc) = &source {
         background.spawn(refresh_policy(
             svc.clone(),
@@ -287,7 +318,10 @@ async fn refresh_policy(
                 engine.replace_policy(o.policy);
                 crate::daemon::set_fail_closed(&engine, false);
                 if degraded {
-                    tracing::warn!("a valid policy is active again ({}); enforcement restored", o.origin);
+                    tracing::warn!(
+                        "a valid policy is active again ({}); enforcement restored",
+                        o.origin
+                    );
                     notifier.status(&format!("enforcing ({})", o.origin));
                 }
                 jobs.set_health(Health::Enforcing(o.origin.to_string()));
@@ -316,7 +350,12 @@ async fn watch_tamper(
         let changes = tamper::differences(&baseline, &now);
         for change in &changes {
             tracing::error!("TAMPERING: {change}");
-            audit_event(&engine, Reason::PolicyUnavailable, &format!("tampering: {change}")).await;
+            audit_event(
+                &engine,
+                Reason::PolicyUnavailable,
+                &format!("tampering: {change}"),
+            )
+            .await;
         }
         if !changes.is_empty() {
             let why = format!("tampering detected: {}", changes.join("; "));

@@ -32,7 +32,7 @@ pub struct Args {
     pub summary: Option<PathBuf>,
     /// Enforcer options (as for `egressd run`).
     #[command(flatten)]
-    pub options: Options,
+    pub options: Box<Options>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -42,13 +42,15 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.options.no_ebpf {
         return Err(UsageError(
-            "`egressd exec` filters through the kernel hooks; --no-ebpf cannot be used with it".into(),
+            "`egressd exec` filters through the kernel hooks; --no-ebpf cannot be used with it"
+                .into(),
         )
         .into());
     }
     if args.options.pin {
         return Err(UsageError(
-            "`egressd exec` removes everything when the command ends; --pin cannot be used with it".into(),
+            "`egressd exec` removes everything when the command ends; --pin cannot be used with it"
+                .into(),
         )
         .into());
     }
@@ -58,13 +60,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let parent = match &args.options.cgroup {
         Some(p) => p.clone(),
-        None => cgroup_child::own_cgroup().context("cannot find the cgroup egressd runs in; pass --cgroup")?,
+        None => cgroup_child::own_cgroup()
+            .context("cannot find the cgroup egressd runs in; pass --cgroup")?,
     };
     // The journal: --audit-dir, or a temporary one for this run only.
     let temp_audit = match &args.options.audit_dir {
         Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("egressd-exec-audit-").tempdir()
-            .context("cannot create a temporary audit directory; pass --audit-dir")?),
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("egressd-exec-audit-")
+                .tempdir()
+                .context("cannot create a temporary audit directory; pass --audit-dir")?,
+        ),
     };
     let cgroup = OwnedCgroup::create(&parent, "egressd-exec")
         .with_context(|| format!("cannot create a child cgroup under {}", parent.display()))?;
@@ -72,9 +79,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cgroup: Some(cgroup.path().to_owned()),
         listen: "127.0.0.1:0".parse()?,
         dns_listen: "127.0.0.1:0".parse()?,
-        audit_dir: temp_audit
-            .as_ref()
-            .map_or_else(|| PathBuf::from(daemon::DEFAULT_AUDIT_DIR), |t| t.path().to_owned()),
+        audit_dir: temp_audit.as_ref().map_or_else(
+            || PathBuf::from(daemon::DEFAULT_AUDIT_DIR),
+            |t| t.path().to_owned(),
+        ),
     };
     let mut options = args.options.clone();
     // The hooks go to the fresh child, whatever --cgroup named (its parent).
@@ -90,7 +98,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     outcome
 }
 
-async fn supervise(plan: daemon::Plan, args: &Args, cgroup: &OwnedCgroup) -> anyhow::Result<ExitCode> {
+async fn supervise(
+    plan: daemon::Plan,
+    args: &Args,
+    cgroup: &OwnedCgroup,
+) -> anyhow::Result<ExitCode> {
     let audit_dir = plan.audit_dir.clone();
     let started = egressd_audit::time_format::now();
     let mut running = daemon::start(plan).await?;
@@ -109,7 +121,8 @@ async fn supervise(plan: daemon::Plan, args: &Args, cgroup: &OwnedCgroup) -> any
     let markdown = sum.to_markdown();
     eprintln!("\n{markdown}");
     if let Some(path) = &args.summary {
-        std::fs::write(path, &markdown).with_context(|| format!("cannot write the summary to {}", path.display()))?;
+        std::fs::write(path, &markdown)
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
     Ok(status)
 }
@@ -153,7 +166,10 @@ async fn run_command(args: &Args, cgroup: &OwnedCgroup) -> anyhow::Result<ExitCo
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-fn summarize_since(dir: &std::path::Path, since: jiff::Timestamp) -> anyhow::Result<summary::Summary> {
+fn summarize_since(
+    dir: &std::path::Path,
+    since: jiff::Timestamp,
+) -> anyhow::Result<summary::Summary> {
     let mut sum = summary::Summary::default();
     for rec in reader::read_dir(dir).context("cannot read the audit journal")? {
         match rec {

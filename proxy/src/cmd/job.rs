@@ -109,10 +109,23 @@ fn fail(response: Response) -> anyhow::Error {
 
 fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
     let tags = tags_from_env(env)?;
-    let labels = a.labels.into_iter().filter(|l| !l.trim().is_empty()).collect();
-    match client(&a.socket).request(&Request::JobStart { tags: tags.clone(), labels })? {
-        Response::JobStarted { id, policy_override } => {
-            let applied = policy_override.map_or_else(|| "the base policy".to_owned(), |i| format!("policy override overrides[{i}]"));
+    let labels = a
+        .labels
+        .into_iter()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    match client(&a.socket).request(&Request::JobStart {
+        tags: tags.clone(),
+        labels,
+    })? {
+        Response::JobStarted {
+            id,
+            policy_override,
+        } => {
+            let applied = policy_override.map_or_else(
+                || "the base policy".to_owned(),
+                |i| format!("policy override overrides[{i}]"),
+            );
             eprintln!(
                 "egressd: job {id} started for {} ({applied} applies)",
                 tags.repository.as_deref().unwrap_or("?")
@@ -136,7 +149,8 @@ fn end(a: EndArgs) -> anyhow::Result<ExitCode> {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open GITHUB_STEP_SUMMARY {path}"))?;
-        writeln!(f, "{}", report.markdown).with_context(|| format!("cannot append to GITHUB_STEP_SUMMARY {path}"))?;
+        writeln!(f, "{}", report.markdown)
+            .with_context(|| format!("cannot append to GITHUB_STEP_SUMMARY {path}"))?;
     }
     if a.fail_on_deny && report.denied > 0 {
         eprintln!(
@@ -175,7 +189,11 @@ mod tests {
             ("GITHUB_RUN_ATTEMPT", "1"),
             ("GITHUB_JOB", "build"),
         ];
-        let get = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        };
         let tags = tags_from_env(get).unwrap();
         assert_eq!(tags.repository.as_deref(), Some("octo/app"));
         assert_eq!(tags.job.as_deref(), Some("build"));

@@ -516,7 +516,10 @@ fn not_tls_nor_http_is_other() {
         classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &lim()),
         Ok(Peeked::Other)
     );
-    assert_eq!(classify(b"PRI * HTTP/2", &lim()), Err(PeekError::Incomplete));
+    assert_eq!(
+        classify(b"PRI * HTTP/2", &lim()),
+        Err(PeekError::Incomplete)
+    );
     assert_eq!(classify(b"GE", &lim()), Err(PeekError::Incomplete));
     assert_eq!(classify(b"", &lim()), Err(PeekError::Incomplete));
 }
