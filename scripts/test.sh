@@ -42,5 +42,8 @@ else
   echo "skipped: clang-19 not installed (scripts/install-deps.sh installs it)"
 fi
 
+step "cargo build (the end-to-end tests run the real binary)"
+cargo build --workspace --bins --locked
+
 step "cargo test --workspace"
 cargo test --workspace --locked -- --test-threads="${EGRESSD_TEST_THREADS:-2}"

@@ -170,41 +170,48 @@ fn check_labels(q: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A name seen at run time, lower-cased into a stack buffer with one trailing
-/// dot removed. `None` when it cannot be a DNS name a rule could match
-/// (empty, too long, non-ASCII, or an IP literal: an IP literal never
-/// satisfies a host name rule).
-pub(crate) struct Normalised {
-    buf: [u8; MAX_NAME],
-    len: usize,
+/// A name seen at run time, lower-cased (into a stack buffer when it had
+/// upper case) with one trailing dot removed. `None` when it cannot be a DNS
+/// name a rule could match (empty, too long, non-ASCII, or an IP literal: an
+/// IP literal never satisfies a host name rule).
+pub(crate) enum Normalised<'a> {
+    /// Already lower case: no copy.
+    Borrowed(&'a str),
+    /// Lower-cased copy.
+    Owned { buf: [u8; MAX_NAME], len: usize },
 }
 
-impl Normalised {
-    pub(crate) fn new(name: &str) -> Option<Self> {
+impl<'a> Normalised<'a> {
+    pub(crate) fn new(name: &'a str) -> Option<Self> {
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.is_empty() || name.len() > MAX_NAME || !name.is_ascii() {
             return None;
+        }
+        // Only a name ending in a digit or holding a ':' can be an IP
+        // literal; skip the parse for everything else (the hot path).
+        let maybe_ip = name.ends_with(|c: char| c.is_ascii_digit()) || name.contains(':');
+        if maybe_ip && name.parse::<IpAddr>().is_ok() {
+            return None;
+        }
+        if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Some(Normalised::Borrowed(name));
         }
         let mut buf = [0u8; MAX_NAME];
         for (d, s) in buf.iter_mut().zip(name.bytes()) {
             *d = s.to_ascii_lowercase();
         }
-        let n = Normalised {
+        Some(Normalised::Owned {
             buf,
             len: name.len(),
-        };
-        // Only a name ending in a digit or holding a ':' can be an IP
-        // literal; skip the parse for everything else (the hot path).
-        let maybe_ip = name.ends_with(|c: char| c.is_ascii_digit()) || name.contains(':');
-        if maybe_ip && n.as_str().parse::<IpAddr>().is_ok() {
-            return None;
-        }
-        Some(n)
+        })
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        // Built from ASCII bytes only, so always valid UTF-8.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+        match self {
+            Normalised::Borrowed(s) => s,
+            // Built from ASCII bytes only, so always valid UTF-8.
+            Normalised::Owned { buf, len } => std::str::from_utf8(&buf[..*len]).unwrap_or(""),
+        }
     }
 }
 

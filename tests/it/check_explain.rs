@@ -7,6 +7,10 @@
 //! (`target/<profile>/deps/it-…` -> `target/<profile>/egressd`); `cargo test
 //! --workspace` builds it. When it is missing (e.g. `cargo test -p
 //! egressd-e2e` alone), it is built once with the same cargo and target dir.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a panic there is a failed assertion"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,5 +1,14 @@
 //! End-to-end tests: the real `egressd` binary against real clients. One
 //! integration binary with a module per area (style.md).
+//!
+//! `cargo test --workspace` does not build another package's binary for these
+//! tests: run `cargo build -p egressd` first (scripts/test.sh does).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed assertion, and its helpers are not #[test] fns"
+)]
 
 mod fake_dns;
 mod support;

@@ -806,13 +806,29 @@ fn install_sh_stages_into_a_destdir_idempotently() {
     let dest = dir.path().join("image");
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
+    // A launcher for the real binary: install.sh runs its `check` for real,
+    // and copying a few bytes instead of a debug build keeps the test quick.
+    let launcher = dir.path().join("egressd");
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\nexec '{}' \"$@\"\n",
+            crate::support::egressd_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &launcher,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let install = |extra: &[&str]| {
         let out = Command::new("sh")
             .arg(repo().join("packaging/install.sh"))
             .arg("--destdir")
             .arg(&dest)
             .arg("--binary")
-            .arg(crate::support::egressd_bin())
+            .arg(&launcher)
             .arg("--policy")
             .arg(&policy)
             .args([
@@ -891,7 +907,7 @@ fn install_sh_stages_into_a_destdir_idempotently() {
         .arg("--destdir")
         .arg(dir.path().join("other"))
         .arg("--binary")
-        .arg(crate::support::egressd_bin())
+        .arg(&launcher)
         .arg("--policy")
         .arg(&bad)
         .output()

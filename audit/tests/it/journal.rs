@@ -257,3 +257,9 @@ fn a_reader_following_the_writer_sees_every_record_once_in_order() {
     }
     assert_eq!(seen, (0..total).collect::<Vec<_>>());
 }
+
+#[test]
+fn handles_can_be_shared_across_threads_and_tasks() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<Journal>();
+}

@@ -44,13 +44,20 @@ impl NameTable {
         if self.below_depths == 0 {
             return best;
         }
-        let mut labels_left = name.bytes().filter(|&b| b == b'.').count() + 1;
-        for (i, b) in name.bytes().enumerate() {
-            if b != b'.' {
+        // Walk the proper suffixes from the right: after the last dot one
+        // label, then two, ... and stop past the deepest wildcard suffix.
+        let deepest = 63 - self.below_depths.leading_zeros() as usize;
+        let bytes = name.as_bytes();
+        let mut labels = 0usize;
+        for i in (0..bytes.len()).rev() {
+            if bytes[i] != b'.' {
                 continue;
             }
-            labels_left -= 1;
-            if self.below_depths & depth_bit(labels_left) == 0 {
+            labels += 1;
+            if labels > deepest && deepest < 63 {
+                break;
+            }
+            if self.below_depths & depth_bit(labels) == 0 {
                 continue;
             }
             if let Some(hits) = self.below.get(&name[i + 1..]) {
