@@ -47,11 +47,9 @@ impl Builder {
             Target::Host(HostPattern::Exact(n)) => self.table.names.add_exact(n, hit),
             Target::Host(HostPattern::Below(s)) => self.table.names.add_below(s, hit),
             Target::Net(IpNet::V4(n)) => {
-                self.table.v4.insert(
-                    u128::from(u32::from(n.network())) << 96,
-                    n.prefix_len(),
-                    hit,
-                );
+                self.table
+                    .v4
+                    .insert(u32::from(n.network()), n.prefix_len(), hit);
             }
             Target::Net(IpNet::V6(n)) => {
                 self.table

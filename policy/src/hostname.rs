@@ -174,6 +174,10 @@ fn check_labels(q: &str, name: &str) -> Result<(), String> {
 /// upper case) with one trailing dot removed. `None` when it cannot be a DNS
 /// name a rule could match (empty, too long, non-ASCII, or an IP literal: an
 /// IP literal never satisfies a host name rule).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for one lookup; boxing would allocate on the hot path"
+)]
 pub(crate) enum Normalised<'a> {
     /// Already lower case: no copy.
     Borrowed(&'a str),

@@ -62,16 +62,16 @@ pub(crate) fn earlier<'a>(a: Option<&'a Hit>, b: Option<&'a Hit>) -> Option<&'a 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Table {
     pub(crate) names: names::NameTable,
-    pub(crate) v4: prefix::PrefixTrie,
-    pub(crate) v6: prefix::PrefixTrie,
+    pub(crate) v4: prefix::PrefixTrie<u32>,
+    pub(crate) v6: prefix::PrefixTrie<u128>,
 }
 
 impl Table {
     pub(crate) fn new() -> Self {
         Table {
             names: names::NameTable::default(),
-            v4: prefix::PrefixTrie::new(32),
-            v6: prefix::PrefixTrie::new(128),
+            v4: prefix::PrefixTrie::new(),
+            v6: prefix::PrefixTrie::new(),
         }
     }
 
@@ -79,7 +79,7 @@ impl Table {
     /// among rules whose prefix is at least `min_len` long.
     pub(crate) fn ip(&self, ip: IpAddr, q: PortQuery, min_len: u8) -> Option<&Hit> {
         match ip {
-            IpAddr::V4(v4) => self.v4.lookup(u128::from(u32::from(v4)) << 96, q, min_len),
+            IpAddr::V4(v4) => self.v4.lookup(u32::from(v4), q, min_len),
             IpAddr::V6(v6) => self.v6.lookup(u128::from(v6), q, min_len),
         }
     }

@@ -137,3 +137,6 @@ async fn handle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
+use crate::store::ingest::wire_name;
 use crate::store::{Store, StoreError};
 
 /// Rows fetched from the portal per round trip.
@@ -138,14 +139,6 @@ pub const CSV_COLUMNS: &[&str] = &[
     "duration_ms",
     "detail",
 ];
-
-fn wire_name<T: Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => String::new(),
-    }
-}
 
 /// One CSV row (matching [`CSV_COLUMNS`]) for `r`.
 pub fn csv_row(r: &Record) -> Vec<String> {

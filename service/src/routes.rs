@@ -223,7 +223,6 @@ async fn export(
     // not a 200 with a cut body.
     let first = match rx.recv().await {
         Some(Ok(chunk)) => Some(chunk),
-        Some(Err(ExportError::Store(e))) => return Err(ApiError::Unavailable(e.to_string())),
         Some(Err(e)) => return Err(ApiError::Unavailable(e.to_string())),
         None => None,
     };

@@ -1002,3 +1002,57 @@ fn watch_tamper_records_a_detached_program() {
     assert!(String::from_utf8_lossy(&status.stdout).contains("tampering detected"));
     assert!(boot.terminate().success());
 }
+
+#[test]
+fn pinned_links_keep_a_killed_boot_fail_closed_until_cleanup() {
+    if !kit::privileged() {
+        return;
+    }
+    let _t = Topology::up();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let pin_dir = format!("/sys/fs/bpf/egressd-it-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let mut boot = Boot::start(
+        &["--policy", policy.to_str().unwrap()],
+        &["--pin", "--pin-dir", &pin_dir],
+    );
+    let (code, _) = boot.curl_from_job(ALLOWED);
+    assert_eq!(code, 0, "enforcing and allowed");
+
+    // A crash: the links stay, so the job's traffic stays blocked.
+    boot.child.kill().unwrap();
+    boot.child.wait().unwrap();
+    let cg = boot.jobs.path().to_str().unwrap().to_owned();
+    let show = |cg: &str| {
+        let out = Command::new("bpftool")
+            .args(["cgroup", "show", cg])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        show(&cg).contains("connect4"),
+        "pinned links outlive the process:\n{}",
+        show(&cg)
+    );
+    let (code, _) = boot.curl_from_job(ALLOWED);
+    assert_ne!(code, 0, "with egressd dead, nothing gets out (fail closed)");
+
+    let out = Command::new(crate::support::egressd_bin())
+        .args(["cleanup", "--pin-dir", &pin_dir])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !show(&cg).contains("connect4"),
+        "cleanup detached everything:\n{}",
+        show(&cg)
+    );
+    let _ = std::fs::remove_dir(&pin_dir);
+}

@@ -100,11 +100,13 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(cfg: &Config, db: &str, addr: SocketAddr, extra: &[&str]) -> Serve {
+    /// Start `bin serve` (get `bin` from [`egressd_bin`] before a test's
+    /// timeout starts: the first call builds the binary).
+    fn start(bin: &Path, cfg: &Config, db: &str, addr: SocketAddr, extra: &[&str]) -> Serve {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let log = cfg.dir.path().join(format!("serve-{n}.log"));
-        let child = Command::new(egressd_bin())
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
@@ -377,10 +379,11 @@ fn serve_refuses_bad_configuration_with_exit_2() {
 #[tokio::test]
 async fn serve_api_auth_policies_ingest_and_export() {
     let Some(db) = database_url() else { return };
+    let bin = egressd_bin();
     tokio::time::timeout(TEST_TIMEOUT, async {
         let (a, b) = (org("acme"), org("globex"));
         let cfg = Config::new(&[&a, &b]);
-        let mut serve = Serve::start(&cfg, &db, free_addr(), &[]);
+        let mut serve = Serve::start(&bin, &cfg, &db, free_addr(), &[]);
         serve.wait_ready().await;
         let addr = serve.addr;
         let (ta, tb) = (token(&a), token(&b));
@@ -578,6 +581,7 @@ async fn serve_api_auth_policies_ingest_and_export() {
 #[tokio::test]
 async fn serve_over_tls() {
     let Some(db) = database_url() else { return };
+    let bin = egressd_bin();
     tokio::time::timeout(TEST_TIMEOUT, async {
         let a = org("acme");
         let cfg = Config::new(&[&a]);
@@ -592,6 +596,7 @@ async fn serve_over_tls() {
         let key = cfg.dir.path().join("tls.key");
         let addr = free_addr();
         let mut serve = Serve::start(
+            &bin,
             &cfg,
             &db,
             addr,
@@ -703,11 +708,12 @@ async fn produce(journal: Journal, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_ships_through_a_killed_and_restarted_service() {
     let Some(db) = database_url() else { return };
+    let bin = egressd_bin();
     tokio::time::timeout(TEST_TIMEOUT, async {
         let a = org("acme");
         let cfg = Config::new(&[&a]);
         let addr = free_addr();
-        let mut serve = Serve::start(&cfg, &db, addr, &[]);
+        let mut serve = Serve::start(&bin, &cfg, &db, addr, &[]);
         serve.wait_ready().await;
 
         let audit = tempfile::tempdir().unwrap();
@@ -729,7 +735,7 @@ async fn runner_ships_through_a_killed_and_restarted_service() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         serve.kill();
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let mut serve = Serve::start(&cfg, &db, addr, &[]);
+        let mut serve = Serve::start(&bin, &cfg, &db, addr, &[]);
         serve.wait_ready().await;
 
         let mut ids = producer.await.unwrap();

@@ -556,7 +556,9 @@ fn earliest_rule_wins_within_a_list() {
 
 #[test]
 fn wildcard_and_normalisation_corners() {
-    let r = rules("version: 1\nallow: [\"*.Example.com.\", \"xn--bcher-kva.example\", exact.example.org]\n");
+    let r = rules(
+        "version: 1\nallow: [\"*.Example.com.\", \"xn--bcher-kva.example\", exact.example.org]\n",
+    );
     let allowed = |n: &str| r.decide_dns(n).is_allow();
     assert!(!allowed("example.com"), "the apex never matches a wildcard");
     assert!(!allowed("example.com."), "nor with a trailing dot");
@@ -564,14 +566,23 @@ fn wildcard_and_normalisation_corners() {
     assert!(allowed("a.b.c.example.com"), "three levels");
     assert!(allowed("A.B.C.EXAMPLE.COM."), "case and trailing dot");
     assert!(!allowed("a.example.com.."), "two trailing dots");
-    assert!(!allowed("badexample.com"), "a suffix match must end at a label boundary");
+    assert!(
+        !allowed("badexample.com"),
+        "a suffix match must end at a label boundary"
+    );
     assert!(!allowed("a.example.co"));
     assert!(!allowed("a.example.com.evil.net"));
-    assert!(allowed("xn--bcher-kva.example"), "IDN rules are written and matched in punycode");
+    assert!(
+        allowed("xn--bcher-kva.example"),
+        "IDN rules are written and matched in punycode"
+    );
     assert!(allowed("XN--BCHER-KVA.EXAMPLE."));
     assert!(!allowed("bücher.example"), "a non-ASCII name never matches");
     assert!(allowed("exact.example.org"));
-    assert!(!allowed("a.exact.example.org"), "an exact rule does not cover subdomains");
+    assert!(
+        !allowed("a.exact.example.org"),
+        "an exact rule does not cover subdomains"
+    );
     assert!(!allowed("xact.example.org"));
 }
 
@@ -587,20 +598,38 @@ fn cidr_edges_in_decisions() {
     assert_eq!(d("198.51.101.0:1").reason, Reason::NoSni);
     assert_eq!(d("203.0.113.9:1").rule, allow_id(1));
     assert_eq!(d("203.0.113.8:1").reason, Reason::NoSni);
-    assert_eq!(d("[::ffff:203.0.113.9]:1").rule, allow_id(1), "IPv4-mapped IPv6 is the IPv4 address");
+    assert_eq!(
+        d("[::ffff:203.0.113.9]:1").rule,
+        allow_id(1),
+        "IPv4-mapped IPv6 is the IPv4 address"
+    );
     assert_eq!(d("[2001:db8:1::5]:1").rule, allow_id(2));
     assert_eq!(d("[2001:db8:1::4]:1").reason, Reason::NoSni);
     assert_eq!(d("[2001:db8:1::6]:1").reason, Reason::NoSni);
-    assert_eq!(d("1.2.3.4:7").rule, allow_id(3), "/0 covers every IPv4 address");
+    assert_eq!(
+        d("1.2.3.4:7").rule,
+        allow_id(3),
+        "/0 covers every IPv4 address"
+    );
     assert_eq!(d("255.255.255.254:7").rule, allow_id(3));
-    assert_eq!(d("[2606:4700::1]:7").rule, allow_id(4), "::/0 covers every IPv6 address");
-    assert_eq!(d("[::ffff:1.2.3.4]:7").rule, allow_id(3), "a mapped address is matched by IPv4 rules, not ::/0");
+    assert_eq!(
+        d("[2606:4700::1]:7").rule,
+        allow_id(4),
+        "::/0 covers every IPv6 address"
+    );
+    assert_eq!(
+        d("[::ffff:1.2.3.4]:7").rule,
+        allow_id(3),
+        "a mapped address is matched by IPv4 rules, not ::/0"
+    );
     assert_eq!(d("1.2.3.4:8").reason, Reason::NoSni);
 }
 
 #[test]
 fn mapped_addresses_in_rules_are_ipv4() {
-    let r = rules("version: 1\nallow: [\"::ffff:198.51.100.0/120\"]\ndeny: [\"::ffff:198.51.100.7\"]\n");
+    let r = rules(
+        "version: 1\nallow: [\"::ffff:198.51.100.0/120\"]\ndeny: [\"::ffff:198.51.100.7\"]\n",
+    );
     let d = |dst: &str| r.decide_connect(sa(dst), None, &NoResolutions);
     assert_eq!(d("198.51.100.1:443").rule, allow_id(0));
     assert_eq!(d("[::ffff:198.51.100.1]:443").rule, allow_id(0));

@@ -71,6 +71,11 @@ pub struct Args {
         default_value = "/var/lib/egressd/policy.lkg.yaml"
     )]
     pub policy_cache: PathBuf,
+    /// Ship every audit record to the policy service of --policy-url
+    /// (at-least-once; the journal is the outbox). `job end` waits for the
+    /// job's records to get there.
+    #[arg(long, requires = "policy_url")]
+    pub ship: bool,
     /// How often the policy service is asked for a newer policy.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub policy_refresh: Duration,
@@ -120,9 +125,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_err(|e| UsageError(e.to_string()))?,
         ),
         _ => {
-            return Err(
-                UsageError("give exactly one of --policy FILE and --policy-url URL".into()).into(),
-            );
+            return Err(UsageError(
+                "give exactly one of --policy FILE and --policy-url URL".into(),
+            )
+            .into());
         }
     };
     if let Some(user) = &args.remove_sudo {
@@ -214,7 +220,16 @@ async fn boot(args: Args, source: PolicySource) -> anyhow::Result<ExitCode> {
 
     let listener = control::server::bind(&args.control_socket, args.control_group.as_deref())
         .context("cannot serve the control socket")?;
-    let jobs = JobService::new(Arc::clone(&engine), args.labels.clone(), health.clone());
+    let shipper = match (&source, args.ship) {
+        (PolicySource::Service(svc), true) => Some(start_shipper(svc, engine.journal().dir())?),
+        _ => None,
+    };
+    let jobs = JobService::new(
+        Arc::clone(&engine),
+        args.labels.clone(),
+        health.clone(),
+        shipper,
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     let mut background = tokio::task::JoinSet::new();
     background.spawn(control::server::serve(
@@ -272,9 +287,31 @@ async fn boot(args: Args, source: PolicySource) -> anyhow::Result<ExitCode> {
     notifier.stopping();
     stop.cancel();
     while background.join_next().await.is_some() {}
+    if let Some(s) = jobs.flush_shipper().await {
+        tracing::info!(shipping = s, "audit records shipped before shutdown");
+    }
     running.shutdown().await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ship the journal in `dir` to the policy service `svc`.
+fn start_shipper(
+    svc: &ServiceSource,
+    dir: &std::path::Path,
+) -> anyhow::Result<egressd_audit::ship::ShipperHandle> {
+    let client = egressd_service::Client::with_token_file(
+        &svc.base,
+        &svc.token_file,
+        Duration::from_secs(30),
+    )
+    .context("--ship: cannot build the policy service client")?;
+    egressd_audit::ship::Shipper::start(
+        dir.to_owned(),
+        client,
+        egressd_audit::ship::ShipConfig::default(),
+    )
+    .context("--ship: cannot start shipping the audit journal")
 }
 
 /// The policy enforced when none is available: nothing allowed.

@@ -143,6 +143,11 @@ fn end(a: EndArgs) -> anyhow::Result<ExitCode> {
         other => return Err(fail(other)),
     };
     println!("{}", report.markdown);
+    if let Some(s) = report.shipping.as_deref().filter(|s| *s != "shipped") {
+        eprintln!(
+            "egressd: the job's audit records are not at the policy service yet ({s}); they stay in the runner's journal and are sent later"
+        );
+    }
     if let Some(path) = env("GITHUB_STEP_SUMMARY") {
         let mut f = std::fs::OpenOptions::new()
             .create(true)

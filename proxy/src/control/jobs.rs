@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use egressd_audit::ship::ShipperHandle;
 use egressd_audit::{JobTags, Record, reader, summary};
 use egressd_policy::JobContext;
 
@@ -37,7 +38,12 @@ pub struct JobService {
     runner_labels: Vec<String>,
     current: Mutex<Option<CurrentJob>>,
     health: ArcSwap<Health>,
+    shipper: Option<ShipperHandle>,
 }
+
+/// How long `job end` waits for the shipper to get the job's records to the
+/// policy service.
+const SHIP_FLUSH: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl std::fmt::Debug for JobService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,14 +55,43 @@ impl std::fmt::Debug for JobService {
 }
 
 impl JobService {
-    /// The service for `engine`, on a runner with `runner_labels`.
-    pub fn new(engine: Arc<Engine>, runner_labels: Vec<String>, health: Health) -> Arc<JobService> {
+    /// The service for `engine`, on a runner with `runner_labels`; with a
+    /// `shipper`, `job end` and [`JobService::flush_shipper`] wait for the
+    /// records to reach the policy service.
+    pub fn new(
+        engine: Arc<Engine>,
+        runner_labels: Vec<String>,
+        health: Health,
+        shipper: Option<ShipperHandle>,
+    ) -> Arc<JobService> {
         Arc::new(JobService {
             engine,
             runner_labels,
             current: Mutex::new(None),
             health: ArcSwap::from_pointee(health),
+            shipper,
         })
+    }
+
+    /// Flush the journal, then ship what it holds (bounded wait). `None`
+    /// without a shipper; otherwise `shipped` or why not.
+    pub async fn flush_shipper(&self) -> Option<String> {
+        let shipper = self.shipper.as_ref()?;
+        if let Err(e) = self.engine.journal().flush().await {
+            return Some(format!("cannot flush the audit journal: {e}"));
+        }
+        Some(
+            match shipper
+                .flush(tokio::time::Instant::now() + SHIP_FLUSH)
+                .await
+            {
+                Ok(_) => "shipped".to_owned(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "records not shipped yet; they stay in the journal");
+                    e.to_string()
+                }
+            },
+        )
     }
 
     /// Change the health the service reports (and puts on job summaries).
@@ -78,7 +113,10 @@ impl JobService {
                 Err(message) => Response::Error { message },
             },
             Request::Flush => match self.engine.journal().flush().await {
-                Ok(()) => Response::Flushed,
+                Ok(()) => {
+                    self.flush_shipper().await;
+                    Response::Flushed
+                }
                 Err(e) => Response::Error {
                     message: format!("cannot flush the audit journal: {e}"),
                 },
@@ -174,7 +212,8 @@ impl JobService {
             ));
         }
         markdown.push_str(&sum.to_markdown());
-        tracing::info!(id = %job.id, allowed = sum.allowed, denied = sum.denied, "job ended");
+        let shipping = self.flush_shipper().await;
+        tracing::info!(id = %job.id, allowed = sum.allowed, denied = sum.denied, ?shipping, "job ended");
         Ok(JobReport {
             id: job.id.to_string(),
             tags: job.tags,
@@ -183,6 +222,7 @@ impl JobService {
             denied: sum.denied,
             would_deny: sum.would_deny,
             records: count,
+            shipping,
         })
     }
 

@@ -76,6 +76,10 @@ pub struct JobReport {
     pub would_deny: u64,
     /// Records of the job read from the journal (closing records included).
     pub records: u64,
+    /// With shipping on: `shipped`, or why the records are not all at the
+    /// policy service yet (they stay in the journal and are sent later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping: Option<String>,
 }
 
 /// The service's state.

@@ -71,7 +71,7 @@ fn utc_date(r: &Record) -> Date {
 }
 
 /// The stable string of a serde unit enum (`"tcp"`, `"allow"`, ...).
-fn wire_name<T: Serialize>(v: &T) -> String {
+pub(crate) fn wire_name<T: Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,
         Ok(other) => other.to_string(),
@@ -155,8 +155,11 @@ impl Store {
 
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // `IF NOT EXISTS` on an existing table is a NOTICE: keep it out of
+        // the logs of every batch.
         tx.batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS audit_in (
+            "SET LOCAL client_min_messages = warning;
+             CREATE TEMP TABLE IF NOT EXISTS audit_in (
                 org text, id text, ts timestamptz, runner text, repository text,
                 kind text, decision text, reason text, host text, record jsonb
             ) ON COMMIT DELETE ROWS",
@@ -235,7 +238,8 @@ impl Store {
         // Creating a partition waits for every reader of `audit`; give up
         // (the batch is retried) rather than stall all ingest behind a long
         // export.
-        tx.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
+        tx.batch_execute("SET LOCAL lock_timeout = '5s'; SET LOCAL client_min_messages = warning")
+            .await?;
         for day in &missing {
             tx.batch_execute(&partition_ddl(*day)).await?;
         }

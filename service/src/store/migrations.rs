@@ -59,7 +59,8 @@ const LOCK_KEY: i64 = 0x0065_6772_6573_7364;
 pub async fn run(client: &mut Client) -> Result<(), StoreError> {
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+            "SET client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS schema_migrations (
                 version integer PRIMARY KEY,
                 name text NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now()
