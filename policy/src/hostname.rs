@@ -170,53 +170,49 @@ fn check_labels(q: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A name seen at run time, lower-cased (into a stack buffer when it had
-/// upper case) with one trailing dot removed. `None` when it cannot be a DNS
-/// name a rule could match (empty, too long, non-ASCII, or an IP literal: an
-/// IP literal never satisfies a host name rule).
-#[expect(
-    clippy::large_enum_variant,
-    reason = "lives on the stack for one lookup; boxing would allocate on the hot path"
-)]
-pub(crate) enum Normalised<'a> {
-    /// Already lower case: no copy.
-    Borrowed(&'a str),
-    /// Lower-cased copy.
-    Owned { buf: [u8; MAX_NAME], len: usize },
+/// Room for one name lower-cased on the stack (see [`normalise`]).
+pub(crate) struct NameBuf([u8; MAX_NAME]);
+
+impl NameBuf {
+    pub(crate) fn new() -> Self {
+        NameBuf([0; MAX_NAME])
+    }
 }
 
-impl<'a> Normalised<'a> {
-    pub(crate) fn new(name: &'a str) -> Option<Self> {
-        let name = name.strip_suffix('.').unwrap_or(name);
-        if name.is_empty() || name.len() > MAX_NAME || !name.is_ascii() {
+/// A name seen at run time, lower-cased (into `buf` only when it has upper
+/// case) with one trailing dot removed. `None` when it cannot be a DNS name a
+/// rule could match (empty, too long, non-ASCII, or an IP literal: an IP
+/// literal never satisfies a host name rule). No allocation, no copy of the
+/// common all-lower-case name.
+pub(crate) fn normalise<'a>(name: &'a str, buf: &'a mut NameBuf) -> Option<&'a str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_NAME {
+        return None;
+    }
+    // One pass: reject non-ASCII, note upper case and ':' (IPv6 literal).
+    let (mut upper, mut colon) = (false, false);
+    for &b in name.as_bytes() {
+        if !b.is_ascii() {
             return None;
         }
-        // Only a name ending in a digit or holding a ':' can be an IP
-        // literal; skip the parse for everything else (the hot path).
-        let maybe_ip = name.ends_with(|c: char| c.is_ascii_digit()) || name.contains(':');
-        if maybe_ip && name.parse::<IpAddr>().is_ok() {
-            return None;
-        }
-        if !name.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Some(Normalised::Borrowed(name));
-        }
-        let mut buf = [0u8; MAX_NAME];
-        for (d, s) in buf.iter_mut().zip(name.bytes()) {
-            *d = s.to_ascii_lowercase();
-        }
-        Some(Normalised::Owned {
-            buf,
-            len: name.len(),
-        })
+        upper |= b.is_ascii_uppercase();
+        colon |= b == b':';
     }
-
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            Normalised::Borrowed(s) => s,
-            // Built from ASCII bytes only, so always valid UTF-8.
-            Normalised::Owned { buf, len } => std::str::from_utf8(&buf[..*len]).unwrap_or(""),
-        }
+    // Only a name ending in a digit or holding a ':' can be an IP literal;
+    // skip the parse for everything else (the hot path).
+    let maybe_ip = colon || name.as_bytes().last().is_some_and(u8::is_ascii_digit);
+    if maybe_ip && name.parse::<IpAddr>().is_ok() {
+        return None;
     }
+    if !upper {
+        return Some(name);
+    }
+    let out = &mut buf.0[..name.len()];
+    for (d, s) in out.iter_mut().zip(name.bytes()) {
+        *d = s.to_ascii_lowercase();
+    }
+    // Lower-cased ASCII is still valid UTF-8.
+    std::str::from_utf8(out).ok()
 }
 
 #[cfg(test)]

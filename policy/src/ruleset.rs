@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use crate::Mode;
 use crate::addr::{canonical, classify};
 use crate::decision::{AddrClass, Decision, Reason, RuleId, Verdict};
-use crate::hostname::Normalised;
+use crate::hostname::{NameBuf, normalise};
 use crate::matcher::{Hit, PortQuery, Table, earlier};
 use crate::resolutions::Resolutions;
 
@@ -78,13 +78,14 @@ impl Ruleset {
     }
 
     fn dns_enforced(&self, name: &str) -> Decision {
-        let Some(n) = Normalised::new(name) else {
+        let mut buf = NameBuf::new();
+        let Some(n) = normalise(name, &mut buf) else {
             return deny(Reason::DnsRefused, RuleId::Default);
         };
-        if let Some(hit) = self.deny.names.lookup(n.as_str(), PortQuery::EveryPort) {
+        if let Some(hit) = self.deny.names.lookup(n, PortQuery::EveryPort) {
             return deny(Reason::RuleDeny, hit.id);
         }
-        if let Some(hit) = self.allow.names.lookup(n.as_str(), PortQuery::AnyRule) {
+        if let Some(hit) = self.allow.names.lookup(n, PortQuery::AnyRule) {
             return allow(hit);
         }
         deny(Reason::DnsRefused, RuleId::Default)
@@ -149,8 +150,8 @@ impl Ruleset {
                 RuleId::Builtin(AddrClass::Loopback),
             );
         }
-        let normalised = name.and_then(Normalised::new);
-        let name_n = normalised.as_ref().map(Normalised::as_str);
+        let mut buf = NameBuf::new();
+        let name_n = name.and_then(|n| normalise(n, &mut buf));
         // 2. Deny rules win over everything below.
         let denied = earlier(
             name_n.and_then(|n| self.deny.names.lookup(n, port)),
@@ -202,13 +203,14 @@ impl Ruleset {
 
     fn name_enforced(&self, name: &str, port: u16) -> Decision {
         let q = PortQuery::Port(port);
-        let Some(n) = Normalised::new(name) else {
+        let mut buf = NameBuf::new();
+        let Some(n) = normalise(name, &mut buf) else {
             return deny(Reason::NoRule, RuleId::Default);
         };
-        if let Some(hit) = self.deny.names.lookup(n.as_str(), q) {
+        if let Some(hit) = self.deny.names.lookup(n, q) {
             return deny(Reason::RuleDeny, hit.id);
         }
-        if let Some(hit) = self.allow.names.lookup(n.as_str(), q) {
+        if let Some(hit) = self.allow.names.lookup(n, q) {
             return allow(hit);
         }
         let dns = self.dns_enforced(name);
@@ -217,17 +219,6 @@ impl Ruleset {
         } else {
             dns
         }
-    }
-
-    /// True when the allow list has a host name rule matching `name` on some
-    /// port (used to tell "allowed on other ports" apart in explanations).
-    pub fn names_allowed_any_port(&self, name: &str) -> bool {
-        Normalised::new(name).is_some_and(|n| {
-            self.allow
-                .names
-                .lookup(n.as_str(), PortQuery::AnyRule)
-                .is_some()
-        })
     }
 }
 

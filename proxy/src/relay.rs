@@ -99,12 +99,19 @@ pub async fn relay(
     let count_down = |n| on_bytes(0, n);
     let up_dir = copy(client_r, upstream_w, &up, start, &count_up);
     let down_dir = copy(upstream_r, client_w, &down, start, &count_down);
+    // Either direction failing ends the tunnel at once; a clean close of one
+    // direction (half-close) waits for the other.
     let both = async {
-        let (u, d) = tokio::join!(up_dir, down_dir);
-        match (u, d) {
-            (Ok(()), Ok(())) => Ending::Closed,
-            (Err(Side::Reader), _) | (_, Err(Side::Writer)) => Ending::ClientError,
-            (Err(Side::Writer), _) | (_, Err(Side::Reader)) => Ending::UpstreamError,
+        tokio::pin!(up_dir, down_dir);
+        tokio::select! {
+            r = &mut up_dir => match r {
+                Ok(()) => down_dir.await.map_or_else(|side| failed(side, false), |()| Ending::Closed),
+                Err(side) => failed(side, true),
+            },
+            r = &mut down_dir => match r {
+                Ok(()) => up_dir.await.map_or_else(|side| failed(side, true), |()| Ending::Closed),
+                Err(side) => failed(side, false),
+            },
         }
     };
     let watchdog = async {
@@ -129,6 +136,15 @@ pub async fn relay(
         up: up.bytes.load(Ordering::Relaxed),
         down: down.bytes.load(Ordering::Relaxed),
         ending,
+    }
+}
+
+/// Which end failed: the up direction reads the client and writes the
+/// upstream, the down direction the reverse.
+fn failed(side: Side, up: bool) -> Ending {
+    match (side, up) {
+        (Side::Reader, true) | (Side::Writer, false) => Ending::ClientError,
+        (Side::Writer, true) | (Side::Reader, false) => Ending::UpstreamError,
     }
 }
 

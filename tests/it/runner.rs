@@ -358,6 +358,8 @@ struct Boot {
     child: Child,
     dir: tempfile::TempDir,
     jobs: JobCgroup,
+    /// Where egressd's sd_notify datagrams arrive (its `NOTIFY_SOCKET`).
+    notify: std::os::unix::net::UnixDatagram,
 }
 
 impl Boot {
@@ -365,6 +367,9 @@ impl Boot {
         let dir = tempfile::tempdir().unwrap();
         let jobs = JobCgroup::create();
         let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_nonblocking(true).unwrap();
         let mut cmd = Command::new(crate::support::egressd_bin());
         cmd.arg("boot")
             .args(
@@ -391,6 +396,7 @@ impl Boot {
             ])
             .args(extra)
             .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -399,6 +405,7 @@ impl Boot {
             child: cmd.spawn().unwrap(),
             dir,
             jobs,
+            notify,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !boot.dir.path().join("ready.json").exists() {
@@ -413,6 +420,16 @@ impl Boot {
             std::thread::sleep(Duration::from_millis(20));
         }
         boot
+    }
+
+    /// Every sd_notify message received so far.
+    fn notifications(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
     }
 
     fn path(&self, f: &str) -> PathBuf {
@@ -534,6 +551,13 @@ fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
     assert_eq!(ready["state"], "enforcing", "{ready}");
     assert_eq!(ready["cgroup"], boot.jobs.path().to_str().unwrap());
     assert!(boot.log().contains("self-test passed"), "{}", boot.log());
+    let notes = boot.notifications();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("READY=1\nSTATUS=enforcing (policy file")),
+        "systemd is told READY=1 once ready: {notes:?}"
+    );
     let socket_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(boot.path("control.sock"))
             .unwrap()
@@ -689,6 +713,13 @@ fn assert_fail_closed(boot: &Boot, why: &str) {
     let ready = boot.ready();
     assert_eq!(ready["state"], "degraded", "{ready}");
     assert!(ready["detail"].as_str().unwrap().contains(why), "{ready}");
+    let notes = boot.notifications();
+    assert!(
+        notes.iter().any(
+            |n| n.starts_with("READY=1\nSTATUS=DEGRADED, all egress denied: ") && n.contains(why)
+        ),
+        "the degraded state is in systemd's status: {notes:?}"
+    );
     assert!(boot.log().contains("FAIL CLOSED"), "{}", boot.log());
     let event = wait_for(boot, "of kind event", |r| {
         r.kind == egressd_audit::Kind::Event

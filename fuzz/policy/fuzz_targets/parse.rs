@@ -25,16 +25,28 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let labels: Vec<String> = text.split_whitespace().take(3).map(str::to_owned).collect();
-    let job = JobContext { repository: text.lines().next(), labels: &labels };
+    let job = JobContext {
+        repository: text.lines().next(),
+        labels: &labels,
+    };
     let rules = loaded.policy.ruleset(&job);
     let mut raw = [0u8; 16];
     for (d, s) in raw.iter_mut().zip(data.iter().rev()) {
         *d = *s;
     }
     let v6 = Ipv6Addr::from(raw);
-    for ip in [IpAddr::V6(v6), IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])))] {
+    for ip in [
+        IpAddr::V6(v6),
+        IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        ),
+    ] {
         let dst = SocketAddr::new(ip, u16::from_be_bytes([raw[4], raw[5]]));
-        for word in text.split(|c: char| c.is_whitespace() || c == '"' || c == ',').take(16) {
+        for word in text
+            .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+            .take(16)
+        {
             let _ = rules.decide_dns(word);
             let _ = rules.decide_name(word, dst.port());
             let _ = rules.decide_connect(dst, Some(word), &AssumeBound);

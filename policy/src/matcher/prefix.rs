@@ -159,7 +159,7 @@ impl<K: Key> PrefixTrie<K> {
         let mut cur = 0u32;
         loop {
             let n = &self.nodes[cur as usize];
-            if addr.mask(n.len) != n.key {
+            if addr.common(n.key) < n.len {
                 return best;
             }
             if n.hits != NONE && n.len >= min_len {

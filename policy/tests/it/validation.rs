@@ -152,7 +152,12 @@ mod robustness {
             Err(d) => {
                 prop_assert!(!d.0.is_empty());
                 for e in &d.0 {
-                    prop_assert!(e.line >= 1 && e.line <= lines && e.col >= 1, "{} in {:?}", e, text);
+                    prop_assert!(
+                        e.line >= 1 && e.line <= lines && e.col >= 1,
+                        "{} in {:?}",
+                        e,
+                        text
+                    );
                 }
             }
         }

@@ -81,3 +81,30 @@ async fn shutdown_cuts_the_tunnel() {
     let t = relay(a, b, Duration::from_secs(30), token, &|_, _| {}).await;
     assert_eq!(t.ending, Ending::Shutdown);
 }
+
+#[tokio::test]
+async fn a_client_reset_ends_the_tunnel_even_if_the_upstream_stays_silent() {
+    let (client, a) = pair().await;
+    let (b, _silent_server) = pair().await;
+    let relay = tokio::spawn(async move {
+        relay(
+            a,
+            b,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+            &|_, _| {},
+        )
+        .await
+    });
+    // Give the relay a moment to start reading, then reset the client side.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    let t = tokio::time::timeout(Duration::from_secs(10), relay)
+        .await
+        .expect("a reset ends the relay, no idle wait")
+        .unwrap();
+    assert_eq!(t.ending, Ending::ClientError);
+}

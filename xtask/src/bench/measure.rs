@@ -29,6 +29,8 @@ pub struct Bench {
     pub settings: Settings,
     /// Next op index (names and DNS salts stay fresh across runs).
     pub next_op: Cell<u64>,
+    /// Only these targets run (`--targets`); `None`: all.
+    pub only: Option<Vec<Target>>,
 }
 
 /// Closed or open loop.
@@ -119,6 +121,9 @@ impl Bench {
         tunnels: bool,
         make: &dyn Fn(&Running) -> Arc<O>,
     ) -> anyhow::Result<Result<Measured, String>> {
+        if self.skipped(target) {
+            return Ok(Err("skipped (--targets)".to_owned()));
+        }
         let running = match peers::start(target, role, list, &self.env, tag)? {
             Some(r) => r,
             None => return Ok(Err(self.unsupported(target, role))),
@@ -179,6 +184,11 @@ impl Bench {
             });
         }
         Ok(Ok(m))
+    }
+
+    /// Whether `--targets` leaves `target` out.
+    pub fn skipped(&self, target: Target) -> bool {
+        self.only.as_ref().is_some_and(|o| !o.contains(&target))
     }
 
     /// Why `target` cannot run `role`.

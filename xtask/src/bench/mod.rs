@@ -45,6 +45,13 @@ pub struct Args {
     /// Use this egressd binary instead of building `cargo build --release -p egressd`.
     #[arg(long)]
     egressd: Option<PathBuf>,
+    /// Only these targets, comma separated (direct, relay, haproxy, nginx,
+    /// squid, tinyproxy, dnsmasq, unbound, dnsdist, egressd).
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    /// Keep the temp dir (configurations, logs, egressd's journal) and print its path.
+    #[arg(long)]
+    keep: bool,
     /// Do not install missing peers (they are then skipped).
     #[arg(long)]
     no_install: bool,
@@ -115,7 +122,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("egressd-bench-")
         .tempdir()?;
+    let only = match &args.targets {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|n| peers::Target::by_name(n.trim()).with_context(|| format!("unknown target {n:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        ),
+    };
     let bench = Bench {
+        only,
         env: Env {
             dir: dir.path().to_path_buf(),
             backends,
@@ -192,6 +209,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(load);
     drop(servers);
+    if args.keep {
+        eprintln!("bench: kept {}", dir.keep().display());
+    }
     let failed: Vec<&str> = tables
         .iter()
         .filter(|t| t.failed)

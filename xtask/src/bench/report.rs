@@ -12,7 +12,8 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
     /// Lines printed under the table.
     pub notes: Vec<String>,
-    /// Whether a run in this table failed (unexpected errors, missing audit records).
+    /// Whether a run of egressd or a reference failed (unexpected errors, missing
+    /// audit records); a peer's errors are shown in bold in its row instead.
     pub failed: bool,
 }
 

@@ -64,6 +64,25 @@ impl Target {
         }
     }
 
+    /// Every target, in table order.
+    pub const ALL: [Target; 10] = [
+        Target::Direct,
+        Target::Relay,
+        Target::Haproxy,
+        Target::Nginx,
+        Target::Squid,
+        Target::Tinyproxy,
+        Target::Dnsmasq,
+        Target::Unbound,
+        Target::Dnsdist,
+        Target::Egressd,
+    ];
+
+    /// The target named `name` (its table name's first word).
+    pub fn by_name(name: &str) -> Option<Target> {
+        Self::ALL.into_iter().find(|t| t.name().split(' ').next() == Some(name))
+    }
+
     /// Whether this is a peer (not a reference, not egressd).
     pub fn is_peer(self) -> bool {
         !matches!(self, Target::Direct | Target::Relay | Target::Egressd)
