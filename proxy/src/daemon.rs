@@ -599,7 +599,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
                 .context("cannot read the kernel's deny events")?;
             let enforcer = Arc::new(enforcer);
             let origins = EbpfOrigins::new(Arc::clone(&enforcer));
-            // HANDOFF: engine.set_process_lookup(Arc::clone(&origins) as Arc<dyn kernel::ProcessLookup>);
+            engine.set_process_lookup(Arc::clone(&origins) as Arc<dyn kernel::ProcessLookup>);
             servers.spawn(kernel::audit_denies(
                 Arc::clone(&engine),
                 events,
@@ -730,7 +730,7 @@ impl RunningDaemon {
         .await;
         self.servers.abort_all();
         while self.servers.join_next().await.is_some() {}
-        // HANDOFF: engine.clear_process_lookup();
+        engine.clear_process_lookup();
         drop(self.origins.take());
         let detached = match self.enforcer.take().map(Arc::try_unwrap) {
             Some(Ok(enforcer)) if !enforcer.is_pinned() => {
@@ -759,13 +759,6 @@ impl RunningDaemon {
         closed.context("cannot flush the audit journal on shutdown")?;
         detached
     }
-}
-
-/// Mark every policy decision of `engine` `policy_unavailable` (the
-/// fail-closed state of `boot`), or stop doing so.
-pub fn set_fail_closed(engine: &Engine, on: bool) {
-    // HANDOFF: engine.set_fail_closed(on) once engine.rs is ours.
-    let _ = (engine, on);
 }
 
 /// Wait for SIGTERM or SIGINT.

@@ -229,8 +229,16 @@ impl Engine {
     }
 
     /// Append `rec` to the journal (waits only for queue room, never drops).
+    /// A DNS record without a process gets the one the kernel hooks recorded
+    /// for its client socket (a map lookup, when the hooks are attached).
     /// A closed journal is logged: the record cannot be kept anywhere else.
-    pub async fn audit(&self, rec: Record) {
+    pub async fn audit(&self, mut rec: Record) {
+        if rec.kind == Kind::Dns
+            && rec.process.is_none()
+            && let Some(client) = rec.src
+        {
+            rec.process = self.dns_process(client);
+        }
         if let Err(e) = self.journal.append(rec).await {
             tracing::error!(error = %e, "audit record not written");
         }

@@ -51,6 +51,7 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
          curl -sS --max-time 10 http://{ALLOWED}:8080/ -o \"$T/body\"; echo $? > \"$T/allowed\"; \
          curl -sS --max-time 10 http://{DENIED}:8080/ -o /dev/null; echo $? > \"$T/denied\"; \
          python3 -c 'import socket,errno\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ntry:\n  s.sendto(b\"x\",(\"{DENIED}\",443)); print(\"sent\")\nexcept OSError as e: print(errno.errorcode[e.errno])' > \"$T/udp\"; \
+         kdig +timeout=3 +retry=0 @{DENIED} denied.test > \"$T/dig\"; \
          sleep 300 & echo $! > \"$T/bg\"; exit 7"
     );
     let out = exec_cmd(&t, dir.path(), &script).output().unwrap();
@@ -116,6 +117,21 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
     assert_eq!(
         udp.process.as_ref().and_then(|p| p.comm.as_deref()),
         Some("python3")
+    );
+    assert!(
+        read("dig").contains("REFUSED"),
+        "the DNS query for a denied name is refused: {}",
+        read("dig")
+    );
+    let dns = records
+        .iter()
+        .find(|r| r.kind == egressd_audit::Kind::Dns && r.host.as_deref() == Some("denied.test"))
+        .expect("the DNS query is audited");
+    assert_eq!(dns.reason, egressd_policy::Reason::DnsRefused);
+    assert_eq!(
+        dns.process.as_ref().and_then(|p| p.comm.as_deref()),
+        Some("kdig"),
+        "DNS records name the process too: {dns:?}"
     );
     let summary = egressd_audit::summary::summarize(records.iter().cloned()).to_markdown();
     assert!(

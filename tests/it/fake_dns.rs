@@ -149,11 +149,8 @@ impl FakeDns {
                 .push(rec.clone().into());
         }
         let state = Arc::new(Mutex::new(state));
-        let udp = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake DNS UDP");
+        let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().expect("fake DNS address");
-        let tcp = TcpListener::bind(addr).await.expect("bind fake DNS TCP");
         let udp = Arc::new(udp);
         let udp_task = {
             let state = Arc::clone(&state);
@@ -239,6 +236,23 @@ impl Drop for FakeDns {
             t.abort();
         }
     }
+}
+
+/// A UDP socket and a TCP listener on the same free loopback port (the
+/// port UDP got may be taken for TCP: then try another).
+async fn bind_pair() -> (UdpSocket, TcpListener) {
+    let mut last = None;
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake DNS UDP");
+        let addr = udp.local_addr().expect("fake DNS address");
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return (udp, tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP: {last:?}");
 }
 
 /// The answer to one query (`None`: stay silent).

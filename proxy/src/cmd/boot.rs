@@ -183,7 +183,7 @@ async fn boot(args: Args, source: PolicySource) -> anyhow::Result<ExitCode> {
     };
     let engine = Arc::clone(running.engine());
     if let Health::Degraded(why) = &health {
-        crate::daemon::set_fail_closed(&engine, true);
+        engine.set_fail_closed(true);
         audit_event(&engine, Reason::PolicyUnavailable, why).await;
     }
 
@@ -353,7 +353,7 @@ async fn refresh_policy(
         match source.obtain().await {
             Ok(o) if o.origin == crate::policy_source::Origin::Service || degraded => {
                 engine.replace_policy(o.policy);
-                crate::daemon::set_fail_closed(&engine, false);
+                engine.set_fail_closed(false);
                 if degraded {
                     tracing::warn!(
                         "a valid policy is active again ({}); enforcement restored",

@@ -82,12 +82,15 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<RequestHead, PeekError> {
             return Err(PeekError::Malformed("bare CR inside a line"));
         }
         pos += lf + 1;
-        let Some(req) = &request else {
+        if request.is_none() {
             request = Some(request_line(line)?);
             continue;
-        };
+        }
         if line.is_empty() {
-            return finish(req, host_header, pos);
+            return match request {
+                Some(req) => finish(req, host_header, pos),
+                None => Err(PeekError::Malformed("no request line")),
+            };
         }
         if matches!(line.first(), Some(b' ' | b'\t')) {
             return Err(PeekError::Malformed(
@@ -121,21 +124,18 @@ struct Authority {
 }
 
 fn finish(
-    req: &RequestLine,
+    req: RequestLine,
     host_header: Option<Option<Authority>>,
     head_len: usize,
 ) -> Result<RequestHead, PeekError> {
     let header = host_header.flatten();
-    let chosen = match (&req.authority, header) {
+    let chosen = match (req.authority, header) {
         (Some(t), Some(h)) if t.host != h.host => {
             return Err(PeekError::Malformed(
                 "the Host header differs from the request target",
             ));
         }
-        (Some(t), _) => Some(Authority {
-            host: t.host.clone(),
-            port: t.port,
-        }),
+        (Some(t), _) => Some(t),
         (None, h) => h,
     };
     let (host, port) = match chosen {
@@ -143,8 +143,8 @@ fn finish(
         None => (None, None),
     };
     Ok(RequestHead {
-        method: req.method.clone(),
-        target: req.target.clone(),
+        method: req.method,
+        target: req.target,
         host,
         port,
         head_len,
