@@ -190,13 +190,16 @@ pub(crate) fn normalise<'a>(name: &'a str, buf: &'a mut NameBuf) -> Option<&'a s
         return None;
     }
     // One pass: reject non-ASCII, note upper case and ':' (IPv6 literal).
-    let (mut upper, mut colon) = (false, false);
+    // Branch-free accumulators so the loop vectorises; an early exit on
+    // non-ASCII would keep it byte by byte.
+    let (mut all, mut upper, mut colon) = (0u8, false, false);
     for &b in name.as_bytes() {
-        if !b.is_ascii() {
-            return None;
-        }
+        all |= b;
         upper |= b.is_ascii_uppercase();
         colon |= b == b':';
+    }
+    if !all.is_ascii() {
+        return None;
     }
     // Only a name ending in a digit or holding a ':' can be an IP literal;
     // skip the parse for everything else (the hot path).

@@ -573,6 +573,20 @@ async fn serve_api_auth_policies_ingest_and_export() {
             .await
             .unwrap();
         assert_eq!((r.status, r.body.len()), (200, 0));
+
+        // SIGTERM: a clean stop.
+        let pid = libc::pid_t::try_from(serve.child.id()).unwrap();
+        // SAFETY: kill(2) on the child this test spawned and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = serve.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status}\n{}", serve.log_text());
     })
     .await
     .expect("test timed out");

@@ -94,3 +94,63 @@ fn min_len_skips_broader_prefixes() {
     assert_eq!(t.lookup(k, PortQuery::AnyRule, 8).map(|h| h.order), Some(1));
     assert_eq!(t.lookup(k, PortQuery::AnyRule, 9).map(|h| h.order), Some(2));
 }
+
+/// The first rule, in order, covering `addr` with at least `min_len` bits.
+fn naive_first(rules: &[(u32, u8)], addr: u32, min_len: u8) -> Option<u32> {
+    (0u32..)
+        .zip(rules)
+        .find(|(_, (net, len))| *len >= min_len && addr.mask(*len) == net.mask(*len))
+        .map(|(i, _)| i)
+}
+
+/// Networks clustered around a few bases so they nest, share bits and
+/// split each other, in amounts that make the index grow and rebuild.
+fn v4_rules() -> impl proptest::strategy::Strategy<Value = Vec<(u32, u8)>> {
+    use proptest::prelude::*;
+    let base = prop::sample::select(vec![0x0a00_0000u32, 0x0a01_0000, 0xc633_6400, 0x2d00_0000]);
+    let rule = (base, any::<u32>(), 0u32..33, 0u8..=32)
+        .prop_map(|(b, r, spread, len)| (b ^ (r & u32::MAX.checked_shr(32 - spread).unwrap_or(0)), len));
+    prop::collection::vec(rule, 1..400)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn indexed_lookup_equals_a_scan(rules in v4_rules(), probes in proptest::collection::vec((proptest::prelude::any::<u32>(), 0usize..400, 0u8..=32, 0u32..33), 64)) {
+        let mut t = PrefixTrie::<u32>::new();
+        for (i, (net, len)) in (0u32..).zip(&rules) {
+            t.insert(*net, *len, hit(i));
+        }
+        for (r, pick, min_len, spread) in probes {
+            // Half the probes land inside a rule's network, the rest anywhere.
+            let (net, _) = rules[pick % rules.len()];
+            let addr = if spread == 32 { r } else { net ^ (r & (u32::MAX >> spread)) };
+            let got = t.lookup(addr, PortQuery::AnyRule, min_len).map(|h| h.order);
+            proptest::prop_assert_eq!(got, naive_first(&rules, addr, min_len), "addr {:#x}", addr);
+        }
+    }
+}
+
+#[test]
+fn v6_index_with_a_shared_top() {
+    // Every rule under 2600::/16 so the index starts below the shared bits.
+    let mut t = PrefixTrie::<u128>::new();
+    let nets: Vec<(u128, u8)> = (0u128..3000)
+        .map(|i| ((0x2600u128 << 112) | (i * 0x9e37_79b9_7f4a_7c15 << 40), 32 + (i % 65) as u8))
+        .collect();
+    for (i, (net, len)) in (0u32..).zip(&nets) {
+        t.insert(*net, *len, hit(i));
+    }
+    for (i, (net, _)) in (0u32..).zip(&nets) {
+        let got = t.lookup(*net | 1, PortQuery::AnyRule, 0).map(|h| h.order);
+        let want = (0u32..)
+            .zip(&nets)
+            .find(|(_, (n, l))| (*net | 1).mask(*l) == n.mask(*l))
+            .map(|(j, _)| j);
+        assert_eq!(got, want, "rule {i}");
+    }
+    assert_eq!(t.lookup(0x2700u128 << 112, PortQuery::AnyRule, 0).map(|h| h.order), None);
+    t.insert(0, 0, hit(3000));
+    assert_eq!(t.lookup(0x2700u128 << 112, PortQuery::AnyRule, 0).map(|h| h.order), Some(3000));
+}
