@@ -110,8 +110,9 @@ async fn supervise(
         running.write_ready_file(path)?;
     }
     let waited = run_command(args, cgroup).await;
-    // Let the last records (kernel denies, closing records) arrive.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Every decision the command caused is recorded before the command saw
+    // its outcome; shutdown drains the kernel's deny events and waits for the
+    // closing records of open tunnels.
     let shutdown = running.shutdown().await;
     let status = waited?;
     shutdown?;
