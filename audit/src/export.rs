@@ -1,6 +1,12 @@
 //! Export formats: JSON Lines (each record's journal line, byte for byte) and
 //! CSV with a fixed, documented column order ([`CSV_COLUMNS`]) and a header
 //! row. Both stream: one record in, one line out.
+//!
+//! This is the one definition of both formats: the policy service's central
+//! export writes through the same [`Writer`] ([`Writer::write_record`] for
+//! records that come from its store rather than a journal line, and
+//! [`Writer::take`] to stream in chunks), so a record exported locally and
+//! centrally gives the same bytes.
 
 use std::io::{self, Write};
 
@@ -124,9 +130,7 @@ impl<W: Write> Writer<W> {
         let inner = match format {
             Format::Jsonl => Inner::Jsonl(out),
             Format::Csv => {
-                let mut w = csv::WriterBuilder::new()
-                    .terminator(csv::Terminator::Any(b'\n'))
-                    .from_writer(out);
+                let mut w = csv_writer(out);
                 w.write_record(CSV_COLUMNS).map_err(csv_io)?;
                 Inner::Csv(w)
             }
@@ -145,6 +149,20 @@ impl<W: Write> Writer<W> {
         }
     }
 
+    /// Write one record that has no journal line at hand (the service's
+    /// store). JSON Lines is the record serialised exactly as the journal
+    /// serialises it, so for every line the journal wrote this is the same
+    /// bytes as [`Writer::write`].
+    pub fn write_record(&mut self, r: &Record) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Jsonl(w) => {
+                serde_json::to_writer(&mut *w, r).map_err(io::Error::other)?;
+                w.write_all(b"\n")
+            }
+            Inner::Csv(w) => w.write_record(csv_row(r)).map_err(csv_io),
+        }
+    }
+
     /// Flush and hand back the sink.
     pub fn finish(self) -> io::Result<W> {
         match self.inner {
@@ -155,6 +173,30 @@ impl<W: Write> Writer<W> {
             Inner::Csv(w) => w.into_inner().map_err(|e| e.into_error()),
         }
     }
+}
+
+impl Writer<Vec<u8>> {
+    /// Everything written since the last `take` (the header included, the
+    /// first time), leaving the writer ready for more rows: for streaming an
+    /// export in chunks.
+    pub fn take(&mut self) -> io::Result<Vec<u8>> {
+        match &mut self.inner {
+            Inner::Jsonl(buf) => Ok(std::mem::take(buf)),
+            Inner::Csv(w) => {
+                // `csv::Writer` buffers internally and lends no `&mut` to its
+                // sink: swap in a fresh one (no header) and unwrap the old.
+                let old = std::mem::replace(w, csv_writer(Vec::new()));
+                old.into_inner().map_err(|e| e.into_error())
+            }
+        }
+    }
+}
+
+/// The CSV dialect: RFC 4180 quoting, `\n`-terminated rows.
+fn csv_writer<W: Write>(out: W) -> csv::Writer<W> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(out)
 }
 
 fn csv_io(e: csv::Error) -> io::Error {

@@ -90,7 +90,7 @@ pub fn parse_time(s: &str, now: Timestamp) -> Result<Timestamp, FilterError> {
 /// characters (dots included), `?` is one character.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostGlob {
-    pattern: Vec<u8>,
+    pattern: String,
 }
 
 impl std::str::FromStr for HostGlob {
@@ -101,19 +101,25 @@ impl std::str::FromStr for HostGlob {
             return Err(FilterError::EmptyGlob);
         }
         Ok(HostGlob {
-            pattern: s.trim_end_matches('.').to_ascii_lowercase().into_bytes(),
+            pattern: s.trim_end_matches('.').to_ascii_lowercase(),
         })
     }
 }
 
 impl HostGlob {
+    /// The pattern as given, lowercased and without a trailing dot (what
+    /// `egressd audit export --server` sends to the service).
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
     /// Whether `text` (a host name or IP) matches; one trailing dot and
     /// letter case are ignored.
     pub fn matches(&self, text: &str) -> bool {
         let text = text.trim_end_matches('.').as_bytes();
         // Iterative wildcard matching with one backtrack point: linear in
         // practice, never exponential.
-        let p = &self.pattern;
+        let p = self.pattern.as_bytes();
         let (mut pi, mut ti) = (0, 0);
         let mut star: Option<(usize, usize)> = None;
         while ti < text.len() {

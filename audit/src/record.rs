@@ -188,3 +188,21 @@ impl Record {
         self.bytes_up.is_some() || self.duration_ms.is_some()
     }
 }
+
+#[cfg(test)]
+mod docs {
+    use egressd_policy::Reason;
+
+    /// docs/audit.md is the public list of reason codes: it names every one.
+    #[test]
+    fn the_schema_doc_lists_every_reason_code() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/audit.md"))
+            .expect("docs/audit.md");
+        for r in Reason::ALL {
+            assert!(
+                doc.contains(&format!("| `{}` |", r.as_str())),
+                "docs/audit.md lacks `{r}`"
+            );
+        }
+    }
+}

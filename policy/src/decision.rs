@@ -88,9 +88,49 @@ pub enum Reason {
     /// An `event` record: a changed policy file was invalid and was not
     /// loaded; the previous policy stays active.
     PolicyReloadRejected,
+    /// A packet from a socket created after egressd attached, not carrying
+    /// the proxy's mark, was dropped by the kernel's egress backstop.
+    EgressBackstop,
+    /// A container network namespace had no gateway address configured to
+    /// redirect to, so its connection was refused in the kernel.
+    NoGateway,
+    /// An `event` record: someone detached a kernel hook, killed a listener or
+    /// changed the policy file under a running egressd.
+    TamperDetected,
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`Reason::ALL[r as usize] == r`).
+    pub const ALL: [Reason; 27] = [
+        Reason::RuleAllow,
+        Reason::RuleDeny,
+        Reason::NoRule,
+        Reason::Loopback,
+        Reason::BuiltinMetadata,
+        Reason::BuiltinLinkLocal,
+        Reason::BuiltinMulticast,
+        Reason::BuiltinBroadcast,
+        Reason::BuiltinUnspecified,
+        Reason::BuiltinEmbeddedV4,
+        Reason::BuiltinPrivate,
+        Reason::SniIpMismatch,
+        Reason::NoSni,
+        Reason::DnsRefused,
+        Reason::UdpBlocked,
+        Reason::IcmpBlocked,
+        Reason::RawBlocked,
+        Reason::PolicyUnavailable,
+        Reason::MalformedRequest,
+        Reason::LimitExceeded,
+        Reason::OriginalDstUnknown,
+        Reason::UpstreamFailed,
+        Reason::JournalSegmentRemoved,
+        Reason::PolicyReloadRejected,
+        Reason::EgressBackstop,
+        Reason::NoGateway,
+        Reason::TamperDetected,
+    ];
+
     /// The stable string written in audit records.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -118,6 +158,9 @@ impl Reason {
             Reason::UpstreamFailed => "upstream_failed",
             Reason::JournalSegmentRemoved => "journal_segment_removed",
             Reason::PolicyReloadRejected => "policy_reload_rejected",
+            Reason::EgressBackstop => "egress_backstop",
+            Reason::NoGateway => "no_gateway",
+            Reason::TamperDetected => "tamper_detected",
         }
     }
 }
@@ -343,6 +386,20 @@ mod tests {
             "builtin:metadata"
         );
         assert_eq!(RuleId::Default.to_string(), "default");
+    }
+
+    #[test]
+    fn reason_all_is_complete_and_in_declaration_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r}");
+        }
+        let strings: std::collections::HashSet<_> =
+            Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            strings.len(),
+            Reason::ALL.len(),
+            "every reason has its own string"
+        );
     }
 
     #[test]

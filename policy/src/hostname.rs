@@ -179,6 +179,55 @@ impl NameBuf {
     }
 }
 
+/// What [`scan`] found in a name.
+struct Scan {
+    ascii: bool,
+    /// Some byte is `A`-`Z` (meaningful only when `ascii`).
+    upper: bool,
+    /// Some byte is `:` (meaningful only when `ascii`).
+    colon: bool,
+}
+
+/// Every byte of a word.
+const LANES: u64 = 0x0101_0101_0101_0101;
+/// The top bit of every byte of a word.
+const TOPS: u64 = 0x8080_8080_8080_8080;
+
+/// One pass over a name, eight bytes at a time (SWAR): is it ASCII, does it
+/// hold upper case, does it hold a ':' (an IPv6 literal). This runs on every
+/// SNI, Host header and DNS question; a byte loop costs several instructions
+/// per byte.
+fn scan(bytes: &[u8]) -> Scan {
+    let (mut all, mut upper, mut colon) = (0u64, 0u64, 0u64);
+    let mut word = |w: u64| {
+        all |= w;
+        // With the top bit forced on, no lane borrows from its neighbour:
+        // a lane keeps its top bit exactly when its byte is >= the constant.
+        let at_least_a = (w | TOPS) - LANES * u64::from(b'A');
+        let above_z = (w | TOPS) - LANES * u64::from(b'Z' + 1);
+        upper |= at_least_a & !above_z;
+        // A zero lane of `x` is a ':' (the classic has-zero-byte test; a
+        // borrow only ever follows a real zero lane).
+        let x = w ^ (LANES * u64::from(b':'));
+        colon |= x.wrapping_sub(LANES) & !x;
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        word(u64::from_le_bytes(w));
+    }
+    // Zero padding is ASCII, not upper case and not ':'.
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    word(u64::from_le_bytes(tail));
+    Scan {
+        ascii: all & TOPS == 0,
+        upper: upper & TOPS != 0,
+        colon: colon & TOPS != 0,
+    }
+}
+
 /// A name seen at run time, lower-cased (into `buf` only when it has upper
 /// case) with one trailing dot removed. `None` when it cannot be a DNS name a
 /// rule could match (empty, too long, non-ASCII, or an IP literal: an IP
@@ -189,16 +238,12 @@ pub(crate) fn normalise<'a>(name: &'a str, buf: &'a mut NameBuf) -> Option<&'a s
     if name.is_empty() || name.len() > MAX_NAME {
         return None;
     }
-    // One pass: reject non-ASCII, note upper case and ':' (IPv6 literal).
-    // Branch-free accumulators so the loop vectorises; an early exit on
-    // non-ASCII would keep it byte by byte.
-    let (mut all, mut upper, mut colon) = (0u8, false, false);
-    for &b in name.as_bytes() {
-        all |= b;
-        upper |= b.is_ascii_uppercase();
-        colon |= b == b':';
-    }
-    if !all.is_ascii() {
+    let Scan {
+        ascii,
+        upper,
+        colon,
+    } = scan(name.as_bytes());
+    if !ascii {
         return None;
     }
     // Only a name ending in a digit or holding a ':' can be an IP literal;

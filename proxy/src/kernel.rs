@@ -124,16 +124,18 @@ fn proc_cgroup(pid: u32) -> Option<String> {
 
 /// The record kind and reason for an in-kernel deny.
 pub fn deny_kind(ev: &DenyEvent) -> (Kind, Reason) {
-    let by_protocol = || match ev.protocol {
-        17 => (Kind::Udp, Reason::UdpBlocked),
-        1 | 58 => (Kind::Icmp, Reason::IcmpBlocked),
-        _ => (Kind::Raw, Reason::RawBlocked),
+    let kind_of_protocol = || match ev.protocol {
+        6 => Kind::Tcp,
+        17 => Kind::Udp,
+        1 | 58 => Kind::Icmp,
+        _ => Kind::Raw,
     };
     match ev.kind {
         DenyKind::Udp => (Kind::Udp, Reason::UdpBlocked),
         DenyKind::Icmp => (Kind::Icmp, Reason::IcmpBlocked),
         DenyKind::Raw => (Kind::Raw, Reason::RawBlocked),
-        DenyKind::Backstop | DenyKind::NoGateway => by_protocol(),
+        DenyKind::Backstop => (kind_of_protocol(), Reason::EgressBackstop),
+        DenyKind::NoGateway => (kind_of_protocol(), Reason::NoGateway),
     }
 }
 
@@ -218,15 +220,23 @@ mod tests {
         );
         assert_eq!(
             deny_kind(&ev(DenyKind::Backstop, 17)),
-            (Kind::Udp, Reason::UdpBlocked)
+            (Kind::Udp, Reason::EgressBackstop)
         );
         assert_eq!(
             deny_kind(&ev(DenyKind::Backstop, 58)),
-            (Kind::Icmp, Reason::IcmpBlocked)
+            (Kind::Icmp, Reason::EgressBackstop)
         );
         assert_eq!(
             deny_kind(&ev(DenyKind::Backstop, 6)),
-            (Kind::Raw, Reason::RawBlocked)
+            (Kind::Tcp, Reason::EgressBackstop)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Backstop, 255)),
+            (Kind::Raw, Reason::EgressBackstop)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::NoGateway, 6)),
+            (Kind::Tcp, Reason::NoGateway)
         );
     }
 

@@ -7,12 +7,12 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use egressd_audit::Record;
+use egressd_audit::export;
 use egressd_policy::Verdict;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
-use crate::store::ingest::wire_name;
 use crate::store::{Store, StoreError};
 
 /// Rows fetched from the portal per round trip.
@@ -25,7 +25,8 @@ pub enum ExportFormat {
     /// One schema-v1 record per line, as in the journal.
     #[default]
     Jsonl,
-    /// A header line then one row per record ([`CSV_COLUMNS`]).
+    /// A header line then one row per record
+    /// ([`egressd_audit::export::CSV_COLUMNS`]).
     Csv,
 }
 
@@ -53,8 +54,8 @@ pub struct ExportFilter {
     /// Only this decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Verdict>,
-    /// Host glob: `*` matches any run of characters, case-insensitive
-    /// (`*.example.com`, `api.github.com`).
+    /// Host glob: `*` matches any run of characters, `?` one character,
+    /// case-insensitive (`*.example.com`, `api.github.com`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Exactly this repository (`owner/name`).
@@ -71,6 +72,7 @@ pub fn glob_to_like(glob: &str) -> String {
     for c in glob.chars() {
         match c {
             '*' => out.push('%'),
+            '?' => out.push('_'),
             '%' | '_' | '\\' => {
                 out.push('\\');
                 out.push(c);
@@ -110,120 +112,31 @@ fn query(org: &str, f: &ExportFilter) -> (String, Vec<Param>) {
     (sql, params)
 }
 
-/// The CSV columns, in order.
-pub const CSV_COLUMNS: &[&str] = &[
-    "ts",
-    "id",
-    "runner",
-    "repository",
-    "workflow",
-    "run_id",
-    "run_attempt",
-    "job",
-    "kind",
-    "decision",
-    "enforce_would",
-    "reason",
-    "rule",
-    "host",
-    "host_source",
-    "dst",
-    "src",
-    "pid",
-    "comm",
-    "exe",
-    "cgroup",
-    "container",
-    "bytes_up",
-    "bytes_down",
-    "duration_ms",
-    "detail",
-];
-
-/// One CSV row (matching [`CSV_COLUMNS`]) for `r`.
-pub fn csv_row(r: &Record) -> Vec<String> {
-    let opt = |s: Option<&String>| s.cloned().unwrap_or_default();
-    let num = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
-    let job = r.job.clone().unwrap_or_default();
-    let p = r.process.clone().unwrap_or_default();
-    vec![
-        r.ts.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string(),
-        r.id.to_string(),
-        r.runner.clone(),
-        opt(job.repository.as_ref()),
-        opt(job.workflow.as_ref()),
-        opt(job.run_id.as_ref()),
-        opt(job.run_attempt.as_ref()),
-        opt(job.job.as_ref()),
-        wire_name(&r.kind),
-        r.decision.to_string(),
-        r.enforce_would.map(|v| v.to_string()).unwrap_or_default(),
-        r.reason.to_string(),
-        r.rule.clone(),
-        opt(r.host.as_ref()),
-        wire_name(&r.host_source),
-        r.dst.map(|a| a.to_string()).unwrap_or_default(),
-        r.src.map(|a| a.to_string()).unwrap_or_default(),
-        p.pid.map(|n| n.to_string()).unwrap_or_default(),
-        opt(p.comm.as_ref()),
-        opt(p.exe.as_ref()),
-        opt(p.cgroup.as_ref()),
-        opt(p.container.as_ref()),
-        num(r.bytes_up),
-        num(r.bytes_down),
-        num(r.duration_ms),
-        opt(r.detail.as_ref()),
-    ]
-}
-
-/// Formats rows into output chunks.
+/// Formats rows into output chunks with the audit crate's writer: the one
+/// definition of the public JSON Lines and CSV formats, so the central
+/// export gives the same bytes as `egressd audit export --dir`.
 struct Formatter {
-    format: ExportFormat,
-    csv: csv::Writer<Vec<u8>>,
-    jsonl: Vec<u8>,
+    writer: export::Writer<Vec<u8>>,
 }
 
 impl Formatter {
-    fn new(format: ExportFormat) -> Self {
-        Formatter {
-            format,
-            csv: csv::Writer::from_writer(Vec::new()),
-            jsonl: Vec::new(),
-        }
+    /// Start; for CSV the header row is in the first chunk.
+    fn new(format: ExportFormat) -> std::io::Result<Self> {
+        let format = match format {
+            ExportFormat::Jsonl => export::Format::Jsonl,
+            ExportFormat::Csv => export::Format::Csv,
+        };
+        Ok(Formatter {
+            writer: export::Writer::new(format, Vec::new())?,
+        })
     }
 
-    fn header(&mut self) -> Result<(), csv::Error> {
-        if self.format == ExportFormat::Csv {
-            self.csv.write_record(CSV_COLUMNS)?;
-        }
-        Ok(())
+    fn push(&mut self, r: &Record) -> std::io::Result<()> {
+        self.writer.write_record(r)
     }
 
-    fn push(&mut self, r: &Record) -> Result<(), csv::Error> {
-        match self.format {
-            ExportFormat::Jsonl => {
-                serde_json::to_writer(&mut self.jsonl, r)
-                    .map_err(|e| csv::Error::from(std::io::Error::other(e)))?;
-                self.jsonl.push(b'\n');
-            }
-            ExportFormat::Csv => self.csv.write_record(csv_row(r))?,
-        }
-        Ok(())
-    }
-
-    fn take(&mut self) -> Result<Bytes, csv::Error> {
-        match self.format {
-            ExportFormat::Jsonl => Ok(Bytes::from(std::mem::take(&mut self.jsonl))),
-            ExportFormat::Csv => {
-                self.csv.flush()?;
-                let w = std::mem::replace(&mut self.csv, csv::Writer::from_writer(Vec::new()));
-                // `into_inner` only fails when the flush fails; it just did not.
-                let buf = w
-                    .into_inner()
-                    .map_err(|e| csv::Error::from(e.into_error()))?;
-                Ok(Bytes::from(buf))
-            }
-        }
+    fn take(&mut self) -> std::io::Result<Bytes> {
+        self.writer.take().map(Bytes::from)
     }
 }
 
@@ -238,7 +151,7 @@ pub enum ExportError {
     Record(String, String),
     /// Formatting failed.
     #[error("cannot format the export: {0}")]
-    Format(#[from] csv::Error),
+    Format(#[from] std::io::Error),
 }
 
 impl Store {
@@ -277,8 +190,7 @@ impl Store {
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect();
         let portal = tx.bind(sql, &refs).await.map_err(StoreError::from)?;
-        let mut fmt = Formatter::new(format);
-        fmt.header()?;
+        let mut fmt = Formatter::new(format)?;
         loop {
             let rows = tx
                 .query_portal(&portal, CHUNK_ROWS)
@@ -313,6 +225,7 @@ mod tests {
     fn globs_become_like_patterns() {
         assert_eq!(glob_to_like("*.example.com"), "%.example.com");
         assert_eq!(glob_to_like("a_b%c\\"), "a\\_b\\%c\\\\");
+        assert_eq!(glob_to_like("api?.x"), "api_.x");
     }
 
     #[test]
@@ -334,19 +247,21 @@ mod tests {
     }
 
     #[test]
-    fn csv_rows_match_the_header() {
+    fn csv_is_the_audit_crates_format() {
         let line = r#"{"v":1,"id":"01JDQ3S1M7X9V0ZK4Q2W8T6B5N","ts":"2026-11-26T21:58:13.123456Z","runner":"r1","job":{"repository":"o/r"},"kind":"tcp","decision":"deny","reason":"no_rule","rule":"default","host":"a,b","host_source":"sni"}"#;
         let r: Record = serde_json::from_str(line).unwrap();
-        let row = csv_row(&r);
-        assert_eq!(row.len(), CSV_COLUMNS.len());
-        let mut f = Formatter::new(ExportFormat::Csv);
-        f.header().unwrap();
+        let mut f = Formatter::new(ExportFormat::Csv).unwrap();
         f.push(&r).unwrap();
         let text = String::from_utf8(f.take().unwrap().to_vec()).unwrap();
-        let second = text.lines().nth(1).unwrap();
-        assert!(
-            second.starts_with("2026-11-26T21:58:13.123456Z,01JDQ3S1M7X9V0ZK4Q2W8T6B5N,r1,o/r,")
+        assert_eq!(
+            text,
+            format!(
+                "{}\n1,01JDQ3S1M7X9V0ZK4Q2W8T6B5N,2026-11-26T21:58:13.123456Z,r1,o/r,,,,,tcp,deny,,no_rule,default,\"a,b\",sni,,,,,,,,,,,\n",
+                export::CSV_COLUMNS.join(",")
+            )
         );
-        assert!(second.contains(",\"a,b\","));
+        let mut f = Formatter::new(ExportFormat::Jsonl).unwrap();
+        f.push(&r).unwrap();
+        assert_eq!(f.take().unwrap(), format!("{line}\n").as_bytes());
     }
 }

@@ -1027,6 +1027,7 @@ fn watch_tamper_records_a_detached_program() {
         event.detail.as_deref().unwrap().contains("connect4"),
         "{event:?}"
     );
+    assert_eq!(event.reason, Reason::TamperDetected, "{event:?}");
     assert!(boot.log().contains("TAMPERING"));
     let status = boot.job(&["status"], &[]);
     assert_eq!(status.status.code(), Some(1), "degraded after tampering");

@@ -781,3 +781,249 @@ async fn runner_ships_through_a_killed_and_restarted_service() {
 fn checkpoint_exists(dir: &Path) -> bool {
     dir.join(egressd_audit::ship::CHECKPOINT_FILE).exists()
 }
+
+/// Run `egressd` with `args` off the async threads; (exit code, stdout, stderr).
+async fn egressd(bin: &Path, args: Vec<String>) -> (Option<i32>, Vec<u8>, String) {
+    let bin = bin.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Records of two repositories, one with every optional field and text that
+/// CSV must quote, in increasing time (journal order = the service's order).
+fn export_records() -> Vec<Record> {
+    let mut out = Vec::new();
+    for (i, repo) in ["acme/web", "acme/api", "acme/web", "acme/web", "acme/api"]
+        .into_iter()
+        .enumerate()
+    {
+        let verdict = if i % 2 == 0 {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        let ts = format!("2026-11-26T21:58:1{i}.12345{i}Z");
+        out.push(record("runner-7", repo, verdict, Some(&ts)));
+    }
+    let full = &mut out[2];
+    full.enforce_would = Some(Verdict::Deny);
+    full.host = Some("wëird,\"host\"".into());
+    full.dst = Some("[2001:db8::1]:443".parse().unwrap());
+    full.src = Some("10.1.0.2:40312".parse().unwrap());
+    full.process = Some(egressd_audit::Process {
+        pid: Some(4242),
+        comm: Some("c,u\"rl".into()),
+        exe: Some("/usr/bin/curl".into()),
+        cgroup: Some("/system.slice/runner.service".into()),
+        container: None,
+    });
+    full.bytes_up = Some(517);
+    full.bytes_down = Some(4096);
+    full.duration_ms = Some(250);
+    full.detail = Some("two\nlines\ttab \\ and \u{1}".into());
+    if let Some(job) = &mut full.job {
+        job.workflow = Some("CI".into());
+        job.run_id = Some("1234567890".into());
+        job.run_attempt = Some("1".into());
+        job.job = Some("build".into());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_export_from_the_server_matches_the_local_export() {
+    let Some(db) = database_url() else { return };
+    let bin = egressd_bin();
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (a, b) = (org("acme"), org("globex"));
+        let cfg = Config::new(&[&a, &b]);
+        let mut serve = Serve::start(&bin, &cfg, &db, free_addr(), &[]);
+        serve.wait_ready().await;
+        let addr = serve.addr;
+        let records = export_records();
+
+        // The same records in a local journal and in the service (org a);
+        // org b holds one more acme/web record that a's token must not see.
+        let audit = tempfile::tempdir().unwrap();
+        let journal = Journal::open(JournalConfig::new(audit.path())).unwrap();
+        for r in &records {
+            journal.append(r.clone()).await.unwrap();
+        }
+        journal.close().await.unwrap();
+        let r = request(
+            addr,
+            "POST",
+            "/v1/audit",
+            Some(&token(&a)),
+            &[],
+            jsonl(&records).as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let other = [record("runner-9", "acme/web", Verdict::Deny, None)];
+        let r = request(
+            addr,
+            "POST",
+            "/v1/audit",
+            Some(&token(&b)),
+            &[],
+            jsonl(&other).as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+
+        let token_file = cfg.dir.path().join("token-a");
+        std::fs::write(&token_file, format!("{}\n", token(&a))).unwrap();
+        let url = format!("http://{addr}");
+        let server_args = |more: &[&str]| {
+            let mut v = strings(&["audit", "export", "--server", &url, "--token-file"]);
+            v.push(token_file.display().to_string());
+            v.extend(strings(more));
+            v
+        };
+        let local_args = |more: &[&str]| {
+            let mut v = strings(&["audit", "export", "--dir"]);
+            v.push(audit.path().display().to_string());
+            v.extend(strings(more));
+            v
+        };
+
+        // JSON Lines: exactly acme/web's records of org a, in order, and
+        // byte for byte what the local export writes.
+        let (code, server_jsonl, err) = egressd(
+            &bin,
+            server_args(&["--repository", "acme/web", "--format", "jsonl"]),
+        )
+        .await;
+        assert_eq!(code, Some(0), "{err}");
+        let web: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.job.as_ref().and_then(|j| j.repository.as_deref()) == Some("acme/web"))
+            .collect();
+        let want: String = web
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        assert_eq!(String::from_utf8(server_jsonl.clone()).unwrap(), want);
+        let (code, local_jsonl, err) =
+            egressd(&bin, local_args(&["--repository", "acme/web"])).await;
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            server_jsonl, local_jsonl,
+            "JSON Lines differ between local and server export"
+        );
+
+        // CSV to a file: the same bytes as the local CSV export.
+        let csv_path = cfg.dir.path().join("web.csv");
+        let (code, _, err) = egressd(
+            &bin,
+            server_args(&[
+                "--repository",
+                "acme/web",
+                "--format",
+                "csv",
+                "--output",
+                csv_path.to_str().unwrap(),
+            ]),
+        )
+        .await;
+        assert_eq!(code, Some(0), "{err}");
+        let server_csv = std::fs::read(&csv_path).unwrap();
+        let (code, local_csv, err) = egressd(
+            &bin,
+            local_args(&["--repository", "acme/web", "--format", "csv"]),
+        )
+        .await;
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            String::from_utf8(server_csv).unwrap(),
+            String::from_utf8(local_csv).unwrap(),
+            "CSV differs between local and server export"
+        );
+
+        // The other filters reach the service.
+        let (code, out, err) = egressd(&bin, server_args(&["--decision", "deny"])).await;
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 2);
+        let (code, out, err) = egressd(
+            &bin,
+            server_args(&[
+                "--since",
+                "2026-11-26T21:58:12Z",
+                "--until",
+                "2026-11-26T21:58:14Z",
+                "--host",
+                "W?IRD,*",
+            ]),
+        )
+        .await;
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            want.lines().nth(1).unwrap().to_owned() + "\n"
+        );
+
+        // A token the service does not know: exit 1, says so.
+        let bad = cfg.dir.path().join("token-bad");
+        std::fs::write(&bad, "nope\n").unwrap();
+        let (code, _, err) = egressd(
+            &bin,
+            strings(&[
+                "audit",
+                "export",
+                "--server",
+                &url,
+                "--token-file",
+                bad.to_str().unwrap(),
+            ]),
+        )
+        .await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("did not accept the token"), "{err}");
+
+        // Nothing listening: exit 1 with what to check.
+        let gone = format!("http://{}", free_addr());
+        let (code, _, err) = egressd(
+            &bin,
+            strings(&[
+                "audit",
+                "export",
+                "--server",
+                &gone,
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ]),
+        )
+        .await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("check the --server URL"), "{err}");
+
+        // --dir and --server exclude each other; --server needs a token.
+        let mut both = server_args(&["--dir"]);
+        both.push(audit.path().display().to_string());
+        let (code, _, err) = egressd(&bin, both).await;
+        assert_eq!(code, Some(2), "{err}");
+        let (code, _, err) = egressd(&bin, strings(&["audit", "export", "--server", &url])).await;
+        assert_eq!(code, Some(2), "{err}");
+    })
+    .await
+    .expect("test timed out");
+}

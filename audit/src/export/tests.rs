@@ -39,3 +39,35 @@ fn csv_has_a_header_and_quotes_what_needs_it() {
         "1,01JDQ6Z3K4ZV9Y8X7W6V5T4S3R,2026-11-26T21:58:13.123456Z,runner-1,acme/web,,,,,tcp,allow,,rule_allow,allow[0],github.com,sni,198.51.100.1:443,10.1.0.2:40000,4242,\"c,u\"\"rl\",,,,,,,\"two\nlines\"\n"
     );
 }
+
+#[test]
+fn write_record_and_take_give_the_bytes_of_write_and_finish() {
+    let mut recs = vec![
+        allowed(Some("github.com"), "198.51.100.1:443"),
+        in_repo(
+            by(allowed(Some("a,\"b\""), "[2001:db8::1]:443"), "c,u\"rl"),
+            "o/r",
+        ),
+    ];
+    recs[1].detail = Some("two\nlines\t\u{1}".into());
+    for format in [Format::Jsonl, Format::Csv] {
+        let mut whole = Writer::new(format, Vec::new()).unwrap();
+        for r in &recs {
+            whole.write(&raw(r.clone())).unwrap();
+        }
+        let whole = whole.finish().unwrap();
+        // One chunk per record, as the service streams.
+        let mut chunked = Writer::new(format, Vec::new()).unwrap();
+        let mut got = chunked.take().unwrap();
+        for r in &recs {
+            chunked.write_record(r).unwrap();
+            got.extend(chunked.take().unwrap());
+        }
+        got.extend(chunked.finish().unwrap());
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(whole).unwrap(),
+            "{format:?}"
+        );
+    }
+}

@@ -94,3 +94,23 @@ fn run_time_names_normalise_without_allocating() {
     assert_eq!(n(&"a".repeat(254)), None);
     assert!(n(&"a".repeat(253)).is_some());
 }
+
+proptest::proptest! {
+    /// The word-at-a-time scan says what a byte loop says, for any bytes
+    /// (biased towards the interesting ones) and any length around a word.
+    #[test]
+    fn word_scan_equals_a_byte_loop(bytes in proptest::collection::vec(
+        proptest::prop_oneof![
+            proptest::sample::select(b"@AMZ[`amz{:;9.\x7f\x80\xff\x00".to_vec()),
+            proptest::prelude::any::<u8>(),
+        ],
+        0..40,
+    )) {
+        let s = scan(&bytes);
+        proptest::prop_assert_eq!(s.ascii, bytes.is_ascii());
+        if s.ascii {
+            proptest::prop_assert_eq!(s.upper, bytes.iter().any(u8::is_ascii_uppercase));
+            proptest::prop_assert_eq!(s.colon, bytes.contains(&b':'));
+        }
+    }
+}

@@ -117,7 +117,8 @@ struct Index<K> {
     /// Bits after `base_len` that pick an entry; `base_len + bits <= WIDTH`.
     bits: u8,
     entries: Vec<Entry>,
-    /// Hit nodes (trie indices), in runs named by the entries. Recomputed
+    /// Hit nodes (trie indices), in runs named by the entries, each run
+    /// sorted by the order of its nodes' first rules. Recomputed
     /// entries append new runs; `live` counts the ones still referenced so
     /// the garbage can be dropped by a rebuild.
     shorts: Vec<u32>,
@@ -248,9 +249,7 @@ impl<K: Key> PrefixTrie<K> {
         let rebuild = match &self.index {
             None => true,
             Some(ix) => {
-                ix.base_len != base_len
-                    || ix.bits != bits
-                    || ix.shorts.len() > 4 * ix.live + 1024
+                ix.base_len != base_len || ix.bits != bits || ix.shorts.len() > 4 * ix.live + 1024
             }
         };
         if rebuild {
@@ -316,19 +315,26 @@ impl<K: Key> PrefixTrie<K> {
             }
             cur = next;
         }
+        // Earliest first rule first, so a lookup can stop at the first node
+        // whose rules all come after the best hit so far.
+        ix.shorts[at..].sort_unstable_by_key(|&s| {
+            let n = &self.nodes[s as usize];
+            self.hits[n.hits as usize]
+                .first()
+                .map_or(u32::MAX, |h| h.order)
+        });
         let run = ix.shorts.len() - at;
         // An unchanged run is reused rather than left behind as garbage.
-        let (shorts_at, shorts_len) = if ix.shorts[at..]
-            == ix.shorts[old.shorts_at as usize..][..old.shorts_len as usize]
-        {
-            ix.shorts.truncate(at);
-            (old.shorts_at, old.shorts_len)
-        } else {
-            (
-                u32::try_from(at).unwrap_or(NONE),
-                u32::try_from(run).unwrap_or(0),
-            )
-        };
+        let (shorts_at, shorts_len) =
+            if ix.shorts[at..] == ix.shorts[old.shorts_at as usize..][..old.shorts_len as usize] {
+                ix.shorts.truncate(at);
+                (old.shorts_at, old.shorts_len)
+            } else {
+                (
+                    u32::try_from(at).unwrap_or(NONE),
+                    u32::try_from(run).unwrap_or(0),
+                )
+            };
         ix.live += shorts_len as usize;
         ix.entries[i] = Entry {
             start,
@@ -345,12 +351,18 @@ impl<K: Key> PrefixTrie<K> {
             return None;
         }
         let e = ix.entries[addr.field(ix.base_len, ix.bits)];
-        let mut best = None;
+        let mut best: Option<&Hit> = None;
         let shorts = &ix.shorts[e.shorts_at as usize..][..e.shorts_len as usize];
         for &s in shorts {
             let n = &self.nodes[s as usize];
+            let hits = &self.hits[n.hits as usize];
+            if let (Some(b), Some(h)) = (best, hits.first())
+                && b.order < h.order
+            {
+                break;
+            }
             if n.len >= min_len {
-                best = earlier(best, first(&self.hits[n.hits as usize], q));
+                best = earlier(best, first(hits, q));
             }
         }
         let mut cur = e.start;

@@ -1,7 +1,9 @@
 //! `egressd audit export|summary|suggest`: read the local journal (streaming,
 //! constant memory), filter it, and write records, the endpoint summary or a
-//! suggested policy. The formats live in `egressd_audit`; this module owns
-//! the flags, the output files, progress and exit codes.
+//! suggested policy; `export --server` streams the same formats from the
+//! policy service's central store instead. The formats live in
+//! `egressd_audit`; this module owns the flags, the output files, progress
+//! and exit codes.
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
@@ -25,7 +27,8 @@ pub enum Command {
     /// Export records as JSON Lines (each journal line as is) or CSV.
     #[command(after_help = "Examples:\n  \
 egressd audit export --since 2h --decision deny\n  \
-egressd audit export --repository acme/web --format csv --output records.csv\n\n\
+egressd audit export --repository acme/web --format csv --output records.csv\n  \
+egressd audit export --server https://egressd.example.com --token-file /etc/egressd/token --since 1d\n\n\
 CSV columns, in order: v,id,ts,runner,repository,workflow,run_id,run_attempt,job,kind,\n\
 decision,enforce_would,reason,rule,host,host_source,dst,src,pid,comm,exe,cgroup,container,\n\
 bytes_up,bytes_down,duration_ms,detail (see docs/audit.md).")]
@@ -87,13 +90,28 @@ pub enum FormatArg {
     Csv,
 }
 
+/// Where `egressd audit export` reads: the local journal, or the policy
+/// service's central store.
+#[derive(clap::Args, Debug)]
+pub struct ExportSource {
+    /// The journal directory (as given to `egressd run --audit-dir`).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_AUDIT_DIR, conflicts_with = "server")]
+    pub dir: PathBuf,
+    /// Export from the policy service at this URL (`https://host:port`)
+    /// instead of a local journal: the records of the token's org.
+    #[arg(long, value_name = "URL", requires = "token_file")]
+    pub server: Option<String>,
+    /// The file holding the token for `--server` (one line).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// Options of `egressd audit export`.
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    /// Where records come from. (A central-store source, `--server URL`,
-    /// belongs here beside `--dir`.)
+    /// Where records come from.
     #[command(flatten)]
-    pub source: Source,
+    pub source: ExportSource,
     /// Which records.
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -171,6 +189,9 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
+    if let (Some(server), Some(token_file)) = (&a.source.server, &a.source.token_file) {
+        return export_server(server, token_file, &a);
+    }
     let format = match a.format {
         FormatArg::Jsonl => Format::Jsonl,
         FormatArg::Csv => Format::Csv,
@@ -207,6 +228,99 @@ fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     std::fs::rename(&partial, &path)
         .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
     Ok(scan.exit_code())
+}
+
+/// How long connecting to the service, or waiting for its next bytes, may take.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `export --server`: the service filters and formats; the bytes are written
+/// as they arrive.
+fn export_server(server: &str, token_file: &Path, a: &ExportArgs) -> anyhow::Result<ExitCode> {
+    use egressd_service::client::ClientError;
+    use egressd_service::{Client, ExportFilter, ExportFormat};
+
+    let client = match Client::with_token_file(server, token_file, SERVER_TIMEOUT) {
+        Ok(c) => c,
+        Err(e @ ClientError::Url { .. }) => return Err(super::UsageError(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    let f = &a.filter;
+    let filter = ExportFilter {
+        since: f.since,
+        until: f.until,
+        decision: f.decision.map(|d| match d {
+            DecisionArg::Allow => Verdict::Allow,
+            DecisionArg::Deny => Verdict::Deny,
+        }),
+        host: f.host.as_ref().map(|g| g.as_str().to_owned()),
+        repository: f.repository.clone(),
+        format: match a.format {
+            FormatArg::Jsonl => ExportFormat::Jsonl,
+            FormatArg::Csv => ExportFormat::Csv,
+        },
+    };
+    let explain = |e: ClientError| -> anyhow::Error {
+        match e.status().map(|s| s.as_u16()) {
+            Some(401) => anyhow::anyhow!(
+                "the policy service at {server} did not accept the token in {}: check that the file holds a token listed in the service's --tokens file",
+                token_file.display()
+            ),
+            Some(403) => anyhow::anyhow!(
+                "the token in {} may not export audit records from {server}: use a token of the org whose records you want",
+                token_file.display()
+            ),
+            _ if matches!(e, ClientError::Transport { .. }) => anyhow::Error::new(e).context(
+                "check the --server URL (scheme, host and port), that `egressd serve` is running, and that this machine can reach it",
+            ),
+            _ => e.into(),
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let Some(path) = &a.output else {
+        let mut stdout = tokio::io::stdout();
+        return match rt.block_on(client.export(&filter, &mut stdout)) {
+            // The reader went away (`| head`): not an error of ours.
+            Err(ClientError::Write(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(ClientError::Write(e)) => Err(e).context("cannot write the export to stdout"),
+            Err(e) => Err(explain(e)),
+            Ok(_) => Ok(ExitCode::SUCCESS),
+        };
+    };
+    let partial = partial_path(path);
+    let outcome = rt.block_on(async {
+        let file = tokio::fs::File::create(&partial).await.with_context(|| {
+            format!(
+                "cannot create {}; check the directory exists and is writable",
+                partial.display()
+            )
+        })?;
+        let mut out = tokio::io::BufWriter::with_capacity(256 << 10, file);
+        client
+            .export(&filter, &mut out)
+            .await
+            .map_err(|e| match e {
+                ClientError::Write(e) => {
+                    anyhow::Error::new(e).context(format!("cannot write {}", partial.display()))
+                }
+                e => explain(e),
+            })?;
+        out.into_inner()
+            .sync_all()
+            .await
+            .with_context(|| format!("cannot write {}", partial.display()))
+    });
+    if let Err(e) = outcome {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn partial_path(path: &Path) -> PathBuf {

@@ -389,7 +389,7 @@ async fn watch_tamper(
             tracing::error!("TAMPERING: {change}");
             audit_event(
                 &engine,
-                Reason::PolicyUnavailable,
+                Reason::TamperDetected,
                 &format!("tampering: {change}"),
             )
             .await;

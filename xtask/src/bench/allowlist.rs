@@ -68,7 +68,10 @@ impl Allowlist {
 
 /// Every name [`tunnel_name`] can yield.
 pub fn tunnel_names() -> Vec<String> {
-    (0..9).map(|i| format!("ok{i}.bench.test")).chain((0..7).map(|i| format!("no{i}.bench.test"))).collect()
+    (0..9)
+        .map(|i| format!("ok{i}.bench.test"))
+        .chain((0..7).map(|i| format!("no{i}.bench.test")))
+        .collect()
 }
 
 /// The hostname of tunnel `i` (W1/W2/W3/W6) and whether it is allowed: 90% are.
@@ -88,5 +91,31 @@ pub fn dns_name(i: u64, salt: u64) -> (String, bool) {
         (format!("q{i}-{salt}.ok.bench.test"), true)
     } else {
         (format!("q{i}-{salt}.no.bench.test"), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_list_has_exactly_the_asked_rules_and_keeps_the_base() {
+        let l = Allowlist::large(10_000);
+        assert_eq!(l.len(), 10_000);
+        assert!(l.exact.contains(&"ok0.bench.test".to_owned()));
+        assert!(l.suffixes.contains(&"ok.bench.test".to_owned()));
+        let yaml = l.egressd_yaml();
+        assert_eq!(yaml.matches("\n  - ").count(), 10_000);
+    }
+
+    #[test]
+    fn mixes_are_ninety_and_seventy_percent_allowed() {
+        let tunnels = (0..1000).filter(|&i| tunnel_name(i).1).count();
+        assert_eq!(tunnels, 900);
+        let dns = (0..1000).filter(|&i| dns_name(i, 1).1).count();
+        assert_eq!(dns, 700);
+        for i in 0..1000 {
+            assert!(tunnel_names().contains(&tunnel_name(i).0));
+        }
     }
 }

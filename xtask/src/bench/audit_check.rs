@@ -79,3 +79,26 @@ impl AuditCheck {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_decisions_and_closing_records_and_skips_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("seg-1.jsonl"),
+            "{\"v\":1,\"decision\":\"allow\"}\n{\"v\":1,\"decision\":\"allow\",\"bytes_up\":32}\n{\"v\":1,\"decision\":\"deny\"}\n{\"v\":1,\"dec",
+        )
+        .unwrap();
+        let c = count(dir.path()).unwrap();
+        assert_eq!((c.decisions, c.closing, c.unreadable), (2, 1, 1));
+        let check = AuditCheck {
+            expected_decisions: 3,
+            expected_closing: 1,
+            found: c,
+        };
+        assert_eq!(check.missing(), 1);
+    }
+}

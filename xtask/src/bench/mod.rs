@@ -127,7 +127,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(names) => Some(
             names
                 .iter()
-                .map(|n| peers::Target::by_name(n.trim()).with_context(|| format!("unknown target {n:?}")))
+                .map(|n| {
+                    peers::Target::by_name(n.trim())
+                        .with_context(|| format!("unknown target {n:?}"))
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?,
         ),
     };

@@ -168,3 +168,22 @@ async fn sni_conn(
         .await
         .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_exact_and_strict_wildcards() {
+        let l = Allowlist::base();
+        let n = Names {
+            exact: l.exact.into_iter().collect(),
+            suffixes: l.suffixes.into_iter().collect(),
+        };
+        assert!(n.allows("ok3.bench.test"));
+        assert!(n.allows("OK3.bench.test."));
+        assert!(n.allows("q1.ok.bench.test"));
+        assert!(!n.allows("ok.bench.test"));
+        assert!(!n.allows("no1.bench.test"));
+    }
+}

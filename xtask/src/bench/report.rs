@@ -81,3 +81,17 @@ pub fn ratio(a: f64, b: Option<f64>) -> String {
         _ => "-".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_spread_and_ratio() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(spread(&[3.0, 1.0, 2.0], 0), "2 (1-3)");
+        assert_eq!(ratio(1.0, Some(2.0)), "0.50x");
+        assert_eq!(ratio(1.0, None), "-");
+    }
+}

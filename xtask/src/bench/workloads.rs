@@ -2,7 +2,7 @@
 //! which op and load, and the table each prints.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::allowlist::Allowlist;
 use super::audit_check::{self, AuditCheck};
@@ -46,6 +46,10 @@ fn tcp_role(t: Target, upstream: std::net::SocketAddr) -> Role {
 
 type Outcome = Result<Measured, String>;
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors Bench::run, plus the row's error text"
+)]
 fn run_or_row<O: Op>(
     b: &Bench,
     t: Target,
@@ -127,7 +131,8 @@ fn rate_workload<O: Op>(
     // target's own peak when it cannot take that much (its row says so).
     let floor = of(&peaks, Target::Relay).map_or(1000.0, |m| median(&m.rates));
     let rate = (floor * 0.5).max(50.0);
-    let rate_of = |t: Target| of(&peaks, t).map_or(rate, |m| rate.min(median(&m.rates) * 0.5).max(20.0));
+    let rate_of =
+        |t: Target| of(&peaks, t).map_or(rate, |m| rate.min(median(&m.rates) * 0.5).max(20.0));
     let lats: Vec<(Target, Outcome)> = targets
         .iter()
         .map(|&t| {
@@ -627,6 +632,9 @@ pub fn w5(b: &Bench, hellos: &Hellos) -> Table {
     t
 }
 
+/// RSS before, RSS with the tunnels open, failed opens, the journal check.
+type IdleRow = Result<(u64, u64, u64, Option<AuditCheck>), String>;
+
 /// W6: idle tunnels, RSS per tunnel.
 pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
     let mut t = Table::new(
@@ -651,7 +659,7 @@ pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
         Target::Nginx,
         Target::Egressd,
     ];
-    let mut rows: Vec<(Target, Result<(u64, u64, u64, Option<AuditCheck>), String>)> = Vec::new();
+    let mut rows: Vec<(Target, IdleRow)> = Vec::new();
     for tg in targets {
         eprintln!("bench: w6: {} ...", tg.name());
         let role = if matches!(tg, Target::Haproxy | Target::Nginx) {
@@ -718,7 +726,8 @@ pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
                     },
                     audit.as_ref().map_or("-".to_owned(), AuditCheck::cell),
                 ]);
-                t.failed |= (!tg.is_peer() && *errors > 0) || audit.as_ref().is_some_and(|a| a.missing() > 0);
+                t.failed |= (!tg.is_peer() && *errors > 0)
+                    || audit.as_ref().is_some_and(|a| a.missing() > 0);
             }
             Err(e) => {
                 row.push(format!("not run: {e}"));
@@ -813,6 +822,5 @@ pub fn w7(b: &Bench) -> Table {
         "open loop at 500 connections/s, {} x {:?}, latency from the scheduled start",
         b.settings.reps, b.settings.dur
     ));
-    let _ = Instant::now();
     t
 }

@@ -108,8 +108,12 @@ fn naive_first(rules: &[(u32, u8)], addr: u32, min_len: u8) -> Option<u32> {
 fn v4_rules() -> impl proptest::strategy::Strategy<Value = Vec<(u32, u8)>> {
     use proptest::prelude::*;
     let base = prop::sample::select(vec![0x0a00_0000u32, 0x0a01_0000, 0xc633_6400, 0x2d00_0000]);
-    let rule = (base, any::<u32>(), 0u32..33, 0u8..=32)
-        .prop_map(|(b, r, spread, len)| (b ^ (r & u32::MAX.checked_shr(32 - spread).unwrap_or(0)), len));
+    let rule = (base, any::<u32>(), 0u32..33, 0u8..=32).prop_map(|(b, r, spread, len)| {
+        (
+            b ^ (r & u32::MAX.checked_shr(32 - spread).unwrap_or(0)),
+            len,
+        )
+    });
     prop::collection::vec(rule, 1..400)
 }
 
@@ -137,7 +141,12 @@ fn v6_index_with_a_shared_top() {
     // Every rule under 2600::/16 so the index starts below the shared bits.
     let mut t = PrefixTrie::<u128>::new();
     let nets: Vec<(u128, u8)> = (0u128..3000)
-        .map(|i| ((0x2600u128 << 112) | (i * 0x9e37_79b9_7f4a_7c15 << 40), 32 + (i % 65) as u8))
+        .map(|i| {
+            (
+                (0x2600u128 << 112) | (i * 0x9e37_79b9_7f4a_7c15 << 40),
+                32 + (i % 65) as u8,
+            )
+        })
         .collect();
     for (i, (net, len)) in (0u32..).zip(&nets) {
         t.insert(*net, *len, hit(i));
@@ -150,7 +159,15 @@ fn v6_index_with_a_shared_top() {
             .map(|(j, _)| j);
         assert_eq!(got, want, "rule {i}");
     }
-    assert_eq!(t.lookup(0x2700u128 << 112, PortQuery::AnyRule, 0).map(|h| h.order), None);
+    assert_eq!(
+        t.lookup(0x2700u128 << 112, PortQuery::AnyRule, 0)
+            .map(|h| h.order),
+        None
+    );
     t.insert(0, 0, hit(3000));
-    assert_eq!(t.lookup(0x2700u128 << 112, PortQuery::AnyRule, 0).map(|h| h.order), Some(3000));
+    assert_eq!(
+        t.lookup(0x2700u128 << 112, PortQuery::AnyRule, 0)
+            .map(|h| h.order),
+        Some(3000)
+    );
 }

@@ -9,7 +9,7 @@
 pub mod dns;
 pub mod tunnel;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -183,7 +183,6 @@ pub fn open_loop<O: Op>(
     let in_flight = Arc::new(AtomicU64::new(0));
     let total = (rate * duration.as_secs_f64()).ceil() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
-    let done = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     // The dispatcher is a plain thread with a fine timer slack: tokio's timer
     // wheel has a 1 ms granularity, which would bunch arrivals into bursts.
@@ -215,7 +214,6 @@ pub fn open_loop<O: Op>(
     while in_flight.load(Ordering::Relaxed) > 0 {
         std::thread::sleep(Duration::from_millis(1));
     }
-    done.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed();
     // Tasks drop their clones right after decrementing; give them a moment.
     let mut shared = shared;

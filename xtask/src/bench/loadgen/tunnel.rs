@@ -264,7 +264,9 @@ impl Op for Bulk {
         };
         // Length first: CONNECT proxies close both ways at the first EOF, so
         // the sink must know when the stream is complete without a half-close.
-        s.write_all(&self.bytes.to_be_bytes()).await.map_err(io("write bulk length"))?;
+        s.write_all(&self.bytes.to_be_bytes())
+            .await
+            .map_err(io("write bulk length"))?;
         let chunk = vec![0x5au8; 256 * 1024];
         let mut left = self.bytes;
         while left > 0 {

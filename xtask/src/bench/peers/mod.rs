@@ -80,7 +80,9 @@ impl Target {
 
     /// The target named `name` (its table name's first word).
     pub fn by_name(name: &str) -> Option<Target> {
-        Self::ALL.into_iter().find(|t| t.name().split(' ').next() == Some(name))
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().split(' ').next() == Some(name))
     }
 
     /// Whether this is a peer (not a reference, not egressd).
