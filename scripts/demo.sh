@@ -25,8 +25,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "==> building egressd"
-cargo build --release -q -p egressd
-bin=$PWD/target/release/egressd
+cargo build -q -p egressd
+bin=${CARGO_TARGET_DIR:-$PWD/target}/debug/egressd
 
 echo "==> the demo internet: namespace $ns, 198.51.100.0/24"
 ip netns add "$ns"

@@ -16,6 +16,11 @@
 //! - When the total size exceeds `max_total_bytes`, whole segments are removed
 //!   oldest first (never the one being written), and each removal is logged
 //!   and itself written as an `event` record (`journal_segment_removed`).
+//! - The journal is the shipper's outbox: when the directory holds a shipping
+//!   checkpoint, a segment the shipper has not fully acknowledged is kept
+//!   past `max_total_bytes`, up to [`UNSHIPPED_FACTOR`] times it. Only beyond
+//!   that is it removed, with an error log and an event record that counts
+//!   the records lost to the central store.
 //! - If writing fails (disk full), the bytes stay in memory and are retried
 //!   every `flush_interval`; once a few MiB are pending the writer stops
 //!   taking from the queue, so callers feel back-pressure instead of losing
@@ -32,8 +37,14 @@ use egressd_policy::{Decision, Reason};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::reader::Position;
 use crate::record::{Kind, Record};
-use crate::segment;
+use crate::{segment, ship};
+
+/// While the oldest segment is not fully shipped, the journal may grow to
+/// this many times `max_total_bytes` before it removes records the policy
+/// service never received.
+pub const UNSHIPPED_FACTOR: u64 = 2;
 
 /// Where and how the journal writes.
 #[derive(Debug, Clone)]
@@ -43,7 +54,8 @@ pub struct JournalConfig {
     /// A segment is closed and a new one started before it would exceed this.
     pub segment_bytes: u64,
     /// Oldest segments are removed so that the closed segments plus a full
-    /// active one never hold more than this.
+    /// active one never hold more than this; segments not yet shipped are
+    /// kept up to [`UNSHIPPED_FACTOR`] times this.
     pub max_total_bytes: u64,
     /// Longest time a written record waits for its `fdatasync`.
     pub flush_interval: Duration,
@@ -434,8 +446,12 @@ impl Writer {
     }
 
     /// Remove the oldest closed segments while the journal is over its bound,
-    /// recording each removal.
+    /// recording each removal. A segment the shipper has not fully
+    /// acknowledged is kept up to the hard bound (see [`UNSHIPPED_FACTOR`]).
     fn enforce_total(&mut self) {
+        // Read once per call: rotations are rare, and the shipper only moves
+        // the checkpoint forward, so a stale value errs on the side of keeping.
+        let mut checkpoint: Option<Option<Position>> = None;
         loop {
             // Room is kept for the active segment to fill up, so the bound
             // holds between rotations too.
@@ -447,7 +463,22 @@ impl Writer {
             let Some(oldest) = self.sealed.front().copied() else {
                 return;
             };
+            let checkpoint = *checkpoint.get_or_insert_with(|| self.checkpoint());
+            let unshipped_from = checkpoint.and_then(|pos| unshipped_from(pos, oldest));
+            let hard_bound = self.cfg.max_total_bytes.saturating_mul(UNSHIPPED_FACTOR);
+            if unshipped_from.is_some() && total <= hard_bound {
+                tracing::warn!(
+                    segment = oldest.seq,
+                    total_bytes = total,
+                    max_total_bytes = self.cfg.max_total_bytes,
+                    "the audit journal is over its size bound but keeps segments the shipper has not delivered yet; \
+                     check that the policy service is reachable"
+                );
+                return;
+            }
             let path = segment::path(&self.cfg.dir, oldest.seq);
+            // Counted before removing: the file is gone afterwards.
+            let lost = unshipped_from.map(|from| count_lines(&path, from));
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -458,14 +489,38 @@ impl Writer {
                 }
             }
             self.sealed.pop_front();
-            let detail = format!(
-                "removed {} ({} bytes): the journal in {} exceeded max_total_bytes {}",
-                segment::file_name(oldest.seq),
-                oldest.len,
-                self.cfg.dir.display(),
-                self.cfg.max_total_bytes
-            );
-            tracing::warn!(segment = oldest.seq, bytes = oldest.len, "{detail}");
+            let name = segment::file_name(oldest.seq);
+            let dir = self.cfg.dir.display();
+            let max = self.cfg.max_total_bytes;
+            let detail = match lost {
+                None => {
+                    let detail = format!(
+                        "removed {name} ({} bytes): the journal in {dir} exceeded max_total_bytes {max}",
+                        oldest.len
+                    );
+                    tracing::warn!(segment = oldest.seq, bytes = oldest.len, "{detail}");
+                    detail
+                }
+                Some(lost) => {
+                    let count = match &lost {
+                        Ok(n) => n.to_string(),
+                        Err(_) => "an unknown number of".to_owned(),
+                    };
+                    let detail = format!(
+                        "removed {name} ({} bytes) with {count} records not yet shipped: the journal in {dir} \
+                         exceeded {UNSHIPPED_FACTOR} x max_total_bytes {max} while the shipper could not deliver",
+                        oldest.len
+                    );
+                    tracing::error!(
+                        segment = oldest.seq,
+                        bytes = oldest.len,
+                        unshipped = lost.as_ref().ok(),
+                        count_error = lost.as_ref().err().map(|e| e.to_string()),
+                        "{detail}"
+                    );
+                    detail
+                }
+            };
             let runner = self.last_runner.clone().unwrap_or_else(local_hostname);
             let mut rec = Record::new(
                 &runner,
@@ -474,6 +529,19 @@ impl Writer {
             );
             rec.detail = Some(detail);
             self.push(&rec);
+        }
+    }
+
+    /// The shipping checkpoint, `None` when the journal is not shipped. An
+    /// unreadable checkpoint counts as "nothing shipped": keeping records is
+    /// the safe side.
+    fn checkpoint(&self) -> Option<Position> {
+        match ship::checkpoint_if_shipped(&self.cfg.dir) {
+            Ok(pos) => pos,
+            Err(e) => {
+                tracing::warn!(error = %e, "treating every audit segment as not shipped");
+                Some(Position::default())
+            }
         }
     }
 
@@ -544,6 +612,36 @@ fn create_segment(dir: &Path, seq: u64) -> Result<(File, PathBuf), JournalError>
             source,
         })?;
     Ok((file, path))
+}
+
+/// The offset in `seg` from which records are not acknowledged by a shipper
+/// at `pos`, or `None` when the whole segment is shipped. Shipping goes in
+/// journal order, so a checkpoint in a later segment covers all of `seg`.
+fn unshipped_from(pos: Position, seg: segment::Listed) -> Option<u64> {
+    if pos.segment > seg.seq || (pos.segment == seg.seq && pos.offset >= seg.len) {
+        None
+    } else if pos.segment == seg.seq {
+        Some(pos.offset)
+    } else {
+        Some(0)
+    }
+}
+
+/// Complete lines (records) in the file at `path` from byte `from` on.
+fn count_lines(path: &Path, from: u64) -> io::Result<u64> {
+    use std::io::{Read as _, Seek as _};
+    let mut f = File::open(path)?;
+    f.seek(io::SeekFrom::Start(from))?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut lines = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(lines),
+            Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The machine's host name, for event records written before any record told

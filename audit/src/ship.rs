@@ -156,14 +156,23 @@ pub enum ShipError {
 
 /// Read the checkpoint in `dir`; `Position::default()` if there is none.
 pub fn read_checkpoint(dir: &Path) -> Result<Position, ShipError> {
+    Ok(checkpoint_if_shipped(dir)?.unwrap_or_default())
+}
+
+/// The checkpoint in `dir`, or `None` when no shipper ever acknowledged a
+/// batch from this directory (the journal is not shipped). The journal uses
+/// this to keep segments that are not shipped yet.
+pub fn checkpoint_if_shipped(dir: &Path) -> Result<Option<Position>, ShipError> {
     let path = dir.join(CHECKPOINT_FILE);
     let bad = |message: String| ShipError::Checkpoint {
         path: path.clone(),
         message,
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Position::default()),
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| bad(e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(bad(e.to_string())),
     }
 }

@@ -177,7 +177,8 @@ impl Lab {
         for a in [
             ALLOWED4, DENIED4, CIDR4, NO_RULE4, RESOLVER4, ALLOWED6, NO_RULE6,
         ] {
-            let route = String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
+            let route =
+                String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
             assert!(
                 route.contains(&format!("dev {link}")),
                 "{a} is not routed via {link}: {route}"
@@ -203,8 +204,8 @@ impl Lab {
             rt.block_on(async move {
                 // `::` takes IPv4 too (dual stack): one server per kind
                 // answers on every address of the namespace.
-                let tls = TlsServer::start(IpAddr::V6(Ipv6Addr::UNSPECIFIED), config, "hello tls")
-                    .await;
+                let tls =
+                    TlsServer::start(IpAddr::V6(Ipv6Addr::UNSPECIFIED), config, "hello tls").await;
                 let echo = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
                 let echo_port = echo.local_addr().unwrap().port();
                 tokio::spawn(async move {
@@ -359,7 +360,10 @@ impl PingRange {
 
 impl Drop for PingRange {
     fn drop(&mut self) {
-        let _ = std::fs::write(PING_RANGE, self.old.trim().replace(char::is_whitespace, " "));
+        let _ = std::fs::write(
+            PING_RANGE,
+            self.old.trim().replace(char::is_whitespace, " "),
+        );
     }
 }
 
@@ -407,6 +411,22 @@ impl Job {
         found.into_iter().next().unwrap()
     }
 
+    /// The single decision record about `dst` naming `host`.
+    fn decision_for(&self, kind: Kind, dst: &str, host: &str) -> Record {
+        let found: Vec<Record> = self
+            .decisions(kind, dst)
+            .into_iter()
+            .filter(|r| r.host.as_deref() == Some(host))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "exactly one {kind:?} decision for {dst} ({host}); all records:\n{}",
+            self.dump()
+        );
+        found.into_iter().next().unwrap()
+    }
+
     fn dump(&self) -> String {
         self.records()
             .iter()
@@ -431,7 +451,14 @@ impl Job {
 }
 
 /// Check a record's decision, reason, rule, host and process.
-fn check(r: &Record, decision: Verdict, reason: Reason, rule: &str, host: Option<&str>, comm: &str) {
+fn check(
+    r: &Record,
+    decision: Verdict,
+    reason: Reason,
+    rule: &str,
+    host: Option<&str>,
+    comm: &str,
+) {
     assert_eq!(r.decision, decision, "{r:?}");
     assert_eq!(r.reason, reason, "{r:?}");
     assert_eq!(r.rule, rule, "{r:?}");
@@ -462,6 +489,11 @@ fn tls_by_name_is_allowed_denied_and_checked_against_dns() {
     let mut script = curl("https://allowed.test:$TLS/", "allowed", "");
     script += &curl("https://denied.test:$TLS/", "denied", "");
     script += &curl(
+        "https://denied.test:$TLS/",
+        "forced",
+        &format!("--resolve denied.test:$TLS:{DENIED4}"),
+    );
+    script += &curl(
         "https://allowed.test:$TLS/",
         "mismatch",
         &format!("--resolve allowed.test:$TLS:{DENIED4}"),
@@ -481,7 +513,14 @@ fn tls_by_name_is_allowed_denied_and_checked_against_dns() {
     );
     assert_eq!(job.read("allowed.body"), "hello tls");
     let r = job.decision(Kind::Tcp, &format!("{ALLOWED4}:{port}"));
-    check(&r, Verdict::Allow, Reason::RuleAllow, "allow[0]", Some("allowed.test"), "curl");
+    check(
+        &r,
+        Verdict::Allow,
+        Reason::RuleAllow,
+        "allow[0]",
+        Some("allowed.test"),
+        "curl",
+    );
     assert_eq!(
         job.records()
             .iter()
@@ -492,30 +531,62 @@ fn tls_by_name_is_allowed_denied_and_checked_against_dns() {
         job.dump()
     );
 
-    // (2): denied, failing at once (reset), not by curl's own time limit.
-    let code = exit_code(&job, "denied");
+    // (2): a denied name: its lookup is refused, and with the address forced
+    // the connection is reset at once, not ended by curl's own time limit.
+    assert_eq!(
+        exit_code(&job, "denied"),
+        6,
+        "curl cannot resolve a denied name: {}",
+        job.read("denied.err")
+    );
+    let dns: Vec<Record> = job
+        .records()
+        .into_iter()
+        .filter(|r| r.kind == Kind::Dns && r.host.as_deref() == Some("denied.test"))
+        .collect();
+    assert!(!dns.is_empty(), "{}", job.dump());
+    for r in &dns {
+        check(
+            r,
+            Verdict::Deny,
+            Reason::DnsRefused,
+            "default",
+            Some("denied.test"),
+            "curl",
+        );
+    }
+    let code = exit_code(&job, "forced");
     assert!(
         code != 0 && code != 28,
         "curl to a denied name fails without hanging (exit {code}: {})",
-        job.read("denied.err")
+        job.read("forced.err")
     );
-    let r = job.decision(Kind::Tcp, &format!("{DENIED4}:{port}"));
-    check(&r, Verdict::Deny, Reason::NoRule, &r.rule.clone(), Some("denied.test"), "curl");
+    let denied = format!("{DENIED4}:{port}");
+    let r = job.decision_for(Kind::Tcp, &denied, "denied.test");
+    check(
+        &r,
+        Verdict::Deny,
+        Reason::NoRule,
+        "default",
+        Some("denied.test"),
+        "curl",
+    );
 
     // (3): an allowed SNI sent to an address the name never resolved to.
     let code = exit_code(&job, "mismatch");
-    assert!(code != 0 && code != 28, "exit {code}: {}", job.read("mismatch.err"));
-    let mismatch: Vec<Record> = job
-        .decisions(Kind::Tcp, &format!("{DENIED4}:{port}"))
-        .into_iter()
-        .filter(|r| r.reason == Reason::SniIpMismatch)
-        .collect();
-    assert_eq!(mismatch.len(), 1, "{}", job.dump());
-    assert_eq!(mismatch[0].decision, Verdict::Deny);
-    assert_eq!(mismatch[0].host.as_deref(), Some("allowed.test"));
-    assert_eq!(
-        mismatch[0].process.as_ref().and_then(|p| p.comm.as_deref()),
-        Some("curl")
+    assert!(
+        code != 0 && code != 28,
+        "exit {code}: {}",
+        job.read("mismatch.err")
+    );
+    let r = job.decision_for(Kind::Tcp, &denied, "allowed.test");
+    check(
+        &r,
+        Verdict::Deny,
+        Reason::SniIpMismatch,
+        "allow[0]",
+        Some("allowed.test"),
+        "curl",
     );
 }
 
@@ -535,7 +606,10 @@ fn dns_is_refused_or_answered_as_the_resolver_asked() {
     assert!(denied.contains("status: REFUSED"), "{denied}");
     let allowed = job.read("allowed");
     assert!(allowed.contains("status: NOERROR"), "{allowed}");
-    assert!(allowed.contains(ALLOWED4), "the answer holds the address: {allowed}");
+    assert!(
+        allowed.contains(ALLOWED4),
+        "the answer holds the address: {allowed}"
+    );
     assert!(
         allowed.contains(&format!("From {RESOLVER4}@53(UDP)")),
         "the reply comes from the resolver asked: {allowed}"
@@ -550,12 +624,28 @@ fn dns_is_refused_or_answered_as_the_resolver_asked() {
         found[0].clone()
     };
     let r = dns("denied.test");
-    check(&r, Verdict::Deny, Reason::DnsRefused, &r.rule.clone(), Some("denied.test"), "kdig");
+    check(
+        &r,
+        Verdict::Deny,
+        Reason::DnsRefused,
+        "default",
+        Some("denied.test"),
+        "kdig",
+    );
     let r = dns("allowed.test");
-    check(&r, Verdict::Allow, Reason::RuleAllow, "allow[0]", Some("allowed.test"), "kdig");
+    check(
+        &r,
+        Verdict::Allow,
+        Reason::RuleAllow,
+        "allow[0]",
+        Some("allowed.test"),
+        "kdig",
+    );
     let asked: Vec<_> = lab.dns.queries();
     assert!(
-        !asked.iter().any(|q| format!("{q:?}").contains("denied.test")),
+        !asked
+            .iter()
+            .any(|q| format!("{q:?}").contains("denied.test")),
         "a refused name never reaches the upstream: {asked:?}"
     );
 }
@@ -582,30 +672,47 @@ fn sockets_without_a_name_are_filtered_in_the_kernel_or_by_address() {
     // (5) raw TCP: by CIDR rule it works; elsewhere no name, no way out.
     assert_eq!(job.read("cidr"), "echo", "{}", job.stderr());
     let r = job.decision(Kind::Tcp, &format!("{CIDR4}:{echo}"));
-    check(&r, Verdict::Allow, Reason::RuleAllow, "allow[2]", None, "python3");
+    check(
+        &r,
+        Verdict::Allow,
+        Reason::RuleAllow,
+        "allow[2]",
+        None,
+        "python3",
+    );
     let norule = job.read("norule");
     assert!(
         ["eof", "ECONNRESET", "ECONNREFUSED"].contains(&norule.as_str()),
         "refused, not answered nor hanging: {norule}"
     );
     let r = job.decision(Kind::Tcp, &format!("{NO_RULE4}:{echo}"));
-    check(&r, Verdict::Deny, Reason::NoSni, &r.rule.clone(), None, "python3");
+    check(&r, Verdict::Deny, Reason::NoSni, "default", None, "python3");
 
     // (6) UDP other than DNS.
     assert_eq!(job.read("udp"), "EPERM");
     let r = job.decision(Kind::Udp, &format!("{ALLOWED4}:443"));
-    check(&r, Verdict::Deny, Reason::UdpBlocked, &r.rule.clone(), None, "python3");
+    check(
+        &r,
+        Verdict::Deny,
+        Reason::UdpBlocked,
+        "engine",
+        None,
+        "python3",
+    );
 
     // (7) ping and raw sockets.
     assert_eq!(job.read("ping"), "EPERM");
     assert_eq!(job.read("raw"), "EPERM");
     let recs = job.records();
-    for (kind, reason) in [(Kind::Icmp, Reason::IcmpBlocked), (Kind::Raw, Reason::RawBlocked)] {
+    for (kind, reason) in [
+        (Kind::Icmp, Reason::IcmpBlocked),
+        (Kind::Raw, Reason::RawBlocked),
+    ] {
         let r = recs
             .iter()
             .find(|r| r.kind == kind)
             .unwrap_or_else(|| panic!("no {kind:?} record:\n{}", job.dump()));
-        check(r, Verdict::Deny, reason, &r.rule, r.host.as_deref(), "python3");
+        check(r, Verdict::Deny, reason, "engine", None, "python3");
     }
 }
 
@@ -616,7 +723,8 @@ fn ipv6_is_filtered_like_ipv4() {
     }
     let lab = Lab::up();
     let mut script = curl("https://allowed6.test:$TLS/", "allowed", "-6");
-    script += &format!("/usr/bin/python3 \"$T/probe.py\" tcp {NO_RULE6} $ECHO > \"$T/norule\" 2>&1\n");
+    script +=
+        &format!("/usr/bin/python3 \"$T/probe.py\" tcp {NO_RULE6} $ECHO > \"$T/norule\" 2>&1\n");
     let job = lab.job(&script);
     assert!(job.out.status.success(), "{}", job.stderr());
     assert_eq!(
@@ -628,14 +736,21 @@ fn ipv6_is_filtered_like_ipv4() {
     );
     assert_eq!(job.read("allowed.body"), "hello tls");
     let r = job.decision(Kind::Tcp, &format!("[{ALLOWED6}]:{}", lab.tls_port));
-    check(&r, Verdict::Allow, Reason::RuleAllow, "allow[1]", Some("allowed6.test"), "curl");
+    check(
+        &r,
+        Verdict::Allow,
+        Reason::RuleAllow,
+        "allow[1]",
+        Some("allowed6.test"),
+        "curl",
+    );
     let norule = job.read("norule");
     assert!(
         ["eof", "ECONNRESET", "ECONNREFUSED"].contains(&norule.as_str()),
         "refused, not answered nor hanging: {norule}"
     );
     let r = job.decision(Kind::Tcp, &format!("[{NO_RULE6}]:{}", lab.echo_port));
-    check(&r, Verdict::Deny, Reason::NoSni, &r.rule.clone(), None, "python3");
+    check(&r, Verdict::Deny, Reason::NoSni, "default", None, "python3");
 }
 
 /// The lab stays inside this module's address block (others use the rest).
@@ -644,7 +759,11 @@ fn the_lab_addresses_stay_in_this_module_s_block() {
     let block: Ipv4Addr = "198.51.100.128".parse().unwrap();
     for a in [HOST4, ALLOWED4, DENIED4, CIDR4, NO_RULE4, RESOLVER4] {
         let a: Ipv4Addr = a.parse().unwrap();
-        assert_eq!(u32::from(a) & !63, u32::from(block), "{a} is outside 198.51.100.128/26");
+        assert_eq!(
+            u32::from(a) & !63,
+            u32::from(block),
+            "{a} is outside 198.51.100.128/26"
+        );
     }
     for a in [HOST6, ALLOWED6, NO_RULE6] {
         let a: Ipv6Addr = a.parse().unwrap();

@@ -1,11 +1,12 @@
 //! The journal: flush durability, back-pressure, close, the directory lock,
-//! reopening, and size-bounded rotation that records its own removals.
+//! reopening, and size-bounded rotation that records its own removals and
+//! keeps what the shipper has not delivered up to a hard bound.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use egressd_audit::journal::{Journal, JournalConfig, JournalError};
-use egressd_audit::{Kind, reader, segment};
+use egressd_audit::journal::{Journal, JournalConfig, JournalError, UNSHIPPED_FACTOR};
+use egressd_audit::{Kind, Position, Record, reader, segment, ship};
 use egressd_policy::Reason;
 
 use crate::records::{number_of, numbered};
@@ -262,4 +263,148 @@ fn a_reader_following_the_writer_sees_every_record_once_in_order() {
 fn handles_can_be_shared_across_threads_and_tasks() {
     fn shareable<T: Send + Sync + Clone + 'static>() {}
     shareable::<Journal>();
+}
+
+/// The `journal_segment_removed` events in `dir`: (removed segment, detail).
+fn removals(recs: &[Record]) -> Vec<(u64, String)> {
+    recs.iter()
+        .filter(|r| r.kind == Kind::Event && r.reason == Reason::JournalSegmentRemoved)
+        .map(|r| {
+            let detail = r.detail.clone().unwrap();
+            let name = detail
+                .strip_prefix("removed ")
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            (segment::parse_name(name).unwrap(), detail)
+        })
+        .collect()
+}
+
+/// The number in "with N records not yet shipped", if the detail says so.
+fn unshipped_count(detail: &str) -> Option<u64> {
+    let (_, rest) = detail.split_once(" with ")?;
+    rest.split_once(" records not yet shipped")?.0.parse().ok()
+}
+
+#[tokio::test]
+async fn unshipped_segments_are_kept_up_to_the_hard_bound_and_losses_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Segment 1: ten records, of which the shipper acknowledged four.
+    let j = Journal::open(small(tmp.path())).unwrap();
+    for n in 0..10 {
+        j.append(numbered(n)).await.unwrap();
+    }
+    j.close().await.unwrap();
+    let first: Vec<_> = reader::read_raw(tmp.path(), Position::default())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(first.len(), 10);
+    ship::write_checkpoint(tmp.path(), first[3].end).unwrap();
+
+    // An outage: records are written until the hard bound has removed
+    // three segments (few enough that every removal event is still on disk).
+    let (segment_bytes, max_total) = (2048, 8192);
+    let cfg = JournalConfig {
+        segment_bytes,
+        max_total_bytes: max_total,
+        ..small(tmp.path())
+    };
+    let j = Journal::open(cfg).unwrap();
+    let mut total = 10;
+    let mut max_seen = 0;
+    while segment::list(tmp.path()).unwrap()[0].seq < 4 {
+        assert!(total < 5000, "the hard bound never removed anything");
+        j.append(numbered(total)).await.unwrap();
+        j.flush().await.unwrap();
+        total += 1;
+        let size: u64 = segment::list(tmp.path())
+            .unwrap()
+            .iter()
+            .map(|l| l.len)
+            .sum();
+        max_seen = max_seen.max(size);
+    }
+    j.close().await.unwrap();
+
+    let listed = segment::list(tmp.path()).unwrap();
+    let seqs: Vec<u64> = listed.iter().map(|l| l.seq).collect();
+    let hard = max_total * UNSHIPPED_FACTOR;
+    assert!(max_seen <= hard, "over the hard bound: {max_seen}");
+    assert!(
+        max_seen > max_total + segment_bytes,
+        "unshipped segments are kept past max_total_bytes: {max_seen}"
+    );
+
+    let recs: Vec<Record> = reader::read_dir(tmp.path())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let removed = removals(&recs);
+    assert_eq!(
+        removed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        (1..seqs[0]).collect::<Vec<_>>(),
+        "one event per removed segment, in order"
+    );
+    let mut counted = 0;
+    for (seq, detail) in &removed {
+        let n =
+            unshipped_count(detail).unwrap_or_else(|| panic!("no unshipped count in {detail:?}"));
+        if *seq == 1 {
+            assert_eq!(n, 6, "segment 1 held six unshipped records: {detail}");
+        }
+        counted += n;
+    }
+    // Every line ever written (the records and one event per removal) is
+    // still there, was shipped (four), or is counted in a removal event.
+    let written = total + removed.len() as u64;
+    assert_eq!(
+        counted,
+        written - 4 - recs.len() as u64,
+        "records lost without being counted"
+    );
+    // What survives is the newest records, in order, without a gap.
+    let nums: Vec<u64> = recs.iter().filter_map(number_of).collect();
+    assert_eq!(nums, (nums[0]..total).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn shipped_segments_are_removed_at_the_normal_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A checkpoint past everything: all shipped.
+    ship::write_checkpoint(
+        tmp.path(),
+        Position {
+            segment: u64::MAX,
+            offset: 0,
+        },
+    )
+    .unwrap();
+    let cfg = JournalConfig {
+        segment_bytes: 2048,
+        max_total_bytes: 8192,
+        ..small(tmp.path())
+    };
+    let j = Journal::open(cfg).unwrap();
+    for n in 0..300 {
+        j.append(numbered(n)).await.unwrap();
+    }
+    j.close().await.unwrap();
+    let size: u64 = segment::list(tmp.path())
+        .unwrap()
+        .iter()
+        .map(|l| l.len)
+        .sum();
+    assert!(size <= 8192, "over the bound: {size}");
+    let recs: Vec<Record> = reader::read_dir(tmp.path())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let removed = removals(&recs);
+    assert!(!removed.is_empty());
+    for (_, detail) in removed {
+        assert!(!detail.contains("not yet shipped"), "{detail}");
+    }
 }
