@@ -143,7 +143,6 @@ async fn read_head(
     let limits = engine.limits();
     let deadline = Instant::now() + limits.peek_timeout;
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
     loop {
         if let Some(end) = find_head_end(&buf) {
             let rest = buf.split_off(end);
@@ -158,14 +157,18 @@ async fn read_head(
                 ),
             ));
         }
-        match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
+        // Read into spare capacity, 4 KiB at most at a time: nothing is
+        // zero-filled.
+        buf.reserve(4096);
+        let mut chunk = (&mut *client).take(4096);
+        match tokio::time::timeout_at(deadline, chunk.read_buf(&mut buf)).await {
             Ok(Ok(0)) => {
                 return Err((
                     Reason::MalformedRequest,
                     "the client closed the connection before its request was complete".into(),
                 ));
             }
-            Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 return Err((Reason::MalformedRequest, format!("client read failed: {e}")));
             }

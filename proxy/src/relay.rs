@@ -1,8 +1,14 @@
-//! The byte relay of an allowed tunnel: both directions at once with large
-//! buffers (tokio's default 8 KiB copy buffer costs two thirds of the
-//! throughput, performance.md), half-close passed on (a FIN one way leaves the
-//! other way open), an idle timeout over both directions, and a cut on shutdown.
-//! Buffers are allocated only when data first arrives, so idle tunnels stay small.
+//! The byte relay of an allowed tunnel: both directions at once, half-close
+//! passed on (a FIN one way leaves the other way open), an idle timeout over
+//! both directions, and a cut on shutdown.
+//!
+//! Each direction's buffer starts small and doubles, up to [`BUFFER_SIZE`],
+//! each time a read fills it: a bulk stream soon reads 256 KiB at a time
+//! (tokio's fixed 8 KiB copy buffer costs two thirds of the throughput,
+//! performance.md), while a short exchange never pays for a large buffer.
+//! Reads go into uninitialised capacity, so nothing is zero-filled, and a
+//! direction quiet for [`BUFFER_LINGER`] gives its buffer back, so idle
+//! tunnels stay small.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +20,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Bytes per direction buffer.
+/// The largest buffer a direction grows to.
 pub const BUFFER_SIZE: usize = 256 * 1024;
+/// The buffer a direction starts with (and restarts with after going quiet).
+pub const INITIAL_BUFFER_SIZE: usize = 16 * 1024;
+/// How long a direction waits for data before it frees its buffer.
+pub const BUFFER_LINGER: Duration = Duration::from_secs(1);
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +158,7 @@ fn failed(side: Side, up: bool) -> Ending {
     }
 }
 
-/// One direction: read into a large buffer, write it all, repeat; on EOF pass
+/// One direction: read into the buffer, write it all, repeat; on EOF pass
 /// the half-close on with `shutdown(SHUT_WR)`.
 async fn copy(
     reader: OwnedReadHalf,
@@ -157,21 +167,31 @@ async fn copy(
     start: Instant,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Side> {
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = Buffer::new();
     loop {
-        reader.readable().await.map_err(|_| Side::Reader)?;
-        if buf.is_empty() {
-            buf = vec![0; BUFFER_SIZE];
+        if buf.held() {
+            // Wait a little with the buffer in hand; a quiet direction
+            // gives it back and waits on without one.
+            match tokio::time::timeout(BUFFER_LINGER, reader.readable()).await {
+                Ok(ready) => ready.map_err(|_| Side::Reader)?,
+                Err(_quiet) => {
+                    buf.release();
+                    reader.readable().await.map_err(|_| Side::Reader)?;
+                }
+            }
+        } else {
+            reader.readable().await.map_err(|_| Side::Reader)?;
         }
-        let n = match reader.try_read(&mut buf) {
+        let space = buf.space();
+        let n = match reader.try_read_buf(space) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(Side::Reader),
         };
-        let chunk = buf.get(..n).ok_or(Side::Reader)?;
-        writer.write_all(chunk).await.map_err(|_| Side::Writer)?;
+        writer.write_all(space).await.map_err(|_| Side::Writer)?;
+        buf.consumed(n);
         progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
         progress
             .last_ms
@@ -181,6 +201,51 @@ async fn copy(
     // The peer may already be gone; the other direction reports that.
     let _ = writer.shutdown().await;
     Ok(())
+}
+
+/// One direction's buffer: allocated on demand, never zero-filled, doubled
+/// when a read fills it, dropped when the direction goes quiet.
+struct Buffer {
+    bytes: Vec<u8>,
+    /// The capacity the next allocation gets.
+    size: usize,
+}
+
+impl Buffer {
+    fn new() -> Self {
+        Buffer {
+            bytes: Vec::new(),
+            size: INITIAL_BUFFER_SIZE,
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.bytes.capacity() != 0
+    }
+
+    /// An empty vector with `size` bytes of spare capacity to read into.
+    fn space(&mut self) -> &mut Vec<u8> {
+        self.bytes.clear();
+        if self.bytes.capacity() < self.size {
+            // Replaced, not reserved: the old bytes need no copying.
+            self.bytes = Vec::with_capacity(self.size);
+        }
+        &mut self.bytes
+    }
+
+    /// A read of `n` bytes was written out: a full buffer means the stream
+    /// is outrunning it, so the next one is twice as large.
+    fn consumed(&mut self, n: usize) {
+        if n >= self.bytes.capacity() && self.size < BUFFER_SIZE {
+            self.size = (self.size * 2).min(BUFFER_SIZE);
+        }
+    }
+
+    /// Free the memory; the next read starts small again.
+    fn release(&mut self) {
+        self.bytes = Vec::new();
+        self.size = INITIAL_BUFFER_SIZE;
+    }
 }
 
 #[cfg(test)]

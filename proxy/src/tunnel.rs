@@ -56,6 +56,14 @@ pub struct Peek {
 /// size cap is reached, or a timeout fires. `initial` holds bytes already
 /// read (after a CONNECT head).
 pub async fn peek(client: &mut TcpStream, engine: &Engine, initial: Vec<u8>) -> Peek {
+    let mut peeked = read_first_bytes(client, engine, initial).await;
+    // The bytes are held until replayed, for as long as the tunnel lives:
+    // keep them, not the read-ahead room around them.
+    peeked.bytes.shrink_to_fit();
+    peeked
+}
+
+async fn read_first_bytes(client: &mut TcpStream, engine: &Engine, initial: Vec<u8>) -> Peek {
     let limits = engine.limits();
     let cap = limits.peek.buffer_cap();
     let started = Instant::now();
@@ -89,11 +97,12 @@ pub async fn peek(client: &mut TcpStream, engine: &Engine, initial: Vec<u8>) -> 
         };
         let room = cap.saturating_sub(buf.len()).min(16 * 1024);
         let old_len = buf.len();
-        buf.resize(old_len + room, 0);
-        let read = tokio::time::timeout_at(deadline, client.read(&mut buf[old_len..])).await;
+        // Read into spare capacity: nothing is zero-filled.
+        buf.reserve(room);
+        let mut limited = (&mut *client).take(room as u64);
+        let read = tokio::time::timeout_at(deadline, limited.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(n)) => {
-                buf.truncate(old_len + n);
                 if n == 0 {
                     return if buf.is_empty() {
                         // Closed without a byte: decided by address, like a
@@ -113,7 +122,6 @@ pub async fn peek(client: &mut TcpStream, engine: &Engine, initial: Vec<u8>) -> 
                 }
             }
             Ok(Err(e)) => {
-                buf.truncate(old_len);
                 return refused(
                     buf,
                     Reason::MalformedRequest,
@@ -121,7 +129,6 @@ pub async fn peek(client: &mut TcpStream, engine: &Engine, initial: Vec<u8>) -> 
                 );
             }
             Err(_elapsed) => {
-                buf.truncate(old_len);
                 return if buf.is_empty() {
                     Peek {
                         bytes: buf,

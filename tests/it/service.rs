@@ -563,7 +563,10 @@ async fn serve_api_auth_policies_ingest_and_export() {
         assert!(r.header("content-type").unwrap().starts_with("text/csv"));
         let text = r.text();
         let mut lines = text.lines();
-        assert!(lines.next().unwrap().starts_with("ts,id,"));
+        assert_eq!(
+            lines.next().unwrap(),
+            egressd_audit::export::CSV_COLUMNS.join(",")
+        );
         let ids: Vec<String> = lines
             .map(|l| l.split(',').nth(1).unwrap().to_owned())
             .collect();

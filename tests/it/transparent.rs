@@ -110,7 +110,8 @@ struct Lab {
     dns: FakeDns,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     servers: Option<std::thread::JoinHandle<()>>,
-    host_rt: tokio::runtime::Runtime,
+    /// Runs the fake DNS; dropped after it.
+    _host_rt: tokio::runtime::Runtime,
     ping: Option<PingRange>,
     _lock: MutexGuard<'static, ()>,
 }
@@ -245,7 +246,7 @@ impl Lab {
             dns,
             stop: Some(stop_tx),
             servers: Some(servers),
-            host_rt,
+            _host_rt: host_rt,
             ping: None,
             _lock: lock,
         }
@@ -307,7 +308,6 @@ impl Drop for Lab {
         self.ping = None;
         let _ = sh(&["ip", "link", "del", &self.link]);
         let _ = sh(&["ip", "netns", "del", &self.ns]);
-        let _ = &self.host_rt;
     }
 }
 
@@ -768,5 +768,119 @@ fn the_lab_addresses_stay_in_this_module_s_block() {
     for a in [HOST6, ALLOWED6, NO_RULE6] {
         let a: Ipv6Addr = a.parse().unwrap();
         assert_eq!(a.segments()[..4], [0x2001, 0xdb8, 5, 0], "{a}");
+    }
+}
+
+#[test]
+fn run_filters_a_cgroup_until_sigterm_and_leaves_nothing() {
+    if !kit::privileged() {
+        return;
+    }
+    let lab = Lab::up();
+    let jobs = kit::JobCgroup::create();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(d.join("resolv.conf"), format!("nameserver {RESOLVER4}\n")).unwrap();
+    let log = std::fs::File::create(d.join("egressd.log")).unwrap();
+    let mut cmd = Command::new(crate::support::egressd_bin());
+    cmd.arg("run")
+        .arg("--policy")
+        .arg(d.join("policy.yaml"))
+        .arg("--cgroup")
+        .arg(jobs.path())
+        .arg("--audit-dir")
+        .arg(d.join("audit"))
+        .arg("--ready-file")
+        .arg(d.join("ready.json"))
+        .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
+        .arg("--dns-upstream")
+        .arg(lab.dns.addr().to_string())
+        .args(["--runner", "transparent-it"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    kit::clear_proxy_env(&mut cmd);
+    let mut egressd = EgressdRun(cmd.spawn().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !d.join("ready.json").exists() {
+        let log = std::fs::read_to_string(d.join("egressd.log")).unwrap_or_default();
+        assert!(
+            egressd.0.try_wait().unwrap().is_none(),
+            "egressd exited:\n{log}"
+        );
+        assert!(std::time::Instant::now() < deadline, "not ready:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // A client started inside the filtered cgroup, with the private
+    // resolv.conf.
+    let mut curl = Command::new("unshare");
+    curl.args(["--mount", "sh", "-c"])
+        .arg(
+            "mount --bind \"$T/resolv.conf\" /etc/resolv.conf && \
+             exec curl -sS --max-time 20 --cacert \"$CA\" https://allowed.test:$TLS/",
+        )
+        .env("T", d)
+        .env("CA", &lab.pki.ca_pem_path)
+        .env("TLS", lab.tls_port.to_string())
+        .stdin(Stdio::null());
+    kit::clear_proxy_env(&mut curl);
+    jobs.spawn_inside(&mut curl);
+    let out = curl.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello tls");
+
+    // SIGTERM: a clean exit, the record on disk, nothing attached.
+    let pid = libc::pid_t::try_from(egressd.0.id()).unwrap();
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = kit::wait_bounded(&mut egressd.0, std::time::Duration::from_secs(30));
+    let log = std::fs::read_to_string(d.join("egressd.log")).unwrap_or_default();
+    assert!(status.success(), "{status}:\n{log}");
+    let dst: SocketAddr = format!("{ALLOWED4}:{}", lab.tls_port).parse().unwrap();
+    let recs = kit::records(&d.join("audit"));
+    let found: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.kind == Kind::Tcp && r.dst == Some(dst) && !r.is_closing())
+        .collect();
+    assert_eq!(found.len(), 1, "{recs:?}");
+    check(
+        found[0],
+        Verdict::Allow,
+        Reason::RuleAllow,
+        "allow[0]",
+        Some("allowed.test"),
+        "curl",
+    );
+    let name = jobs
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let tree = kit::bpftool_cgroup_tree();
+    assert!(
+        !tree.contains(&name),
+        "programs still attached to {name} after SIGTERM:\n{tree}"
+    );
+    assert!(!d.join("ready.json").exists(), "the ready file is removed");
+}
+
+/// A running `egressd run`, killed if the test fails before its SIGTERM.
+struct EgressdRun(std::process::Child);
+
+impl Drop for EgressdRun {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }

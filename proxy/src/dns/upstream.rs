@@ -1,13 +1,21 @@
 //! The proxy's client side of DNS: one exchange with the configured upstream
-//! resolvers. UDP first from a fresh socket (random source port, random id
-//! chosen by the caller), TCP when the UDP answer is truncated, the next
+//! resolvers. UDP first, TCP when the UDP answer is truncated, the next
 //! upstream when one fails; every wait bounded by the timeout. Sockets carry
 //! the bypass mark when the kernel hooks are active, so they are not
 //! redirected back into the proxy. Also where the system's upstreams are read.
+//!
+//! UDP sockets are connected to one upstream and kept in a small pool per
+//! upstream after a clean exchange (creating, registering and closing a
+//! socket per query was most of a query's cost). Each pooled socket has its
+//! own kernel-chosen random source port and serves one query at a time; the
+//! caller picks a random id, and only a response with that id and the
+//! query's question is accepted, so a late or duplicate answer left on a
+//! reused socket is skipped. A socket whose exchange failed or timed out is
+//! closed, never reused.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,13 +28,42 @@ use super::message::HEADER_LEN;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest DNS message (TCP length prefix, UDP datagram).
 const MAX_MESSAGE: usize = 65535;
+/// Idle connected UDP sockets kept per upstream.
+const POOL_SIZE: usize = 32;
 
 /// The upstream resolvers and how to reach them.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     addrs: Arc<[SocketAddr]>,
+    /// One pool per address, same order.
+    pools: Arc<[SocketPool]>,
     timeout: Duration,
     mark: Option<u32>,
+}
+
+/// Idle UDP sockets connected to one upstream. The lock is held only to
+/// push or pop one socket.
+#[derive(Debug, Default)]
+struct SocketPool {
+    idle: Mutex<Vec<UdpSocket>>,
+}
+
+impl SocketPool {
+    fn take(&self) -> Option<UdpSocket> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn give_back(&self, sock: UdpSocket) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < POOL_SIZE
+        {
+            idle.push(sock);
+        }
+    }
+}
+
+fn pools(n: usize) -> Arc<[SocketPool]> {
+    (0..n).map(|_| SocketPool::default()).collect()
 }
 
 /// An upstream's answer.
@@ -44,6 +81,7 @@ impl Upstreams {
     /// `addrs` tried in order, each waited on for at most `timeout`.
     pub fn new(addrs: Vec<SocketAddr>, timeout: Duration) -> Self {
         Upstreams {
+            pools: pools(addrs.len()),
             addrs: addrs.into(),
             timeout,
             mark: None,
@@ -53,6 +91,8 @@ impl Upstreams {
     /// Mark the upstream sockets with `SO_MARK` (needs CAP_NET_ADMIN).
     pub fn with_socket_mark(mut self, mark: Option<u32>) -> Self {
         self.mark = mark;
+        // Sockets made before carry the old mark.
+        self.pools = pools(self.addrs.len());
         self
     }
 
@@ -70,8 +110,8 @@ impl Upstreams {
     /// first valid answer. `tcp_only` skips UDP (the client asked over TCP).
     pub async fn exchange(&self, query: &[u8], tcp_only: bool) -> Result<Exchanged, DnsError> {
         let mut last = DnsError::NoUpstream;
-        for &addr in self.addrs.iter() {
-            match self.exchange_one(addr, query, tcp_only).await {
+        for (&addr, pool) in self.addrs.iter().zip(self.pools.iter()) {
+            match self.exchange_one(addr, pool, query, tcp_only).await {
                 Ok(x) => return Ok(x),
                 Err(e) => {
                     tracing::debug!(upstream = %addr, error = %e, "DNS upstream failed");
@@ -85,11 +125,12 @@ impl Upstreams {
     async fn exchange_one(
         &self,
         addr: SocketAddr,
+        pool: &SocketPool,
         query: &[u8],
         tcp_only: bool,
     ) -> Result<Exchanged, DnsError> {
         if !tcp_only {
-            let reply = self.udp(addr, query).await?;
+            let reply = self.udp(addr, pool, query).await?;
             // TC: retry the same upstream over TCP.
             if reply.get(2).is_none_or(|f| f & 0x02 == 0) {
                 return Ok(Exchanged {
@@ -107,26 +148,47 @@ impl Upstreams {
         })
     }
 
-    async fn udp(&self, addr: SocketAddr, query: &[u8]) -> Result<Vec<u8>, DnsError> {
+    async fn udp(
+        &self,
+        addr: SocketAddr,
+        pool: &SocketPool,
+        query: &[u8],
+    ) -> Result<Vec<u8>, DnsError> {
         let io = |source| DnsError::Io { addr, source };
-        let sock = udp_socket(addr, self.mark).map_err(io)?;
-        sock.connect(addr).await.map_err(io)?;
-        sock.send(query).await.map_err(io)?;
+        // A pooled socket that cannot send (an ICMP error from its upstream
+        // left pending, say) is replaced by a fresh one.
+        let pooled = match pool.take() {
+            Some(sock) => sock.send(query).await.is_ok().then_some(sock),
+            None => None,
+        };
+        let sock = match pooled {
+            Some(sock) => sock,
+            None => {
+                let sock = udp_socket(addr, self.mark).map_err(io)?;
+                sock.send(query).await.map_err(io)?;
+                sock
+            }
+        };
         let wait = async {
-            let mut buf = vec![0u8; MAX_MESSAGE];
+            let mut buf = Vec::with_capacity(MAX_MESSAGE);
             loop {
-                let n = sock.recv(&mut buf).await.map_err(io)?;
+                buf.clear();
+                // Into spare capacity: the 64 KiB are not zero-filled.
+                sock.recv_buf(&mut buf).await.map_err(io)?;
                 // A connected socket only hears `addr`; still, anything that
-                // is not a response to this id is ignored (spoofing, strays).
-                if is_reply_to(&buf[..n], query) {
-                    buf.truncate(n);
+                // is not a response to this query is ignored (spoofing,
+                // strays, a late answer to an earlier query on this socket).
+                if is_reply_to(&buf, query) {
+                    buf.shrink_to_fit();
                     return Ok(buf);
                 }
             }
         };
-        tokio::time::timeout(self.timeout, wait)
+        let reply = tokio::time::timeout(self.timeout, wait)
             .await
-            .map_err(|_| DnsError::Timeout(addr, self.timeout))?
+            .map_err(|_| DnsError::Timeout(addr, self.timeout))??;
+        pool.give_back(sock);
+        Ok(reply)
     }
 
     async fn tcp(&self, addr: SocketAddr, query: &[u8]) -> Result<Vec<u8>, DnsError> {
@@ -152,26 +214,57 @@ impl Upstreams {
     }
 }
 
-/// A response (QR set) with the query's id.
+/// A response (QR set) with the query's id and, when the query has one,
+/// its question (name compared without regard to ASCII case, type and class
+/// exactly).
 fn is_reply_to(reply: &[u8], query: &[u8]) -> bool {
-    reply.len() >= HEADER_LEN
+    let header = reply.len() >= HEADER_LEN
         && query.len() >= 2
         && reply[..2] == query[..2]
-        && reply[2] & 0x80 != 0
+        && reply[2] & 0x80 != 0;
+    header
+        && match question(query) {
+            None => true,
+            Some(asked) => question(reply).is_some_and(|answered| {
+                let (a_name, a_rest) = asked.split_at(asked.len() - 4);
+                let (r_name, r_rest) = answered.split_at(answered.len() - 4);
+                a_name.eq_ignore_ascii_case(r_name) && a_rest == r_rest
+            }),
+        }
+}
+
+/// The raw question section of a message with exactly one question whose
+/// name is uncompressed: name labels, type and class.
+fn question(msg: &[u8]) -> Option<&[u8]> {
+    if msg.get(4..6)? != [0, 1] {
+        return None;
+    }
+    let mut at = HEADER_LEN;
+    loop {
+        let len = usize::from(*msg.get(at)?);
+        at += 1;
+        match len {
+            0 => break,
+            1..=63 => at += len,
+            _ => return None,
+        }
+    }
+    msg.get(HEADER_LEN..at + 4)
 }
 
 fn udp_socket(peer: SocketAddr, mark: Option<u32>) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
+    let s = Socket::new(
+        Domain::for_address(peer),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )?;
     if let Some(m) = mark {
         s.set_mark(m)?;
     }
-    s.set_nonblocking(true)?;
-    let any: SocketAddr = match peer {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    s.bind(&any.into())?;
+    // Connecting an unbound UDP socket binds it to a random ephemeral port;
+    // it does not wait.
+    s.connect(&peer.into())?;
     UdpSocket::from_std(s.into())
 }
 
@@ -241,3 +334,6 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<SocketAddr>, Vec<IpAddr>) {
     }
     (found, skipped)
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ending, relay};
+use super::{BUFFER_SIZE, Buffer, Ending, INITIAL_BUFFER_SIZE, relay};
 
 /// A connected pair of sockets.
 async fn pair() -> (TcpStream, TcpStream) {
@@ -107,4 +107,24 @@ async fn a_client_reset_ends_the_tunnel_even_if_the_upstream_stays_silent() {
         .expect("a reset ends the relay, no idle wait")
         .unwrap();
     assert_eq!(t.ending, Ending::ClientError);
+}
+
+#[test]
+fn a_buffer_starts_small_doubles_when_filled_and_restarts_small_when_released() {
+    let mut b = Buffer::new();
+    assert!(!b.held(), "nothing allocated before data arrives");
+    assert_eq!(b.space().capacity(), INITIAL_BUFFER_SIZE);
+    b.consumed(100);
+    assert_eq!(b.space().capacity(), INITIAL_BUFFER_SIZE, "a short read");
+    let mut sizes = Vec::new();
+    for _ in 0..8 {
+        let cap = b.space().capacity();
+        sizes.push(cap / 1024);
+        b.consumed(cap);
+    }
+    assert_eq!(sizes, [16, 32, 64, 128, 256, 256, 256, 256]);
+    assert!(b.space().capacity() <= BUFFER_SIZE);
+    b.release();
+    assert!(!b.held());
+    assert_eq!(b.space().capacity(), INITIAL_BUFFER_SIZE);
 }
