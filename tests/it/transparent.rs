@@ -1,5 +1,6 @@
-//! Transparent mode against the real kernel (root): `egressd exec` filters
-//! real clients (curl, kdig, python sockets) that know nothing of a proxy.
+//! Transparent mode against the real kernel (root): `egressd exec`, and
+//! `egressd run --cgroup` until SIGTERM, filter real clients (curl, kdig,
+//! python sockets) that know nothing of a proxy.
 //! The servers live in a network namespace of this module (198.51.100.128/26,
 //! 2001:db8:5::/64), names resolve through a [`FakeDns`] given as the
 //! upstream, and the job sees a private resolv.conf naming an address in that
