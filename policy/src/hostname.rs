@@ -217,10 +217,22 @@ fn scan(bytes: &[u8]) -> Scan {
         w.copy_from_slice(c);
         word(u64::from_le_bytes(w));
     }
-    // Zero padding is ASCII, not upper case and not ':'.
-    let mut tail = [0u8; 8];
-    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    word(u64::from_le_bytes(tail));
+    let rest = chunks.remainder().len();
+    if rest > 0 {
+        let w = match bytes.last_chunk::<8>() {
+            // The last eight bytes again, overlapping: seeing a byte twice
+            // changes none of the answers and avoids a variable-length copy.
+            Some(last) => *last,
+            // Shorter than a word: zero padding is ASCII, not upper case and
+            // not ':'.
+            None => {
+                let mut tail = [0u8; 8];
+                tail[..rest].copy_from_slice(bytes);
+                tail
+            }
+        };
+        word(u64::from_le_bytes(w));
+    }
     Scan {
         ascii: all & TOPS == 0,
         upper: upper & TOPS != 0,

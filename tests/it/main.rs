@@ -15,6 +15,7 @@ mod support;
 
 mod audit_cli;
 mod check_explain;
+mod container;
 mod dns;
 mod exec;
 mod explicit;

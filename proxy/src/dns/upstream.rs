@@ -216,20 +216,22 @@ impl Upstreams {
 
 /// A response (QR set) with the query's id and, when the query has one,
 /// its question (name compared without regard to ASCII case, type and class
-/// exactly).
+/// exactly). A truncated (TC) answer may have lost its question: the id is
+/// enough there, as it only leads to a TCP retry whose answer is checked.
 fn is_reply_to(reply: &[u8], query: &[u8]) -> bool {
     let header = reply.len() >= HEADER_LEN
         && query.len() >= 2
         && reply[..2] == query[..2]
         && reply[2] & 0x80 != 0;
     header
-        && match question(query) {
-            None => true,
-            Some(asked) => question(reply).is_some_and(|answered| {
+        && match (question(query), question(reply)) {
+            (None, _) => true,
+            (Some(_), None) => reply[2] & 0x02 != 0,
+            (Some(asked), Some(answered)) => {
                 let (a_name, a_rest) = asked.split_at(asked.len() - 4);
                 let (r_name, r_rest) = answered.split_at(answered.len() - 4);
                 a_name.eq_ignore_ascii_case(r_name) && a_rest == r_rest
-            }),
+            }
         }
 }
 
