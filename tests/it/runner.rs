@@ -785,6 +785,83 @@ fn an_unreachable_policy_service_boots_fail_closed_and_says_why() {
     assert!(boot.terminate().success());
 }
 
+/// `boot --policy-url`: the org policy comes from a real `egressd serve`
+/// (PostgreSQL-backed), is enforced, and is kept as the last-known-good copy;
+/// a later boot with the service gone enforces that copy and says so.
+#[test]
+fn boot_fetches_the_org_policy_from_the_service_and_falls_back_to_its_copy() {
+    if !kit::privileged() {
+        return;
+    }
+    let Some(db) = super::service::database_url() else {
+        return;
+    };
+    let _t = Topology::up();
+    let org = super::service::org("boot");
+    let cfg = super::service::Config::new(&[&org]);
+    std::fs::write(cfg.policies().join(format!("{org}.yaml")), POLICY).unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, super::service::token(&org)).unwrap();
+    let cache = secrets.path().join("last-known-good.yaml");
+    let addr = super::service::free_addr();
+    let bin = crate::support::egressd_bin();
+    let mut serve = super::service::Serve::start(&bin, &cfg, &db, addr, &[]);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(serve.wait_ready());
+    let url = format!("http://{addr}/v1/orgs/{org}/policy");
+    let args = [
+        "--policy-url",
+        url.as_str(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--policy-cache",
+        cache.to_str().unwrap(),
+    ];
+
+    let mut boot = Boot::start(&args, &[]);
+    let ready = boot.ready();
+    assert_eq!(ready["state"], "enforcing", "{ready}");
+    assert!(
+        ready["detail"].as_str().unwrap().contains("policy service"),
+        "{ready}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cache).unwrap(),
+        POLICY,
+        "the fetched policy is kept as the last-known-good copy"
+    );
+    assert_eq!(
+        boot.curl_from_job(ALLOWED),
+        (0, kit::SERVER_BODY.to_owned())
+    );
+    let (code, _) = boot.curl_from_job(DENIED);
+    assert_ne!(code, 0, "the service's policy does not allow {DENIED}");
+    assert!(boot.terminate().success());
+    drop(boot);
+
+    serve.kill();
+    let mut boot = Boot::start(&args, &[]);
+    let ready = boot.ready();
+    assert_eq!(ready["state"], "enforcing", "{ready}");
+    assert!(
+        ready["detail"]
+            .as_str()
+            .unwrap()
+            .contains("last-known-good policy copy"),
+        "a stale copy is never silent: {ready}"
+    );
+    assert!(boot.log().contains("last-known-good"), "{}", boot.log());
+    assert_eq!(
+        boot.curl_from_job(ALLOWED),
+        (0, kit::SERVER_BODY.to_owned())
+    );
+    let (code, _) = boot.curl_from_job(DENIED);
+    assert_ne!(code, 0, "the cached policy still denies {DENIED}");
+    assert!(boot.terminate().success());
+}
+
 #[test]
 fn the_systemd_unit_parses_cleanly() {
     let unit = repo().join("packaging/egressd.service");

@@ -28,7 +28,7 @@ const BROKEN_POLICY: &str = "version: 1\nallow:\n  - \"*example.com\"\n";
 /// Every test ends within this.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn database_url() -> Option<String> {
+pub(crate) fn database_url() -> Option<String> {
     match std::env::var(DB_ENV) {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
@@ -44,7 +44,7 @@ fn database_url() -> Option<String> {
 }
 
 /// A unique org name per test and run.
-fn org(prefix: &str) -> String {
+pub(crate) fn org(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -55,13 +55,13 @@ fn org(prefix: &str) -> String {
 }
 
 /// Configuration files for one `egressd serve`: policies/ and tokens.
-struct Config {
+pub(crate) struct Config {
     dir: tempfile::TempDir,
 }
 
 impl Config {
     /// Policies for `orgs` (all [`GOOD_POLICY`]) and a token `ORG-token` each.
-    fn new(orgs: &[&str]) -> Config {
+    pub(crate) fn new(orgs: &[&str]) -> Config {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("policies")).unwrap();
         let mut tokens = String::from("# org token\n");
@@ -73,7 +73,7 @@ impl Config {
         Config { dir }
     }
 
-    fn policies(&self) -> PathBuf {
+    pub(crate) fn policies(&self) -> PathBuf {
         self.dir.path().join("policies")
     }
 
@@ -82,18 +82,18 @@ impl Config {
     }
 }
 
-fn token(org: &str) -> String {
+pub(crate) fn token(org: &str) -> String {
     format!("{org}-token")
 }
 
 /// A free loopback port (bound then released).
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
 
 /// A running `egressd serve`, killed on drop.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
@@ -102,7 +102,13 @@ struct Serve {
 impl Serve {
     /// Start `bin serve` (get `bin` from [`egressd_bin`] before a test's
     /// timeout starts: the first call builds the binary).
-    fn start(bin: &Path, cfg: &Config, db: &str, addr: SocketAddr, extra: &[&str]) -> Serve {
+    pub(crate) fn start(
+        bin: &Path,
+        cfg: &Config,
+        db: &str,
+        addr: SocketAddr,
+        extra: &[&str],
+    ) -> Serve {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let log = cfg.dir.path().join(format!("serve-{n}.log"));
@@ -131,7 +137,7 @@ impl Serve {
     }
 
     /// Wait (bounded) until `/healthz` answers over plain HTTP.
-    async fn wait_ready(&mut self) {
+    pub(crate) async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = request(self.addr, "GET", "/healthz", None, &[], b"").await
@@ -152,7 +158,7 @@ impl Serve {
     }
 
     /// SIGKILL: no graceful anything.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
