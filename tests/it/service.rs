@@ -1036,3 +1036,55 @@ async fn audit_export_from_the_server_matches_the_local_export() {
     .await
     .expect("test timed out");
 }
+
+/// `egressd run --audit-server URL --token-file FILE`: every record of the
+/// run reaches the service exactly once, and SIGTERM waits for the last ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_ships_its_records_to_the_audit_server() {
+    let Some(db) = database_url() else { return };
+    let bin = egressd_bin();
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let a = org("run");
+        let cfg = Config::new(&[&a]);
+        let addr = free_addr();
+        let mut serve = Serve::start(&bin, &cfg, &db, addr, &[]);
+        serve.wait_ready().await;
+        let secrets = tempfile::tempdir().unwrap();
+        let token_file = secrets.path().join("token");
+        std::fs::write(&token_file, token(&a)).unwrap();
+
+        let mut proxy = crate::support::ProxyBuilder::new("version: 1\nallow: [ok.test]\n")
+            .dns_upstream("127.0.0.1:9".parse().unwrap())
+            .args([
+                "--audit-server".to_owned(),
+                format!("http://{addr}"),
+                "--token-file".to_owned(),
+                token_file.display().to_string(),
+            ])
+            .start();
+        for port in [1, 2, 3] {
+            let (_s, head) =
+                crate::support::raw_connect(proxy.explicit(), &format!("127.0.0.9:{port}")).await;
+            assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+        }
+        assert!(proxy.terminate().success(), "{}", proxy.log_text());
+
+        let mut local: Vec<String> = proxy.records().iter().map(|r| r.id.to_string()).collect();
+        assert!(
+            local.len() >= 3,
+            "one record per CONNECT at least: {local:?}"
+        );
+        let r = request(addr, "GET", "/v1/audit", Some(&token(&a)), &[], b"")
+            .await
+            .unwrap();
+        let mut got = export_ids(&r);
+        got.sort();
+        local.sort();
+        assert_eq!(
+            got, local,
+            "every record of the run reached the service, once"
+        );
+    })
+    .await
+    .expect("test timed out");
+}

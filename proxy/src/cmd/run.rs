@@ -7,10 +7,17 @@
 //! Shutdown ([`daemon::RunningDaemon::shutdown`]): stop accepting, let tunnels
 //! finish for the grace period, cut the rest, flush and close the journal,
 //! detach, remove the ready file, exit 0. The policy file is watched for
-//! changes (and re-read on SIGHUP) for as long as it runs.
+//! changes (and re-read on SIGHUP) for as long as it runs. With
+//! `--audit-server`, the journal is shipped to the policy service while it
+//! runs, and shutdown waits (bounded by `--ship-timeout`) for the last records
+//! to be acknowledged; what is not is sent by the next start (the journal is
+//! the outbox).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 use crate::cmd::UsageError;
 use crate::daemon::{self, Defaults, Options};
@@ -27,6 +34,17 @@ pub struct Args {
     /// new version is rejected and the running one stays).
     #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
+    /// Ship every audit record to this policy service (`egressd serve`),
+    /// at least once, with the record id as idempotency key.
+    #[arg(long, value_name = "URL", requires = "token_file")]
+    pub audit_server: Option<String>,
+    /// Bearer token for --audit-server.
+    #[arg(long, value_name = "FILE", requires = "audit_server")]
+    pub token_file: Option<PathBuf>,
+    /// On shutdown, how long to wait for the service to acknowledge the
+    /// last records.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = daemon::parse_duration)]
+    pub ship_timeout: Duration,
     /// Everything else the enforcer takes.
     #[command(flatten)]
     pub options: Options,
@@ -44,8 +62,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some((args.policy.clone(), loaded.fingerprint)),
         Defaults::default(),
     )?;
+    let client = match (&args.audit_server, &args.token_file) {
+        (Some(url), Some(token)) => Some(
+            egressd_service::Client::with_token_file(url, token, Duration::from_secs(30))
+                .map_err(|e| UsageError(format!("--audit-server {url}: {e}")))?,
+        ),
+        _ => None,
+    };
     crate::cmd::runtime()?.block_on(async {
         let mut running = daemon::start(plan).await?;
+        let shipper = match client {
+            Some(client) => Some(
+                egressd_audit::ship::Shipper::start(
+                    running.engine().journal().dir().to_owned(),
+                    client,
+                    egressd_audit::ship::ShipConfig::default(),
+                )
+                .context("cannot start shipping the audit journal")?,
+            ),
+            None => None,
+        };
         if let Some(path) = &args.options.ready_file {
             running.write_ready_file(path)?;
         }
@@ -61,6 +97,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         daemon::wait_for_termination().await?;
         tracing::info!("shutting down: no new connections");
         running.shutdown().await?;
+        if let Some(shipper) = shipper {
+            let deadline = tokio::time::Instant::now() + args.ship_timeout;
+            match shipper.flush(deadline).await {
+                Ok(stats) => tracing::info!(?stats, "audit records shipped"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "not every audit record reached the service before shutdown; the next start sends the rest"
+                ),
+            }
+            shipper.stop().await;
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
