@@ -16,15 +16,14 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use egressd_audit::{Kind, Record};
 use egressd_policy::{Reason, Verdict};
 
 use crate::fake_dns::{FakeDns, RecordSpec};
-use crate::runner::kit;
+use crate::runner::kit::{self, sh};
 use crate::support::{TestPki, TlsServer};
 
 /// Host side of the container link: the container's gateway.
@@ -51,10 +50,6 @@ try:
 except OSError as e:
     print(errno.errorcode.get(e.errno, str(e.errno)))
 "#;
-
-fn sh(args: &[&str]) -> Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap()
-}
 
 fn must(args: &[&str]) {
     let out = sh(args);
@@ -107,38 +102,6 @@ impl Drop for Veth {
     }
 }
 
-/// Remove namespaces and links of killed runs (dead pid in the name).
-fn sweep() {
-    let out = sh(&["ip", "netns", "list"]);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        if let Some(pid) = name
-            .strip_prefix("egct-")
-            .or_else(|| name.strip_prefix("egcn-"))
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = sh(&["ip", "netns", "del", name]);
-        }
-    }
-    let out = sh(&["ip", "-o", "link", "show"]);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line
-            .split(": ")
-            .nth(1)
-            .map(|n| n.split('@').next().unwrap_or(n))
-        else {
-            continue;
-        };
-        if let Some(pid) = name
-            .strip_prefix("egct")
-            .or_else(|| name.strip_prefix("egcn"))
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = sh(&["ip", "link", "del", name]);
-        }
-    }
-}
-
 /// Assert that `ip [-n ns] route get dst` names `want` (checked before
 /// anything is sent, so no test packet can take another route).
 fn assert_route(ns: Option<&str>, dst: &str, want: &str) {
@@ -172,7 +135,7 @@ struct Lab {
 
 impl Lab {
     fn up() -> Lab {
-        sweep();
+        kit::sweep_leftovers(&["egct", "egcn"]);
         let pid = std::process::id();
         let internet = NetNs::add(format!("egcn-{pid}"));
         let container = NetNs::add(format!("egct-{pid}"));

@@ -63,7 +63,8 @@ pub(crate) mod kit {
         false
     }
 
-    fn sh(args: &[&str]) -> std::process::Output {
+    /// Run a command to completion and return its output.
+    pub(crate) fn sh(args: &[&str]) -> std::process::Output {
         Command::new(args[0]).args(&args[1..]).output().unwrap()
     }
 
@@ -76,14 +77,17 @@ pub(crate) mod kit {
         );
     }
 
-    /// Remove sessions of killed test runs (names carry a dead pid).
-    fn sweep() {
+    /// Remove network namespaces (`PREFIX-PID`) and links (`PREFIXPID`) of
+    /// killed test runs, for each of `prefixes`: only those whose pid is dead.
+    pub(crate) fn sweep_leftovers(prefixes: &[&str]) {
+        let dead = |pid: &str| !Path::new("/proc").join(pid).exists();
         let out = sh(&["ip", "netns", "list"]);
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or_default();
-            if let Some(pid) = name.strip_prefix("egrt-")
-                && !Path::new("/proc").join(pid).exists()
-            {
+            let pid = prefixes
+                .iter()
+                .find_map(|p| name.strip_prefix(p).and_then(|rest| rest.strip_prefix('-')));
+            if pid.is_some_and(dead) {
                 let _ = sh(&["ip", "netns", "del", name]);
             }
         }
@@ -96,9 +100,8 @@ pub(crate) mod kit {
             else {
                 continue;
             };
-            if let Some(pid) = name.strip_prefix("egrt")
-                && !Path::new("/proc").join(pid).exists()
-            {
+            let pid = prefixes.iter().find_map(|p| name.strip_prefix(p));
+            if pid.is_some_and(dead) {
                 let _ = sh(&["ip", "link", "del", name]);
             }
         }
@@ -118,7 +121,7 @@ pub(crate) mod kit {
             let lock = LOCK
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            sweep();
+            sweep_leftovers(&["egrt"]);
             let pid = std::process::id();
             let ns = format!("egrt-{pid}");
             let link = format!("egrt{pid}");

@@ -15,7 +15,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
@@ -23,7 +22,7 @@ use egressd_audit::{Kind, Record};
 use egressd_policy::{Reason, Verdict};
 
 use crate::fake_dns::{FakeDns, RecordSpec};
-use crate::runner::kit;
+use crate::runner::kit::{self, sh};
 use crate::support::{TestPki, TlsServer};
 
 /// Host side of the link.
@@ -86,10 +85,6 @@ except OSError as e:
 
 static LOCK: Mutex<()> = Mutex::new(());
 
-fn sh(args: &[&str]) -> Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap()
-}
-
 fn must(args: &[&str]) {
     let out = sh(args);
     assert!(
@@ -122,7 +117,7 @@ impl Lab {
         let lock = LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        sweep();
+        kit::sweep_leftovers(&["egtr"]);
         let pid = std::process::id();
         let ns = format!("egtr-{pid}");
         let link = format!("egtr{pid}");
@@ -309,34 +304,6 @@ impl Drop for Lab {
         self.ping = None;
         let _ = sh(&["ip", "link", "del", &self.link]);
         let _ = sh(&["ip", "netns", "del", &self.ns]);
-    }
-}
-
-/// Remove namespaces and links of killed runs (dead pid in the name).
-fn sweep() {
-    let out = sh(&["ip", "netns", "list"]);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        if let Some(pid) = name.strip_prefix("egtr-")
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = sh(&["ip", "netns", "del", name]);
-        }
-    }
-    let out = sh(&["ip", "-o", "link", "show"]);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line
-            .split(": ")
-            .nth(1)
-            .map(|n| n.split('@').next().unwrap_or(n))
-        else {
-            continue;
-        };
-        if let Some(pid) = name.strip_prefix("egtr")
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = sh(&["ip", "link", "del", name]);
-        }
     }
 }
 
