@@ -4,7 +4,9 @@
 // TCP connection and DNS query of the filtered cgroup to the egressd proxy,
 // remember where it was going and who asked, and deny in the kernel what the
 // proxy cannot see (UDP other than DNS, ping/raw sockets, anything that slipped
-// past the socket hooks). Every deny is reported through the `events` ring buffer.
+// past the socket hooks, frames of packet sockets). Every deny is reported through
+// the `events` ring buffer; reports the ring buffer had no room for are counted in
+// `events_lost`.
 //
 // Addresses are kept in one 16-byte form: IPv6 as is, IPv4 as v4-mapped
 // (::ffff:a.b.c.d), so a dual-stack socket talking IPv4 and a plain IPv4
@@ -29,6 +31,15 @@
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define DNS_PORT 53
+#define AF_PACKET 17
+#define AF_XDP 44
+#define SOL_PACKET 263
+#define PACKET_QDISC_BYPASS 20
+#define SOL_XDP 283
+
+/* Verdicts of tc programs. */
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
 
 /* Verdicts of cgroup programs. */
 #define ALLOW 1
@@ -40,6 +51,8 @@
 #define DENY_RAW 3
 #define DENY_BACKSTOP 5
 #define DENY_NO_GATEWAY 6
+#define DENY_PACKET 7
+#define DENY_SOCKOPT 8
 
 /* Set by the loader before load (EbpfLoader::override_global). Ports in host order,
  * addresses in the 16-byte form above (network order bytes). */
@@ -49,6 +62,8 @@ volatile const __u32 bypass_mark = 0;      /* 0 = no mark exemption */
 volatile const __u64 proxy_cgroup_id = 0;  /* 0 = no cgroup exemption */
 volatile const __u32 gw4 = 0;              /* container gateway, IPv4, network order; 0 = none */
 volatile const __u32 gw6[4] = {0, 0, 0, 0}; /* container gateway, IPv6; all zero = none */
+volatile const __u64 filter_cgroup_id = 0;    /* the filtered cgroup (packet_guard); 0 = none */
+volatile const __u32 filter_cgroup_level = 0; /* its depth below the cgroup v2 root */
 
 struct orig {
     __u8 addr[16];     /* original destination, 16-byte form */
@@ -77,8 +92,9 @@ struct deny_event {
     __u8 addr[16];     /* destination if known, 16-byte form */
     __u16 port;        /* network order; 0 if unknown */
     __u16 family;      /* AF_INET/AF_INET6 of the destination; 0 if none */
-    __u32 protocol;    /* IP protocol (or socket protocol) */
+    __u32 protocol;    /* IP protocol (or socket protocol, option level, EtherType) */
     char comm[16];
+    __u64 cookie;      /* socket cookie; 0 if not known */
 };
 
 /* What a socket created under egressd remembers (sk_storage). Sockets without it
@@ -131,6 +147,40 @@ struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 256 * 1024);
 } events SEC(".maps");
+
+/* Deny reports dropped because the ring buffer was full (index 0). */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} events_lost SEC(".maps");
+
+/* Cookies of the packet sockets that existed when egressd attached (filled by the
+ * loader from sock_diag): packet_guard leaves them alone, as the backstop leaves
+ * older IP sockets alone. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u64);
+    __type(value, __u8);
+} packet_old SEC(".maps");
+
+/* Cookies of packet sockets whose drop was already reported (once per socket). */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u64);
+    __type(value, __u8);
+} packet_reported SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+    __u32 zero = 0;
+    __u64 *n = bpf_map_lookup_elem(&events_lost, &zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
 
 static __always_inline void addr_from4(__u8 out[16], __u32 ip4)
 {
@@ -189,8 +239,10 @@ static __always_inline void emit_deny(__u32 kind, const __u8 addr[16], __u16 por
                                       __u32 protocol)
 {
     struct deny_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e)
-        return; /* ring full: the deny still happens, only its report is lost */
+    if (!e) {
+        count_lost(); /* ring full: the deny still happens, its report is counted as lost */
+        return;
+    }
     e->cgroup_id = bpf_get_current_cgroup_id();
     e->pid = bpf_get_current_pid_tgid() >> 32;
     e->kind = kind;
@@ -202,6 +254,7 @@ static __always_inline void emit_deny(__u32 kind, const __u8 addr[16], __u16 por
     e->family = family;
     e->protocol = protocol;
     bpf_get_current_comm(e->comm, sizeof(e->comm));
+    e->cookie = 0;
     bpf_ringbuf_submit(e, 0);
 }
 
@@ -604,10 +657,79 @@ int skb_egress(struct __sk_buff *skb)
             e->family = v4 ? AF_INET : AF_INET6;
             e->protocol = proto;
             __builtin_memcpy(e->comm, si->comm, 16);
+            e->cookie = bpf_get_socket_cookie(skb);
             bpf_ringbuf_submit(e, 0);
+        } else {
+            count_lost();
         }
     }
     return DENY;
+}
+
+/* Socket options that would let a packet socket skip the tc hooks below:
+ * PACKET_QDISC_BYPASS sends straight to the driver, and an AF_XDP socket cannot be
+ * set up without SOL_XDP options (its frames also skip tc). Both get EPERM. */
+SEC("cgroup/setsockopt")
+int sockopt_guard(struct bpf_sockopt *ctx)
+{
+    /* Larger than a page: the program sees only the first page; 0 = let the kernel
+     * use the caller's buffer as it is (kernels before 6.5 fail the call otherwise). */
+    if (ctx->optlen > 4096)
+        ctx->optlen = 0;
+    if (proxy_cgroup_id && bpf_get_current_cgroup_id() == proxy_cgroup_id)
+        return ALLOW;
+    int level = ctx->level;
+    if ((level == SOL_PACKET && ctx->optname == PACKET_QDISC_BYPASS) || level == SOL_XDP) {
+        emit_deny(DENY_SOCKOPT, 0, 0, 0, (__u32)level);
+        return DENY;
+    }
+    return ALLOW;
+}
+
+/* The packet-socket guard, on ingress and egress of every interface of the host's
+ * network namespace but loopback. No cgroup hook sees AF_PACKET (or AF_XDP) sockets
+ * being created, and their frames skip the IP output path (so cgroup_skb never runs),
+ * but the sending socket stays attached to the frame: on egress for the host's own
+ * namespace, and across a veth into the host's ingress for a container's. A frame
+ * whose socket is a packet socket of a process in the filtered cgroup, created after
+ * egressd attached, is dropped. Everything else passes untouched. */
+SEC("classifier")
+int packet_guard(struct __sk_buff *skb)
+{
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return TC_ACT_OK;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk)
+        return TC_ACT_OK;
+    __u32 family = sk->family;
+    if (family != AF_PACKET && family != AF_XDP)
+        return TC_ACT_OK;
+    if (!filter_cgroup_id || bpf_skb_ancestor_cgroup_id(skb, filter_cgroup_level) != filter_cgroup_id)
+        return TC_ACT_OK;
+    __u64 cgroup_id = bpf_skb_cgroup_id(skb);
+    if (proxy_cgroup_id && cgroup_id == proxy_cgroup_id)
+        return TC_ACT_OK;
+    __u64 ck = bpf_get_socket_cookie(skb);
+    if (bpf_map_lookup_elem(&packet_old, &ck))
+        return TC_ACT_OK;
+    if (!bpf_map_lookup_elem(&packet_reported, &ck)) {
+        __u8 one = 1;
+        bpf_map_update_elem(&packet_reported, &ck, &one, BPF_ANY);
+        struct deny_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+        if (e) {
+            __builtin_memset(e, 0, sizeof(*e));
+            e->cgroup_id = cgroup_id;
+            e->kind = DENY_PACKET;
+            /* No process context here: userspace finds the owner by the cookie. */
+            e->cookie = ck;
+            e->protocol = bpf_ntohs(skb->protocol); /* the frame's EtherType */
+            bpf_ringbuf_submit(e, 0);
+        } else {
+            count_lost();
+        }
+    }
+    return TC_ACT_SHOT;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -46,6 +46,8 @@ pub(crate) struct RawDenyEvent {
     pub family: u16,
     pub protocol: u32,
     pub comm: [u8; 16],
+    /// Socket cookie; 0 if not known.
+    pub cookie: u64,
 }
 
 // SAFETY: plain `repr(C)` structs of integers and byte arrays, with no implicit
@@ -56,7 +58,7 @@ unsafe impl aya::Pod for Tuple {}
 
 const _: () = assert!(std::mem::size_of::<Orig>() == 56);
 const _: () = assert!(std::mem::size_of::<Tuple>() == 40);
-const _: () = assert!(std::mem::size_of::<RawDenyEvent>() == 56);
+const _: () = assert!(std::mem::size_of::<RawDenyEvent>() == 64);
 
 impl RawDenyEvent {
     /// Reads one record; `None` when the kernel handed a record of another size.

@@ -61,6 +61,22 @@ pub fn cgroup_id_of(path: &Path) -> Result<u64, EbpfError> {
     Ok(meta.ino())
 }
 
+/// How deep a cgroup directory is below the cgroup2 root (the root is level 0), as
+/// `bpf_skb_ancestor_cgroup_id` counts.
+pub(crate) fn cgroup_level(path: &Path) -> Result<u32, EbpfError> {
+    let root = cgroup2_mount()?;
+    let canon = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| EbpfError::io("resolving", p, e))
+    };
+    let (root, path) = (canon(&root)?, canon(path)?);
+    let below = path
+        .strip_prefix(&root)
+        .map_err(|_| EbpfError::NotACgroup(path.clone()))?;
+    u32::try_from(below.components().count())
+        .map_err(|_| EbpfError::Config(format!("{} is nested too deep", path.display())))
+}
+
 /// Best effort: the path of the cgroup with this id, relative to the cgroup2 mount
 /// and starting with `/` (as `/proc/PID/cgroup` shows it). `None` when the cgroup
 /// is gone or the hierarchy cannot be read.

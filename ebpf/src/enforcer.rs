@@ -1,19 +1,25 @@
 //! [`Enforcer`]: loads the programs with the proxy's ports and exemptions,
-//! attaches all of them to one cgroup (or none), and answers original-destination
-//! lookups from the `tuple_orig` map.
+//! attaches all of them to one cgroup and the packet-socket guard to every
+//! interface (or nothing at all), and answers original-destination lookups from
+//! the `tuple_orig` map.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{self, Orig, Tuple};
 use crate::events::DenyEvents;
+use crate::netlink::LinkChanges;
+use crate::packet_guard::{GuardSync, PacketGuard};
+use crate::raw_link::{self, CgroupLink};
 use crate::{EbpfError, EnforcerConfig, PROGRAMS, pin};
 
 /// The original destination of a redirected socket and the process that made it.
@@ -47,20 +53,29 @@ impl From<Orig> for OriginalDst {
 /// or pinned under bpffs (kept when the process dies).
 #[derive(Debug)]
 enum Attached {
-    Owned(FdLink),
+    Owned(CgroupLink),
     Pinned(PinnedLink),
+}
+
+/// The loaded object and the packet guard's per-interface links: touched only when
+/// interfaces change, never on a connection's path.
+struct Loaded {
+    guard: PacketGuard,
+    // Last: the programs stay loaded until the links are released.
+    ebpf: Ebpf,
 }
 
 /// The attached kernel programs. Dropping it detaches them unless they are pinned.
 pub struct Enforcer {
     tuple_orig: HashMap<MapData, Tuple, Orig>,
     events: Option<RingBuf<MapData>>,
+    events_lost: Array<MapData, u64>,
     links: Vec<(&'static str, Attached)>,
     pin_dir: Option<PathBuf>,
     dns_targets: Vec<IpAddr>,
     dns_port: u16,
     // Last: the programs stay loaded until the links above are released.
-    _ebpf: Ebpf,
+    loaded: Mutex<Loaded>,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -100,10 +115,16 @@ impl Enforcer {
         let cgroup =
             File::open(&cfg.cgroup).map_err(|e| EbpfError::io("opening cgroup", &cfg.cgroup, e))?;
 
-        // Dropping `owned` on an early return detaches what was attached so far.
+        // Dropping `owned` (and `guard`) on an early return detaches what was
+        // attached so far.
         let mut owned = Vec::with_capacity(PROGRAMS.len());
         for name in PROGRAMS {
             owned.push((name, attach_one(&mut ebpf, name, &cgroup)?));
+        }
+        let mut guard = PacketGuard::load(&mut ebpf, cfg.pin_dir.clone())?;
+        let first = guard.sync(&mut ebpf, true)?;
+        if let Some(dir) = &cfg.pin_dir {
+            guard.prune_pins(dir)?;
         }
         let links = match &cfg.pin_dir {
             None => owned
@@ -118,20 +139,58 @@ impl Enforcer {
 
         let tuple_orig = take_map(&mut ebpf, "tuple_orig", HashMap::try_from)?;
         let events = take_map(&mut ebpf, "events", RingBuf::try_from)?;
+        let events_lost = take_map(&mut ebpf, "events_lost", Array::try_from)?;
         let mut dns_targets: Vec<IpAddr> =
             vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
         dns_targets.extend(first_gateways(&cfg.container_gateways).0.map(IpAddr::V4));
         dns_targets.extend(first_gateways(&cfg.container_gateways).1.map(IpAddr::V6));
-        tracing::info!(cgroup = %cfg.cgroup.display(), pinned = cfg.pin_dir.is_some(), "eBPF programs attached");
+        tracing::info!(
+            cgroup = %cfg.cgroup.display(),
+            pinned = cfg.pin_dir.is_some(),
+            packet_guard = ?first.attached,
+            "eBPF programs attached"
+        );
         Ok(Enforcer {
             tuple_orig,
             events: Some(events),
+            events_lost,
             links,
             pin_dir: cfg.pin_dir,
             dns_targets,
             dns_port: cfg.dns_port,
-            _ebpf: ebpf,
+            loaded: Mutex::new(Loaded { guard, ebpf }),
         })
+    }
+
+    /// Attaches the packet-socket guard to interfaces that appeared since the last
+    /// call and forgets the ones that are gone. Interfaces that cannot be guarded are
+    /// listed in the result (the others are guarded regardless).
+    pub fn sync_interfaces(&self) -> Result<GuardSync, EbpfError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        let Loaded { guard, ebpf } = &mut *loaded;
+        guard.sync(ebpf, false)
+    }
+
+    /// The interfaces the packet-socket guard is attached to.
+    pub fn guarded_interfaces(&self) -> Vec<String> {
+        let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        loaded.guard.interfaces()
+    }
+
+    /// A wake-up for every interface change in this network namespace: call
+    /// [`Enforcer::sync_interfaces`] after each. Needs a tokio runtime.
+    pub fn watch_interfaces() -> Result<LinkChanges, EbpfError> {
+        LinkChanges::subscribe().map_err(|e| {
+            EbpfError::Config(format!(
+                "cannot subscribe to network interface changes (rtnetlink): {e}"
+            ))
+        })
+    }
+
+    /// How many deny reports the kernel dropped so far because the ring buffer was
+    /// full (the denies themselves still happened).
+    pub fn deny_reports_lost(&self) -> u64 {
+        self.events_lost.get(&0, 0).unwrap_or(0)
     }
 
     /// For a socket the transparent listener accepted (`client` = its peer address,
@@ -184,6 +243,11 @@ impl Enforcer {
 
     /// Detaches every program now, pinned or not, and removes the pins.
     pub fn detach(mut self) -> Result<(), EbpfError> {
+        self.loaded
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .guard
+            .detach();
         let mut first_error = None;
         for (name, link) in self.links.drain(..) {
             let result = match link {
@@ -233,6 +297,8 @@ fn load(cfg: &EnforcerConfig) -> Result<Ebpf, EbpfError> {
         })
     });
     let proxy_cgroup_id = cfg.proxy_cgroup_id.unwrap_or(0);
+    let filter_cgroup_id = crate::cgroup::cgroup_id_of(&cfg.cgroup)?;
+    let filter_cgroup_level = crate::cgroup::cgroup_level(&cfg.cgroup)?;
     let ebpf = EbpfLoader::new()
         .override_global("proxy_port", &cfg.proxy_port, true)
         .override_global("dns_port", &cfg.dns_port, true)
@@ -240,6 +306,8 @@ fn load(cfg: &EnforcerConfig) -> Result<Ebpf, EbpfError> {
         .override_global("proxy_cgroup_id", &proxy_cgroup_id, true)
         .override_global("gw4", &gw4, true)
         .override_global("gw6", &gw6, true)
+        .override_global("filter_cgroup_id", &filter_cgroup_id, true)
+        .override_global("filter_cgroup_level", &filter_cgroup_level, true)
         .load(crate::OBJECT)?;
     Ok(ebpf)
 }
@@ -287,7 +355,7 @@ pub(crate) fn attach_one(
     ebpf: &mut Ebpf,
     name: &'static str,
     cgroup: &File,
-) -> Result<FdLink, EbpfError> {
+) -> Result<CgroupLink, EbpfError> {
     let mode = CgroupAttachMode::Single;
     let program = ebpf
         .program_mut(name)
@@ -312,6 +380,15 @@ pub(crate) fn attach_one(
             let id = p.attach(cgroup, mode).map_err(attach_err)?;
             FdLink::try_from(p.take_link(id).map_err(take_err)?).map_err(link_err)?
         }
+        Program::CgroupSockopt(p) => {
+            // aya 0.14 has no FdLink for this program type (needed to pin it).
+            p.load().map_err(load_err)?;
+            let fd = p.fd().map_err(attach_err)?;
+            let link =
+                raw_link::link_create(fd.as_fd(), cgroup.as_fd(), raw_link::BPF_CGROUP_SETSOCKOPT)
+                    .map_err(|e| EbpfError::io("attaching cgroup/setsockopt to", name, e))?;
+            return Ok(CgroupLink::Raw(link));
+        }
         Program::CgroupSkb(p) => {
             p.load().map_err(load_err)?;
             let id = p
@@ -325,5 +402,5 @@ pub(crate) fn attach_one(
             )));
         }
     };
-    Ok(link)
+    Ok(CgroupLink::Aya(link))
 }

@@ -22,6 +22,13 @@ pub enum DenyKind {
     /// A container's connection that could not be redirected: no gateway of its family
     /// is configured (`EnforcerConfig::container_gateways`).
     NoGateway,
+    /// A frame sent through a packet (`AF_PACKET`/`AF_XDP`) socket created under
+    /// egressd, dropped by the tc guard. No process context: see
+    /// [`DenyEvent::socket_cookie`]; `protocol` is the frame's EtherType.
+    Packet,
+    /// A socket option that would skip the packet guard (`PACKET_QDISC_BYPASS`, any
+    /// `SOL_XDP` option): `setsockopt` got EPERM. `protocol` is the option level.
+    Sockopt,
 }
 
 impl DenyKind {
@@ -32,6 +39,8 @@ impl DenyKind {
             3 => Self::Raw,
             5 => Self::Backstop,
             6 => Self::NoGateway,
+            7 => Self::Packet,
+            8 => Self::Sockopt,
             _ => return None,
         })
     }
@@ -44,6 +53,8 @@ impl DenyKind {
             Self::Raw => "raw",
             Self::Backstop => "backstop",
             Self::NoGateway => "no_gateway",
+            Self::Packet => "packet",
+            Self::Sockopt => "sockopt",
         }
     }
 }
@@ -63,6 +74,9 @@ pub struct DenyEvent {
     pub comm: String,
     /// cgroup id of the process (see `cgroup_path_of_id`).
     pub cgroup_id: u64,
+    /// The socket's cookie when the kernel knew it (backstop and packet drops): with
+    /// [`packet_socket_owner`] it finds the owner of a packet socket.
+    pub socket_cookie: Option<u64>,
 }
 
 impl DenyEvent {
@@ -75,8 +89,39 @@ impl DenyEvent {
             pid: raw.pid,
             comm: abi::comm(&raw.comm),
             cgroup_id: raw.cgroup_id,
+            socket_cookie: (raw.cookie != 0).then_some(raw.cookie),
         })
     }
+}
+
+/// The process holding the packet socket with this cookie, in this network
+/// namespace: its pid, found through sock_diag (cookie to inode) and `/proc/*/fd`.
+/// `None` when the socket is gone, belongs to another namespace or cannot be seen.
+pub fn packet_socket_owner(cookie: u64) -> Option<u32> {
+    let inode = crate::netlink::packet_sockets()
+        .ok()?
+        .into_iter()
+        .find(|s| s.cookie == cookie)?
+        .inode;
+    let wanted = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == wanted.as_str()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
 }
 
 /// The receiving end of the deny ring buffer. Needs a tokio runtime (it registers

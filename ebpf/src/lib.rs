@@ -5,8 +5,8 @@
 //! The programs never decide policy. They steer every outbound TCP connection
 //! and DNS query of the filtered cgroup to the egressd proxy and deny in the
 //! kernel what the proxy cannot see (UDP other than DNS, ping and raw
-//! sockets, anything that slipped past the socket hooks), reporting each deny
-//! as a [`DenyEvent`].
+//! sockets, frames of packet sockets, anything that slipped past the socket
+//! hooks), reporting each deny as a [`DenyEvent`].
 //!
 //! The object is built by `cargo xtask ebpf-build` and committed
 //! (`bpf/egressd.bpf.o`), so building this crate needs no clang.
@@ -17,8 +17,11 @@ mod config;
 mod enforcer;
 mod error;
 mod events;
+mod netlink;
+mod packet_guard;
 mod pin;
 mod probe;
+mod raw_link;
 
 pub use cgroup::{
     CgroupEntry, ChildCgroup, cgroup_path_of_id, cgroup2_mount, container_id_of_cgroup_path,
@@ -26,15 +29,20 @@ pub use cgroup::{
 pub use config::EnforcerConfig;
 pub use enforcer::{Enforcer, OriginalDst};
 pub use error::EbpfError;
-pub use events::{DenyEvent, DenyEvents, DenyKind};
+pub use events::{DenyEvent, DenyEvents, DenyKind, packet_socket_owner};
+pub use netlink::LinkChanges;
+pub use packet_guard::GuardSync;
 pub use pin::{DEFAULT_PIN_DIR, cleanup};
 
 /// The compiled kernel programs (`bpf/egressd.bpf.c`, built with clang-19).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/egressd.bpf.o");
 
-/// Names of the kernel programs, in attach order; also the names of their pins.
-pub const PROGRAMS: [&str; 11] = [
+/// Names of the cgroup programs, in attach order; also the names of their pins.
+/// (`packet_guard`, the tc program, is attached per interface: see
+/// `Enforcer::sync_interfaces`.)
+pub const PROGRAMS: [&str; 12] = [
     "sock_create",
+    "sockopt_guard",
     "sock_ops",
     "getpeername4",
     "getpeername6",

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::PinnedLink;
 
+use crate::raw_link::CgroupLink;
 use crate::{EbpfError, PROGRAMS};
 
 /// Where `egressd run --pin` pins its links unless told otherwise.
@@ -32,15 +33,12 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<(), EbpfError> {
 /// no moment without enforcement). On failure the new pins are removed again.
 pub(crate) fn pin_all(
     dir: &Path,
-    links: Vec<(&'static str, FdLink)>,
+    links: Vec<(&'static str, CgroupLink)>,
 ) -> Result<Vec<(&'static str, PinnedLink)>, EbpfError> {
     let mut pinned: Vec<(&'static str, PinnedLink)> = Vec::with_capacity(links.len());
     for (name, link) in links {
         let path = dir.join(name);
-        let result = remove_pin(&path).and_then(|_| {
-            link.pin(&path)
-                .map_err(|e| EbpfError::program(name, "pin", e))
-        });
+        let result = remove_pin(&path).and_then(|_| link.pin(name, &path));
         match result {
             Ok(p) => pinned.push((name, p)),
             Err(e) => {
@@ -80,6 +78,10 @@ pub fn cleanup(pin_dir: &Path) -> Result<Vec<PathBuf>, EbpfError> {
             tracing::info!(pin = %path.display(), is_link, "removed pin");
             removed.push(path);
         }
+    }
+    for path in crate::packet_guard::remove_pins(pin_dir, |_| true)? {
+        tracing::info!(pin = %path.display(), "removed pin");
+        removed.push(path);
     }
     let empty = std::fs::read_dir(pin_dir)
         .map(|mut d| d.next().is_none())

@@ -19,6 +19,10 @@ fn feature_of(program: &str) -> &'static str {
         "getpeername4" | "getpeername6" => "cgroup/getpeername4/6 (Linux 5.8+)",
         "recvmsg4" | "recvmsg6" => "cgroup/recvmsg4/6 (Linux 5.2+)",
         "skb_egress" => "cgroup_skb/egress with socket local storage",
+        "sockopt_guard" => "cgroup/setsockopt programs (Linux 5.3+)",
+        "packet_guard" => {
+            "tc classifier programs reading the frame's socket (bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id)"
+        }
         "sendmsg4" | "sendmsg6" => "cgroup/sendmsg4/6 with bpf_get_netns_cookie (Linux 5.8+)",
         _ => "cgroup/connect4/6 with bpf_get_netns_cookie and bpf_getsockopt (Linux 5.8+)",
     }
@@ -36,7 +40,7 @@ pub(crate) fn probe() -> Result<(), EbpfError> {
             feature: "BPF with BTF, ring buffer, LPM trie and socket storage maps (Linux 5.11+), usable by this user",
             detail: error_chain(&e),
         })?;
-    for name in PROGRAMS {
+    for name in PROGRAMS.into_iter().chain([crate::packet_guard::PROGRAM]) {
         let program = ebpf
             .program_mut(name)
             .ok_or_else(|| EbpfError::Config(format!("the object has no program {name}")))?;
@@ -45,6 +49,8 @@ pub(crate) fn probe() -> Result<(), EbpfError> {
             aya::programs::Program::SockOps(p) => p.load(),
             aya::programs::Program::CgroupSock(p) => p.load(),
             aya::programs::Program::CgroupSkb(p) => p.load(),
+            aya::programs::Program::CgroupSockopt(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
             _ => {
                 return Err(EbpfError::Config(format!(
                     "program {name} has an unexpected type"
@@ -60,7 +66,7 @@ pub(crate) fn probe() -> Result<(), EbpfError> {
 }
 
 /// The error and its sources on one line (aya keeps the verifier log in a source).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -97,11 +97,23 @@ pub enum Reason {
     /// An `event` record: someone detached a kernel hook, killed a listener or
     /// changed the policy file under a running egressd.
     TamperDetected,
+    /// A frame sent through a packet socket (`AF_PACKET`/`AF_XDP`) created
+    /// under egressd was dropped by the kernel's packet-socket guard.
+    PacketBlocked,
+    /// A socket option that would let a packet socket skip the guard
+    /// (`PACKET_QDISC_BYPASS`, AF_XDP set-up) was refused in the kernel.
+    SockoptBlocked,
+    /// An `event` record: the kernel's deny ring buffer was full and this many
+    /// deny reports were lost (the denies themselves still happened).
+    KernelReportsLost,
+    /// An `event` record: a network interface appeared that the packet-socket
+    /// guard could not be attached to.
+    InterfaceUnguarded,
 }
 
 impl Reason {
     /// Every reason, in declaration order (`Reason::ALL[r as usize] == r`).
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 31] = [
         Reason::RuleAllow,
         Reason::RuleDeny,
         Reason::NoRule,
@@ -129,6 +141,10 @@ impl Reason {
         Reason::EgressBackstop,
         Reason::NoGateway,
         Reason::TamperDetected,
+        Reason::PacketBlocked,
+        Reason::SockoptBlocked,
+        Reason::KernelReportsLost,
+        Reason::InterfaceUnguarded,
     ];
 
     /// The stable string written in audit records.
@@ -161,6 +177,10 @@ impl Reason {
             Reason::EgressBackstop => "egress_backstop",
             Reason::NoGateway => "no_gateway",
             Reason::TamperDetected => "tamper_detected",
+            Reason::PacketBlocked => "packet_blocked",
+            Reason::SockoptBlocked => "sockopt_blocked",
+            Reason::KernelReportsLost => "kernel_reports_lost",
+            Reason::InterfaceUnguarded => "interface_unguarded",
         }
     }
 }

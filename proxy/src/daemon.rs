@@ -605,6 +605,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
                 events,
                 Arc::clone(&origins),
             ));
+            servers.spawn(kernel::upkeep(Arc::clone(&engine), Arc::clone(&enforcer)));
             ready.cgroup = Some(k.cgroup.clone());
             (
                 Arc::clone(&origins) as Arc<dyn DstSource>,

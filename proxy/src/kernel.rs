@@ -3,7 +3,9 @@
 //! (a [`ProcessLookup`]), and the in-kernel denies turned into audit records.
 //! Process attribution (pid, comm from the kernel hook; exe, cgroup path and
 //! container id from /proc and the cgroup tree) is built here once for all
-//! three.
+//! three. Also the enforcer's upkeep while it runs ([`upkeep`]): the packet
+//! guard follows interfaces as they come and go, and lost deny reports become
+//! an `event` record.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,6 +113,16 @@ fn proc_exe(pid: u32) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
+/// `/proc/PID/comm`, while the process exists.
+fn proc_comm(pid: u32) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
 /// The cgroup v2 path of a running process (the `0::` line).
 fn proc_cgroup(pid: u32) -> Option<String> {
     if pid == 0 {
@@ -136,6 +148,8 @@ pub fn deny_kind(ev: &DenyEvent) -> (Kind, Reason) {
         DenyKind::Raw => (Kind::Raw, Reason::RawBlocked),
         DenyKind::Backstop => (kind_of_protocol(), Reason::EgressBackstop),
         DenyKind::NoGateway => (kind_of_protocol(), Reason::NoGateway),
+        DenyKind::Packet => (Kind::Raw, Reason::PacketBlocked),
+        DenyKind::Sockopt => (Kind::Raw, Reason::SockoptBlocked),
     }
 }
 
@@ -155,6 +169,15 @@ fn deny_detail(ev: &DenyEvent) -> String {
             "connection from another network namespace, and no container gateway of its family is configured (--container-gateway)"
                 .into()
         }
+        DenyKind::Packet => format!(
+            "frame (EtherType 0x{:04x}) from a packet socket (cookie {}) dropped by the packet-socket guard; further frames of this socket are dropped without a record",
+            ev.protocol,
+            ev.socket_cookie.unwrap_or(0)
+        ),
+        DenyKind::Sockopt => format!(
+            "socket option at level {} that would bypass the packet-socket guard (PACKET_QDISC_BYPASS or AF_XDP) denied in the kernel (EPERM)",
+            ev.protocol
+        ),
     }
 }
 
@@ -183,8 +206,91 @@ async fn record_deny(engine: &Engine, origins: &EbpfOrigins, ev: &DenyEvent) {
     let (kind, reason) = deny_kind(ev);
     let mut rec = engine.record(kind, &Decision::engine_deny(reason));
     rec.dst = ev.dst;
-    rec.process = Some(origins.process(ev.pid, &ev.comm, ev.cgroup_id));
+    rec.process = Some(match (ev.kind, ev.socket_cookie) {
+        // The tc guard runs without process context: find the socket's owner.
+        (DenyKind::Packet, Some(cookie)) => {
+            let pid = tokio::task::spawn_blocking(move || egressd_ebpf::packet_socket_owner(cookie))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0);
+            let comm = proc_comm(pid).unwrap_or_default();
+            origins.process(pid, &comm, ev.cgroup_id)
+        }
+        _ => origins.process(ev.pid, &ev.comm, ev.cgroup_id),
+    });
     rec.detail = Some(deny_detail(ev));
+    engine.metrics().decision(&Decision::engine_deny(reason));
+    engine.audit(rec).await;
+}
+
+/// While the engine accepts: attach the packet-socket guard to interfaces as they
+/// appear (an `event` record for one that cannot be guarded), and write an `event`
+/// record when the kernel reports lost deny reports. Every few seconds both are
+/// checked even without a notification.
+pub async fn upkeep(engine: Arc<Engine>, enforcer: Arc<Enforcer>) {
+    let mut changes = match Enforcer::watch_interfaces() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("{e}: new interfaces are picked up every 5 s instead");
+            None
+        }
+    };
+    let mut lost_seen = 0u64;
+    loop {
+        let changed = async {
+            match changes.as_mut() {
+                Some(c) => c.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = changed => {
+                if let Err(e) = r {
+                    tracing::warn!("interface notifications failed ({e}): polling every 5 s");
+                    changes = None;
+                }
+            }
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            () = engine.stop_accepting().cancelled() => return,
+        }
+        match enforcer.sync_interfaces() {
+            Ok(sync) => {
+                for name in &sync.attached {
+                    tracing::info!(interface = %name, "packet-socket guard attached");
+                }
+                for (name, error) in &sync.failed {
+                    tracing::error!(interface = %name, "packet-socket guard NOT attached: {error}");
+                    audit_event(
+                        &engine,
+                        Reason::InterfaceUnguarded,
+                        format!("interface {name} is not guarded against packet sockets: {error}"),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => tracing::error!("cannot list network interfaces: {e}"),
+        }
+        let lost = enforcer.deny_reports_lost();
+        if lost > lost_seen {
+            tracing::error!(lost = lost - lost_seen, "kernel deny reports lost: the ring buffer was full");
+            audit_event(
+                &engine,
+                Reason::KernelReportsLost,
+                format!(
+                    "{} in-kernel deny reports were lost because the ring buffer was full ({lost} since start); the denies themselves happened",
+                    lost - lost_seen
+                ),
+            )
+            .await;
+            lost_seen = lost;
+        }
+    }
+}
+
+async fn audit_event(engine: &Engine, reason: Reason, detail: String) {
+    let mut rec = engine.record(Kind::Event, &Decision::engine_deny(reason));
+    rec.detail = Some(detail);
     engine.metrics().decision(&Decision::engine_deny(reason));
     engine.audit(rec).await;
 }
@@ -201,6 +307,7 @@ mod tests {
             pid: 1,
             comm: "x".into(),
             cgroup_id: 0,
+            socket_cookie: None,
         }
     }
 
@@ -237,6 +344,14 @@ mod tests {
         assert_eq!(
             deny_kind(&ev(DenyKind::NoGateway, 6)),
             (Kind::Tcp, Reason::NoGateway)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Packet, 0x0800)),
+            (Kind::Raw, Reason::PacketBlocked)
+        );
+        assert_eq!(
+            deny_kind(&ev(DenyKind::Sockopt, 263)),
+            (Kind::Raw, Reason::SockoptBlocked)
         );
     }
 

@@ -191,6 +191,18 @@ pub(crate) mod kit {
         }
     }
 
+    impl Topology {
+        /// The namespace holding the servers.
+        pub fn netns(&self) -> &str {
+            &self.ns
+        }
+
+        /// The host side of the veth into it (HOST's interface).
+        pub fn host_link(&self) -> &str {
+            &self.link
+        }
+    }
+
     impl Drop for Topology {
         fn drop(&mut self) {
             let _ = self.server.kill();

@@ -49,9 +49,21 @@ fn pinned_links_outlive_the_enforcer_and_cleanup_removes_them() {
     let path = world.cgroup.path().to_path_buf();
     let pin_dir = world.pin_dir.clone().unwrap();
     let count = world.enforcer().attached_programs().len();
+    let guarded = world.enforcer().guarded_interfaces().len();
+    assert!(guarded >= 1, "at least the world's veth");
     // Dropping the enforcer is what a crash does to its fds: pinned links stay.
     drop(world.enforcer.take());
     assert_eq!(attached_programs(&path).len(), count, "links survive");
+    let guard_pins = std::fs::read_dir(&pin_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("packet_guard_if")
+        })
+        .count();
+    assert_eq!(guard_pins, 2 * guarded, "ingress and egress per interface");
 
     // Fail closed: with the proxy gone, a connection from the cgroup is refused,
     // it does not reach the outside.
@@ -77,7 +89,7 @@ except ConnectionRefusedError:
     let removed = egressd_ebpf::cleanup(&pin_dir).unwrap();
     assert_eq!(
         removed.len(),
-        count + 1,
+        count + 2 * guarded + 1,
         "every pin and the directory: {removed:?}"
     );
     assert_eq!(attached_programs(&path), Vec::<String>::new());

@@ -11,5 +11,6 @@ mod support;
 mod container;
 mod dns;
 mod lifecycle;
+mod packet;
 mod sockets;
 mod tcp;

@@ -133,6 +133,8 @@ fn ip(args: &str) -> String {
 pub struct NetNs {
     pub name: String,
     pub host_if: String,
+    /// The interface inside the namespace.
+    pub peer_if: String,
 }
 
 impl NetNs {
@@ -150,7 +152,11 @@ impl NetNs {
             "interface name too long: {peer}"
         );
         ip(&format!("netns add {name}"));
-        let ns = NetNs { name, host_if };
+        let ns = NetNs {
+            name,
+            host_if,
+            peer_if: peer.to_owned(),
+        };
         let (n, h) = (&ns.name, &ns.host_if);
         ip(&format!("link add {h} type veth peer name {peer}"));
         ip(&format!("link set {peer} netns {n}"));
@@ -355,12 +361,20 @@ pub struct World {
     pub cgroup: ChildCgroup,
     pub netns: NetNs,
     pub runtime: tokio::runtime::Runtime,
+    /// A client started in the cgroup before the programs were attached.
+    pub early: Option<Client>,
     _lock: MutexGuard<'static, ()>,
 }
 
 impl World {
     pub fn new() -> World {
         World::build(false, false, false)
+    }
+
+    /// A world whose cgroup already runs `python3 -c script args` (in [`World::early`])
+    /// when the programs are attached; `script` prints one line when it is set up.
+    pub fn with_early_client(script: &str, args: &[&str]) -> World {
+        World::build_with(false, false, false, Some((script, args)))
     }
 
     /// A world whose links are pinned under `/sys/fs/bpf/egressd-ebpf-test-<id>`.
@@ -379,6 +393,15 @@ impl World {
     }
 
     fn build(pin: bool, with_container: bool, gateways: bool) -> World {
+        World::build_with(pin, with_container, gateways, None)
+    }
+
+    fn build_with(
+        pin: bool,
+        with_container: bool,
+        gateways: bool,
+        early: Option<(&str, &[&str])>,
+    ) -> World {
         let lock = TOPOLOGY.lock().unwrap_or_else(|p| p.into_inner());
         remove_leftovers();
         let id = format!(
@@ -401,6 +424,13 @@ impl World {
             (ns, sockets)
         });
         let pin_dir = pin.then(|| PathBuf::from(format!("{BPFFS}/egressd-ebpf-test-{id}")));
+        let early = early.map(|(script, args)| {
+            let mut cmd = Command::new(python());
+            cmd.arg("-c").arg(script).args(args);
+            let mut client = spawn_in(&cgroup, cmd);
+            client.line(); // set up before anything is attached
+            client
+        });
         let enforcer = Enforcer::attach(EnforcerConfig {
             pin_dir: pin_dir.clone(),
             cgroup: cgroup.path().to_path_buf(),
@@ -430,6 +460,7 @@ impl World {
             cgroup,
             netns,
             runtime,
+            early,
             _lock: lock,
         }
     }
@@ -477,19 +508,34 @@ c.close()
     }
 
     /// Starts a command inside the child cgroup.
-    pub fn spawn_command(&self, mut cmd: Command) -> Client {
-        let entry = self.cgroup.entry();
-        // SAFETY: the closure only calls open/write/close (async-signal-safe).
-        unsafe {
-            cmd.pre_exec(move || entry.enter());
-        }
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Client::new(child)
+    pub fn spawn_command(&self, cmd: Command) -> Client {
+        spawn_in(&self.cgroup, cmd)
     }
+}
+
+/// Starts a command inside `cgroup` (stdout and stderr piped).
+fn spawn_in(cgroup: &ChildCgroup, mut cmd: Command) -> Client {
+    let entry = cgroup.entry();
+    // SAFETY: the closure only calls open/write/close (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || entry.enter());
+    }
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Client::new(child)
+}
+
+/// Starts a command outside the filtered cgroup (stdout and stderr piped).
+pub fn spawn_outside(mut cmd: Command) -> Client {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Client::new(child)
 }
 
 impl Drop for World {
