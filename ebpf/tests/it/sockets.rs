@@ -149,3 +149,34 @@ time.sleep(10)
     assert_eq!(d.comm, "python3");
     assert_eq!(d.cgroup_id, world.cgroup.id().unwrap());
 }
+
+#[test]
+fn deny_reports_the_ring_buffer_had_no_room_for_are_counted() {
+    if !support::privileged() {
+        return;
+    }
+    let mut world = World::new();
+    let mut events = world.deny_events();
+    // Nobody reads while 5,000 denies happen: the 256 KiB ring buffer holds about
+    // 3,600 reports, the rest must be counted as lost, none silently gone.
+    let script = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+n = 0
+for i in range(5000):
+    try:
+        s.sendto(b"x", ("198.51.100.10", 9999))
+    except PermissionError:
+        n += 1
+print(n, flush=True)
+"#;
+    let out = world.python(script).finish();
+    assert_eq!(out.trim(), "5000");
+    let lost = world.enforcer().deny_reports_lost();
+    assert!(lost > 0, "the ring buffer cannot hold 5,000 reports");
+    let mut delivered = 0u64;
+    while events.try_recv().is_some() {
+        delivered += 1;
+    }
+    assert_eq!(delivered + lost, 5000, "delivered {delivered}, lost {lost}");
+}
