@@ -225,13 +225,20 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, EbpfError> {
     }
 }
 
-/// Writes the cookies of the packet sockets that exist now into `packet_old`.
+/// Writes the cookies of the packet sockets that exist now into `packet_old`. If
+/// they cannot be listed (no `CONFIG_PACKET_DIAG`), none is exempt: existing packet
+/// sockets of the filtered cgroup are then guarded like new ones (fail closed).
 fn exempt_existing_packet_sockets(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
-    let sockets = netlink::packet_sockets().map_err(|e| {
-        EbpfError::Config(format!(
-            "cannot list the existing packet sockets (sock_diag, CONFIG_PACKET_DIAG): {e}"
-        ))
-    })?;
+    let sockets = match netlink::packet_sockets() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                "cannot list the existing packet sockets (sock_diag, CONFIG_PACKET_DIAG): {e}; \
+                 packet sockets older than egressd in the filtered cgroup are guarded too"
+            );
+            return Ok(());
+        }
+    };
     let map = ebpf
         .map_mut("packet_old")
         .ok_or_else(|| EbpfError::Config("the object has no packet_old map".into()))?;
