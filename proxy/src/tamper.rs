@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
 /// Attach types egressd uses (`enum bpf_attach_type` in linux/bpf.h).
-const ATTACH_TYPES: [(u32, &str); 11] = [
+const ATTACH_TYPES: [(u32, &str); 12] = [
     (1, "cgroup_skb/egress"),
     (2, "cgroup/sock_create"),
     (3, "sockops"),
@@ -22,6 +22,7 @@ const ATTACH_TYPES: [(u32, &str); 11] = [
     (15, "cgroup/sendmsg6"),
     (19, "cgroup/recvmsg4"),
     (20, "cgroup/recvmsg6"),
+    (22, "cgroup/setsockopt"),
     (29, "cgroup/getpeername4"),
     (30, "cgroup/getpeername6"),
 ];
