@@ -172,31 +172,8 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
     );
 }
 
-/// `IFNAME SRC DST PORT PAYLOAD`: one broadcast Ethernet/IPv4/UDP frame through an
-/// AF_PACKET socket; prints the pid, then "sent" or the errno name.
-const PACKET_SENDER: &str = r#"
-import errno, os, socket, struct, sys
-ifname, src, dst, port, payload = sys.argv[1:6]
-print(os.getpid(), flush=True)
-def csum(b):
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return (~s) & 0xffff
-data = payload.encode()
-udp = struct.pack("!HHHH", 40000, int(port), 8 + len(data), 0) + data
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                 socket.inet_aton(src), socket.inet_aton(dst))
-ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-smac = open("/sys/class/net/%s/address" % ifname).read().strip()
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((ifname, 0))
-try:
-    s.send(b"\xff" * 6 + bytes.fromhex(smac.replace(":", "")) + b"\x08\x00" + ip + udp)
-    print("sent", flush=True)
-except OSError as e:
-    print(errno.errorcode[e.errno], flush=True)
-"#;
+/// Sends one frame through an AF_PACKET socket (usage in the file).
+const PACKET_SENDER: &str = include_str!("../../ebpf/tests/fixtures/packet_sender.py");
 
 #[test]
 fn exec_drops_packet_socket_frames_and_audits_them() {
@@ -222,9 +199,8 @@ fn exec_drops_packet_socket_frames_and_audits_them() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    let frame = |payload: &str| {
-        [t.host_link(), kit::HOST, ALLOWED, "7777", payload].map(str::to_owned)
-    };
+    let frame =
+        |payload: &str| [t.host_link(), kit::HOST, ALLOWED, "7777", payload].map(str::to_owned);
 
     // Without egressd the same frame arrives: the test can tell a drop.
     let direct = Command::new("python3")
@@ -234,7 +210,7 @@ fn exec_drops_packet_socket_frames_and_audits_them() {
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&direct.stdout).ends_with("sent\n"),
+        String::from_utf8_lossy(&direct.stdout).contains("\nsent\n"),
         "{direct:?}"
     );
     // Under egressd exec: dropped by the packet-socket guard, audited.
@@ -255,7 +231,13 @@ fn exec_drops_packet_socket_frames_and_audits_them() {
     assert_eq!(got, ["direct", "done"], "only the unfiltered frame arrived");
 
     let packet = std::fs::read_to_string(dir.path().join("packet")).unwrap();
-    let pid: u32 = packet.lines().next().unwrap().parse().unwrap();
+    let pid: u32 = packet
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("ready "))
+        .unwrap()
+        .parse()
+        .unwrap();
     let records = kit::records(&dir.path().join("audit"));
     let rec = records
         .iter()
@@ -271,9 +253,11 @@ fn exec_drops_packet_socket_frames_and_audits_them() {
     assert_eq!(p.pid, Some(pid), "{p:?}");
     assert_eq!(p.comm.as_deref(), Some("python3"));
     assert!(
-        p.cgroup
-            .as_deref()
-            .is_some_and(|c| c.rsplit('/').next().unwrap().starts_with("egressd-exec-")),
+        p.cgroup.as_deref().is_some_and(|c| c
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .starts_with("egressd-exec-")),
         "{p:?}"
     );
 }

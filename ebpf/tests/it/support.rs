@@ -520,12 +520,7 @@ fn spawn_in(cgroup: &ChildCgroup, mut cmd: Command) -> Client {
     unsafe {
         cmd.pre_exec(move || entry.enter());
     }
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Client::new(child)
+    spawn_outside(cmd)
 }
 
 /// Starts a command outside the filtered cgroup (stdout and stderr piped).
