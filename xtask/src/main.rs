@@ -27,6 +27,16 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Progress and phase timings on stderr, with the time since start.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().task {
         Task::EbpfBuild => ebpf::build(),
         Task::EbpfCheck => ebpf::check(),

@@ -2,6 +2,12 @@
 //! TLS echo server (the ClientHello storm's destination) and the DNS upstream
 //! that answers every `bench.test` name with 127.0.0.1.
 //!
+//! The DNS upstream is W4's reference ("direct") and every resolver's
+//! upstream, so it must never be the bottleneck: it runs on its own blocking
+//! threads (not on the backends' runtime), each with its own `SO_REUSEPORT`
+//! socket with a large receive buffer, so a few milliseconds without CPU on
+//! a loaded machine queue queries instead of dropping them.
+//!
 //! The echo and sink servers skip one leading TLS record when the stream starts
 //! with one, so the same bytes (a real ClientHello, then payload) pass through
 //! SNI routers and CONNECT proxies alike.
@@ -12,7 +18,7 @@ use std::sync::Arc;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{RData, Record, rdata::A};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Zone every backend name lives in.
 pub const ZONE: &str = "bench.test";
@@ -40,14 +46,13 @@ pub fn start(
         let echo = TcpListener::bind("127.0.0.1:0").await?;
         let sink = TcpListener::bind("127.0.0.1:0").await?;
         let tls_l = TcpListener::bind("127.0.0.1:0").await?;
-        let dns = UdpSocket::bind("127.0.0.1:0").await?;
         let addrs = Backends {
             echo: echo.local_addr()?,
             sink: sink.local_addr()?,
             tls: tls_l.local_addr()?,
-            dns: dns.local_addr()?,
+            dns: start_dns()?,
         };
-        tokio::spawn(accept_loop(echo, |s| Box::pin(echo_conn(s))));
+        tokio::spawn(echo_server(echo));
         tokio::spawn(accept_loop(sink, |s| Box::pin(sink_conn(s))));
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         tokio::spawn(async move {
@@ -69,13 +74,13 @@ pub fn start(
                 });
             }
         });
-        let dns = Arc::new(dns);
-        // Two receivers on one socket: the upstream must never be the bottleneck.
-        for _ in 0..2 {
-            tokio::spawn(dns_loop(dns.clone()));
-        }
         anyhow::Ok(addrs)
     })
+}
+
+/// Serves the echo protocol on `listener` until the task is dropped.
+pub async fn echo_server(listener: TcpListener) {
+    accept_loop(listener, |s| Box::pin(echo_conn(s))).await;
 }
 
 type ConnFuture = std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
@@ -136,44 +141,177 @@ async fn sink_conn(mut s: TcpStream) -> std::io::Result<()> {
     s.shutdown().await
 }
 
-async fn dns_loop(sock: Arc<UdpSocket>) {
+/// Threads (and sockets) of the DNS upstream.
+const DNS_THREADS: usize = 2;
+/// Receive buffer per upstream socket: ~8,000 queued queries at ~1 KiB of
+/// kernel memory each, over a second of W4's open-loop rates.
+const DNS_RCVBUF: libc::c_int = 8 << 20;
+
+/// Starts the DNS upstream on a free loopback port; returns its address.
+fn start_dns() -> anyhow::Result<SocketAddr> {
+    let first = reuseport_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..DNS_THREADS {
+        sockets.push(reuseport_udp(addr)?);
+    }
+    for (i, sock) in sockets.into_iter().enumerate() {
+        std::thread::Builder::new()
+            .name(format!("bench-dns-{i}"))
+            .spawn(move || dns_serve(&sock))?;
+    }
+    Ok(addr)
+}
+
+/// A blocking UDP socket bound to `addr` with `SO_REUSEPORT` (the kernel
+/// spreads queries over the sockets by source port) and a large receive buffer.
+fn reuseport_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: `fd` is a fresh socket this function owns from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: setsockopt(2) reads one c_int we pass by pointer with its size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SOL_SOCKET, libc::SO_REUSEPORT, 1) != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // As root the buffer may exceed net.core.rmem_max; otherwise the kernel
+    // caps SO_RCVBUF at rmem_max (still far above the default).
+    if set(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, DNS_RCVBUF) != 0 {
+        set(libc::SOL_SOCKET, libc::SO_RCVBUF, DNS_RCVBUF);
+    }
+    let sock = std::net::UdpSocket::from(fd);
+    let std::net::SocketAddr::V4(v4) = addr else {
+        anyhow::bail!("the DNS upstream binds IPv4 loopback only");
+    };
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: bind(2) reads the sockaddr_in we pass with its exact size.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&raw const sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(sock)
+}
+
+/// Answers queries on `sock` forever (a blocking loop on its own thread).
+fn dns_serve(sock: &std::net::UdpSocket) {
     let mut buf = vec![0u8; 4096];
     loop {
-        let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+        let Ok((n, peer)) = sock.recv_from(&mut buf) else {
             continue;
         };
-        let Ok(query) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        if query.metadata.message_type != MessageType::Query {
-            continue;
-        }
-        let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
-        reply.metadata.recursion_desired = query.metadata.recursion_desired;
-        reply.metadata.recursion_available = true;
-        reply.queries = query.queries.clone();
-        if let Some(edns) = &query.edns {
-            reply.edns = Some(edns.clone());
-        }
-        match query.queries.first() {
-            Some(q) if in_zone(&q.name().to_ascii()) => {
-                if q.query_type() == hickory_proto::rr::RecordType::A {
-                    reply.add_answer(Record::from_rdata(
-                        q.name().clone(),
-                        300,
-                        RData::A(A(Ipv4Addr::LOCALHOST)),
-                    ));
-                }
-            }
-            _ => reply.metadata.response_code = ResponseCode::NXDomain,
-        }
-        if let Ok(bytes) = reply.to_vec() {
-            let _ = sock.send_to(&bytes, peer).await;
+        if let Some(bytes) = dns_answer(&buf[..n]) {
+            let _ = sock.send_to(&bytes, peer);
         }
     }
+}
+
+/// The reply to one query: A 127.0.0.1 for names under [`ZONE`], NXDOMAIN otherwise.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let query = Message::from_vec(query).ok()?;
+    if query.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.queries = query.queries.clone();
+    if let Some(edns) = &query.edns {
+        reply.edns = Some(edns.clone());
+    }
+    match query.queries.first() {
+        Some(q) if in_zone(&q.name().to_ascii()) => {
+            if q.query_type() == hickory_proto::rr::RecordType::A {
+                reply.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    300,
+                    RData::A(A(Ipv4Addr::LOCALHOST)),
+                ));
+            }
+        }
+        _ => reply.metadata.response_code = ResponseCode::NXDomain,
+    }
+    reply.to_vec().ok()
 }
 
 fn in_zone(name: &str) -> bool {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     name == ZONE || name.ends_with(".bench.test")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut q = Message::query();
+        q.metadata.id = id;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        q.to_vec().unwrap()
+    }
+
+    #[test]
+    fn the_upstream_answers_a_burst_without_losing_a_query() {
+        let upstream = start_dns().unwrap();
+        // A client socket with a buffer as large as the upstream's, so the
+        // replies can wait until the whole burst is sent.
+        let client = reuseport_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let burst = 2_000u16;
+        for id in 0..burst {
+            let name = if id % 2 == 0 {
+                format!("q{id}.ok.bench.test.")
+            } else {
+                format!("q{id}.example.")
+            };
+            client.send_to(&query(id, &name), upstream).unwrap();
+        }
+        let mut seen = vec![false; usize::from(burst)];
+        let mut buf = [0u8; 4096];
+        for _ in 0..burst {
+            let (n, _) = client.recv_from(&mut buf).expect("every query is answered");
+            let reply = Message::from_vec(&buf[..n]).unwrap();
+            let id = reply.metadata.id;
+            assert!(!seen[usize::from(id)], "reply {id} came twice");
+            seen[usize::from(id)] = true;
+            if id.is_multiple_of(2) {
+                assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+                assert_eq!(reply.answers[0].data, RData::A(A(Ipv4Addr::LOCALHOST)));
+            } else {
+                assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+                assert!(reply.answers.is_empty());
+            }
+        }
+    }
 }

@@ -40,7 +40,7 @@ pub fn ensure_peers(allow_install: bool) -> anyhow::Result<Vec<String>> {
     // SAFETY: geteuid has no memory effects.
     let root = unsafe { libc::geteuid() } == 0;
     if !packages.is_empty() && allow_install && root {
-        eprintln!("bench: installing {}", packages.join(" "));
+        tracing::info!("installing {}", packages.join(" "));
         let ok = Command::new("apt-get")
             .args(["update", "-qq"])
             .status()?
@@ -67,10 +67,39 @@ pub fn ensure_peers(allow_install: bool) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// A `cargo` command for a build from inside `cargo run` (`cargo xtask`).
+///
+/// `cargo run` gives the program the package's variables (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...). Build scripts such as ring's declare
+/// `rerun-if-env-changed` on them, so an inner cargo that inherits them sees
+/// "changed" values and rebuilds ring and everything above it (minutes on
+/// this machine), and the next plain build rebuilds it back. Dropped here.
+pub fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// `cargo build --release -p egressd`; returns the binary's path.
 pub fn build_egressd() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
+    let out = cargo()
         .args([
             "build",
             "--release",

@@ -1,9 +1,12 @@
-//! One target under one load: start it, run the repetitions, read its CPU
-//! and RSS from /proc, stop it, and for egressd check its audit journal.
+//! Targets under load: a workload starts all its targets at once (a
+//! [`Fleet`]), runs its passes over them one target at a time (reading each
+//! target's CPU and RSS from /proc), then stops them all at once and, for
+//! egressd, checks its audit journal against every decision of every pass.
+//! Each phase's wall time is logged as it ends and kept for the summary.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::allowlist::Allowlist;
 use super::audit_check::{self, AuditCheck};
@@ -17,6 +20,35 @@ pub struct Settings {
     pub reps: usize,
     /// Length of one repetition.
     pub dur: Duration,
+    /// Repetitions of W4's loss pass (open loop at 80% of each target's peak).
+    pub loss_reps: usize,
+    /// W3's bytes per repetition (split over the streams).
+    pub bulk_bytes: u64,
+    /// W6's idle tunnels.
+    pub idle_tunnels: u64,
+    /// W6's wait for memory to settle after opening and after closing.
+    pub settle: Duration,
+}
+
+impl Settings {
+    /// `--quick`: every workload against every target, short repetitions.
+    pub const QUICK: Settings = Settings {
+        reps: 3,
+        dur: Duration::from_millis(500),
+        loss_reps: 1,
+        bulk_bytes: 512 << 20,
+        idle_tunnels: 1_000,
+        settle: Duration::from_millis(200),
+    };
+    /// The full run.
+    pub const FULL: Settings = Settings {
+        reps: 5,
+        dur: Duration::from_secs(5),
+        loss_reps: 3,
+        bulk_bytes: 4 << 30,
+        idle_tunnels: 7_000,
+        settle: Duration::from_millis(500),
+    };
 }
 
 /// The harness's shared state.
@@ -25,12 +57,16 @@ pub struct Bench {
     pub env: Env,
     /// The load generator's runtime.
     pub load: tokio::runtime::Handle,
+    /// The backends' runtime (W7 adds a server to it).
+    pub backend: tokio::runtime::Handle,
     /// Run lengths.
     pub settings: Settings,
     /// Next op index (names and DNS salts stay fresh across runs).
     pub next_op: Cell<u64>,
     /// Only these targets run (`--targets`); `None`: all.
     pub only: Option<Vec<Target>>,
+    /// Wall time of every finished phase, in order.
+    pub timings: RefCell<Vec<(String, Duration)>>,
 }
 
 /// Closed or open loop.
@@ -50,7 +86,7 @@ pub enum Load {
     },
 }
 
-/// What the repetitions of one target measured.
+/// What the repetitions of one pass over one target measured.
 #[derive(Debug, Default)]
 pub struct Measured {
     /// Verified ops per second, per repetition.
@@ -61,27 +97,55 @@ pub struct Measured {
     pub cpu_per_op: Vec<f64>,
     /// Target CPU seconds per GB of payload, per repetition.
     pub cpu_s_per_gb: Vec<f64>,
-    /// Median latency (us) per repetition.
+    /// Median latency (us) per repetition (until ready, for ops that say).
     pub p50: Vec<f64>,
     /// 99th percentile latency (us) per repetition.
     pub p99: Vec<f64>,
+    /// Median latency (us) until the op finished, per repetition.
+    pub done_p50: Vec<f64>,
+    /// 99th percentile latency (us) until the op finished, per repetition.
+    pub done_p99: Vec<f64>,
     /// RSS of the target's process tree after the last repetition.
     pub rss: u64,
-    /// Ops that failed verification.
+    /// Ops that failed verification (timeouts included).
     pub errors: u64,
+    /// Of `errors`, ops without an answer within the timeout.
+    pub timeouts: u64,
     /// Ops sent.
     pub ops: u64,
+    /// Ops allowed (and verified).
+    pub allowed: u64,
     /// The first error messages.
     pub samples: Vec<String>,
-    /// egressd's journal check.
-    pub audit: Option<AuditCheck>,
 }
 
 impl Measured {
     /// Whether the run must be marked failed.
     pub fn failed(&self) -> bool {
-        self.errors > 0 || self.audit.as_ref().is_some_and(|a| a.missing() > 0)
+        self.errors > 0
     }
+
+    /// Adds one repetition's report (and the target's CPU over it).
+    pub fn add(&mut self, r: loadgen::Report, cpu_us: u64) {
+        let cpu = cpu_us as f64;
+        self.rates.push(r.rate());
+        self.bytes_per_s
+            .push(r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-9));
+        self.cpu_per_op.push(cpu / r.decisions().max(1) as f64);
+        if r.bytes > 0 {
+            self.cpu_s_per_gb.push(cpu / 1e6 / (r.bytes as f64 / 1e9));
+        }
+        self.p50.push(r.hist.value_at_quantile(0.5) as f64);
+        self.p99.push(r.hist.value_at_quantile(0.99) as f64);
+        self.done_p50.push(r.done.value_at_quantile(0.5) as f64);
+        self.done_p99.push(r.done.value_at_quantile(0.99) as f64);
+        self.errors += r.errors;
+        self.timeouts += r.timeouts;
+        self.ops += r.allowed + r.denied + r.errors;
+        self.allowed += r.allowed;
+        self.samples.extend(r.error_samples);
+    }
+
     /// The errors cell.
     pub fn errors_cell(&self) -> String {
         if self.errors == 0 {
@@ -95,43 +159,170 @@ impl Measured {
             )
         }
     }
-    /// The audit cell.
-    pub fn audit_cell(&self) -> String {
-        self.audit
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), AuditCheck::cell)
+}
+
+/// One pass's result for one target, or why it has none.
+pub type Outcome = Result<Measured, String>;
+
+/// A started target and the decisions its journal must hold.
+pub struct Member {
+    /// The running target.
+    pub running: Running,
+    /// Decisions the load generator saw it make, over every pass.
+    pub decisions: u64,
+    /// Allowed tunnels (each owes a closing record).
+    pub closing: u64,
+}
+
+impl Member {
+    /// Stops the target gracefully and checks its journal (egressd only).
+    fn finish(self) -> anyhow::Result<Option<AuditCheck>> {
+        let audit_dir = self.running.audit_dir.clone();
+        self.running.stop()?;
+        let Some(dir) = audit_dir else {
+            return Ok(None);
+        };
+        Ok(Some(AuditCheck {
+            expected_decisions: self.decisions,
+            expected_closing: self.closing,
+            found: audit_check::count(&dir)?,
+        }))
+    }
+}
+
+/// The targets of one workload, started together.
+pub struct Fleet<'b> {
+    bench: &'b Bench,
+    tag: String,
+    tunnels: bool,
+    members: Vec<(Target, Result<Member, String>)>,
+}
+
+/// What [`Fleet::stop`] found for each target: its journal check (`None`
+/// for targets without a journal), or why it has none.
+pub type Audits = Vec<(Target, Result<Option<AuditCheck>, String>)>;
+
+/// Times a phase: logs its start, and its wall time when dropped.
+#[must_use = "the phase ends when this is dropped"]
+pub struct Phase<'b> {
+    bench: &'b Bench,
+    name: String,
+    start: Instant,
+}
+
+impl Drop for Phase<'_> {
+    fn drop(&mut self) {
+        let took = self.start.elapsed();
+        tracing::info!("{} done in {:.1} s", self.name, took.as_secs_f64());
+        self.bench
+            .timings
+            .borrow_mut()
+            .push((self.name.clone(), took));
     }
 }
 
 impl Bench {
-    /// Starts `target` and measures it under `load`; `Ok(Err(reason))` when
-    /// the target does not support the workload.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call per workload, each names its values"
-    )]
-    pub fn run<O: Op>(
+    /// Starts timing the phase `name`.
+    pub fn phase(&self, name: &str) -> Phase<'_> {
+        tracing::info!("{name} ...");
+        Phase {
+            bench: self,
+            name: name.to_owned(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Starts every target of `targets` for workload `tag` at once (one
+    /// thread each; each start waits until its target answers). `tunnels`:
+    /// allowed ops are tunnels that owe egressd a closing record.
+    pub fn fleet(
         &self,
-        target: Target,
-        role: Role,
-        list: &Allowlist,
         tag: &str,
+        targets: &[Target],
+        role: &(dyn Fn(Target) -> Role + Sync),
+        list: &Allowlist,
+        tunnels: bool,
+    ) -> Fleet<'_> {
+        let _phase = self.phase(&format!("{tag}: start {} targets", targets.len()));
+        let env = &self.env;
+        let members = std::thread::scope(|s| {
+            let handles: Vec<_> = targets
+                .iter()
+                .map(|&t| {
+                    let skipped = self.skipped(t);
+                    let unsupported = self.unsupported(t, role(t));
+                    s.spawn(move || {
+                        if skipped {
+                            return Err("skipped (--targets)".to_owned());
+                        }
+                        let start = Instant::now();
+                        let r = match peers::start(t, role(t), list, env, tag) {
+                            Ok(Some(running)) => Ok(Member {
+                                running,
+                                decisions: 0,
+                                closing: 0,
+                            }),
+                            Ok(None) => Err(unsupported),
+                            Err(e) => Err(format!("failed to start: {e:#}").replace('\n', " ")),
+                        };
+                        tracing::info!(
+                            "{tag}: {} up in {:.2} s",
+                            t.name(),
+                            start.elapsed().as_secs_f64()
+                        );
+                        r
+                    })
+                })
+                .collect();
+            targets
+                .iter()
+                .zip(handles)
+                .map(|(&t, h)| {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err("its start-up thread panicked".to_owned()));
+                    if let Err(e) = &r {
+                        tracing::warn!("{tag}: {}: {e}", t.name());
+                    }
+                    (t, r)
+                })
+                .collect()
+        });
+        Fleet {
+            bench: self,
+            tag: tag.to_owned(),
+            tunnels,
+            members,
+        }
+    }
+
+    /// Whether `--targets` leaves `target` out.
+    pub fn skipped(&self, target: Target) -> bool {
+        self.only.as_ref().is_some_and(|o| !o.contains(&target))
+    }
+
+    /// Why `target` cannot run `role`.
+    pub fn unsupported(&self, target: Target, role: Role) -> String {
+        if target == Target::Egressd {
+            return match &self.env.egressd {
+                None => "egressd was not built".to_owned(),
+                Some(e) => e.features.lacks(role).unwrap_or("not supported").to_owned(),
+            };
+        }
+        format!("{} does not do this workload", target.name())
+    }
+
+    /// Runs `reps` repetitions of `load` with `op` against `running`.
+    fn measure<O: Op>(
+        &self,
+        running: &Running,
+        reps: usize,
         load: Load,
         timeout: Duration,
-        tunnels: bool,
-        make: &dyn Fn(&Running) -> Arc<O>,
-    ) -> anyhow::Result<Result<Measured, String>> {
-        if self.skipped(target) {
-            return Ok(Err("skipped (--targets)".to_owned()));
-        }
-        let running = match peers::start(target, role, list, &self.env, tag)? {
-            Some(r) => r,
-            None => return Ok(Err(self.unsupported(target, role))),
-        };
-        let op = make(&running);
+        op: &Arc<O>,
+    ) -> anyhow::Result<Measured> {
         let mut m = Measured::default();
-        let (mut decisions, mut allowed) = (0, 0);
-        for _ in 0..self.settings.reps {
+        for _ in 0..reps {
             let first = self.next_op.get();
             let u0 = running.usage();
             let r = match load {
@@ -154,51 +345,117 @@ impl Bench {
                 )?,
             };
             let u1 = running.usage();
-            let ops = r.allowed + r.denied + r.errors;
-            self.next_op.set(first + ops + 1);
-            let cpu = u1.cpu_us.saturating_sub(u0.cpu_us) as f64;
-            m.rates.push(r.rate());
-            m.bytes_per_s
-                .push(r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-9));
-            m.cpu_per_op.push(cpu / r.decisions().max(1) as f64);
-            if r.bytes > 0 {
-                m.cpu_s_per_gb.push(cpu / 1e6 / (r.bytes as f64 / 1e9));
-            }
-            m.p50.push(r.hist.value_at_quantile(0.5) as f64);
-            m.p99.push(r.hist.value_at_quantile(0.99) as f64);
-            m.errors += r.errors;
-            m.ops += ops;
-            decisions += r.decisions();
-            allowed += r.allowed;
-            m.samples.extend(r.error_samples);
+            self.next_op
+                .set(first + r.allowed + r.denied + r.errors + 1);
+            m.add(r, u1.cpu_us.saturating_sub(u0.cpu_us));
         }
         m.rss = running.usage().rss;
-        let audit_dir = running.audit_dir.clone();
-        running.stop()?;
-        if let Some(dir) = audit_dir {
-            let found = audit_check::count(&dir)?;
-            m.audit = Some(AuditCheck {
-                expected_decisions: decisions,
-                expected_closing: if tunnels { allowed } else { 0 },
-                found,
-            });
-        }
-        Ok(Ok(m))
+        Ok(m)
+    }
+}
+
+impl Fleet<'_> {
+    /// Runs pass `name` over every started target, one after the other:
+    /// `reps` repetitions of the load `load` gives for it (`None`: skip it).
+    pub fn pass<O: Op>(
+        &mut self,
+        name: &str,
+        reps: usize,
+        load: &dyn Fn(Target) -> Option<Load>,
+        timeout: Duration,
+        make: &dyn Fn(&Running) -> Arc<O>,
+    ) -> Vec<(Target, Outcome)> {
+        let _phase = self.bench.phase(&format!("{}: {name}", self.tag));
+        let targets: Vec<Target> = self.members.iter().map(|(t, _)| *t).collect();
+        targets
+            .into_iter()
+            .map(|t| {
+                let r = match load(t) {
+                    Some(l) => self.pass_one(t, name, reps, l, timeout, make),
+                    None => Err("no load for this pass".to_owned()),
+                };
+                (t, r)
+            })
+            .collect()
     }
 
-    /// Whether `--targets` leaves `target` out.
-    pub fn skipped(&self, target: Target) -> bool {
-        self.only.as_ref().is_some_and(|o| !o.contains(&target))
+    /// Runs `reps` repetitions of `load` against the started target `t`.
+    pub fn pass_one<O: Op>(
+        &mut self,
+        t: Target,
+        name: &str,
+        reps: usize,
+        load: Load,
+        timeout: Duration,
+        make: &dyn Fn(&Running) -> Arc<O>,
+    ) -> Outcome {
+        let tag = self.tag.clone();
+        let bench = self.bench;
+        let m = self.member(t)?;
+        let start = Instant::now();
+        let op = make(&m.running);
+        match bench.measure(&m.running, reps, load, timeout, &op) {
+            Ok(r) => {
+                m.decisions += r.ops - r.errors;
+                m.closing += r.allowed;
+                tracing::info!(
+                    "{tag} {name}: {}: {:.0} ops/s, {} errors, {:.1} s",
+                    t.name(),
+                    super::report::median(&r.rates),
+                    r.errors,
+                    start.elapsed().as_secs_f64()
+                );
+                Ok(r)
+            }
+            Err(e) => Err(format!("failed to run: {e:#}").replace('\n', " ")),
+        }
     }
 
-    /// Why `target` cannot run `role`.
-    pub fn unsupported(&self, target: Target, role: Role) -> String {
-        if target == Target::Egressd {
-            return match &self.env.egressd {
-                None => "egressd was not built".to_owned(),
-                Some(e) => e.features.lacks(role).unwrap_or("not supported").to_owned(),
-            };
+    /// The started target `t` and its journal expectations.
+    pub fn member(&mut self, t: Target) -> Result<&mut Member, String> {
+        match self.members.iter_mut().find(|(x, _)| *x == t) {
+            Some((_, m)) => m.as_mut().map_err(|e| e.clone()),
+            None => Err(format!("{} is not in this workload", t.name())),
         }
-        format!("{} does not do this workload", target.name())
+    }
+
+    /// Stops every target at once and checks egressd's journal.
+    pub fn stop(self) -> Audits {
+        let _phase = self.bench.phase(&format!("{}: stop", self.tag));
+        let tunnels = self.tunnels;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .members
+                .into_iter()
+                .map(|(t, m)| {
+                    let h = s.spawn(move || {
+                        let start = Instant::now();
+                        let r = m.and_then(|mut m| {
+                            if !tunnels {
+                                m.closing = 0;
+                            }
+                            m.finish()
+                                .map_err(|e| format!("failed to stop: {e:#}").replace('\n', " "))
+                        });
+                        tracing::debug!(
+                            "{}: stopped in {:.2} s",
+                            t.name(),
+                            start.elapsed().as_secs_f64()
+                        );
+                        r
+                    });
+                    (t, h)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(t, h)| {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err("its stop thread panicked".to_owned()));
+                    (t, r)
+                })
+                .collect()
+        })
     }
 }

@@ -9,21 +9,23 @@
 mod allowlist;
 mod audit_check;
 mod backend;
+mod cgroup;
 mod install;
 mod loadgen;
 mod measure;
+mod netlab;
 mod peers;
 mod process;
+mod redirect;
 mod relay;
 mod report;
 mod tls;
 mod workloads;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
@@ -33,7 +35,8 @@ use peers::{Egressd, Env};
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A short run: 3 repetitions of 1 s, 1 GiB bulk, 2,000 idle tunnels.
+    /// A short run (2-3 minutes): 3 repetitions of 0.5 s, one W4 loss
+    /// repetition, 512 MiB bulk, 1,000 idle tunnels; every workload, every target.
     #[arg(long)]
     quick: bool,
     /// Workloads to run, comma separated (W1..W7).
@@ -67,6 +70,9 @@ pub struct Args {
     /// Internal: the relay's allowlist size.
     #[arg(long, hide = true, default_value_t = 10)]
     relay_rules: usize,
+    /// Internal: run W7's client as described in SPEC (a JSON file), in its cgroup.
+    #[arg(long, hide = true, value_name = "SPEC")]
+    w7_client: Option<PathBuf>,
 }
 
 /// Entry point.
@@ -77,23 +83,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("--serve-relay needs --relay-listen")?;
         return relay::serve(mode, listen, args.relay_upstream, args.relay_rules);
     }
+    if let Some(spec) = &args.w7_client {
+        return redirect::client_main(spec);
+    }
     if cfg!(debug_assertions) && std::env::var_os("EGRESSD_BENCH_DEBUG").is_none() {
         // A debug load generator would measure itself: rerun optimised.
-        eprintln!("bench: rebuilding xtask with --release (set EGRESSD_BENCH_DEBUG=1 to skip)");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        tracing::info!("rebuilding xtask with --release (set EGRESSD_BENCH_DEBUG=1 to skip)");
+        let status = install::cargo()
             .args(["run", "--release", "--quiet", "-p", "xtask", "--"])
             .args(std::env::args_os().skip(1))
             .status()
             .context("run cargo")?;
         std::process::exit(status.code().unwrap_or(1));
     }
+    let started = Instant::now();
     process::raise_nofile(262_144);
     let wanted: Vec<String> = args
         .workloads
         .iter()
         .map(|w| w.trim().to_ascii_uppercase())
         .collect();
+    if let Some(other) = wanted
+        .iter()
+        .find(|w| !["W1", "W2", "W3", "W4", "W5", "W6", "W7"].contains(&w.as_str()))
+    {
+        bail!("unknown workload {other:?}: use W1..W7");
+    }
     let missing = install::ensure_peers(!args.no_install)?;
 
     let egressd = match args.egressd.clone() {
@@ -101,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => match install::build_egressd() {
             Ok(bin) => Some(Egressd::probe(bin)),
             Err(e) => {
-                eprintln!("bench: egressd not built, its rows will say so: {e:#}");
+                tracing::warn!("egressd not built, its rows will say so: {e:#}");
                 None
             }
         },
@@ -143,29 +158,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             egressd: egressd.clone(),
         },
         load: load.handle().clone(),
+        backend: servers.handle().clone(),
         settings: if args.quick {
-            Settings {
-                reps: 3,
-                dur: Duration::from_secs(1),
-            }
+            Settings::QUICK
         } else {
-            Settings {
-                reps: 5,
-                dur: Duration::from_secs(5),
-            }
+            Settings::FULL
         },
         next_op: Cell::new(0),
+        timings: RefCell::new(Vec::new()),
     };
     let hellos = loadgen::tunnel::Hellos::new(&pki)?;
     let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
-    let (bulk_bytes, idle) = if args.quick {
-        (1u64 << 30, 2_000)
-    } else {
-        (4u64 << 30, 7_000)
-    };
+    let (bulk_bytes, idle) = (bench.settings.bulk_bytes, bench.settings.idle_tunnels);
+    tracing::info!(
+        "set-up (peers, egressd build, PKI, backends) took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut tables = Vec::new();
+    let mut per_workload = Vec::new();
     for w in &wanted {
+        let phase_start = Instant::now();
+        let phase = bench.phase(w);
         let table = match w.as_str() {
             "W1" => workloads::w1(&bench),
             "W2" => workloads::w2(&bench, &connector),
@@ -176,9 +190,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "W7" => workloads::w7(&bench),
             other => bail!("unknown workload {other:?}: use W1..W7"),
         };
+        drop(phase);
+        per_workload.push(format!("{w} {:.0} s", phase_start.elapsed().as_secs_f64()));
         eprintln!("{}", table.markdown());
         tables.push(table);
     }
+    for (name, took) in bench.timings.borrow().iter() {
+        tracing::info!("phase {name:<48} {:>6.1} s", took.as_secs_f64());
+    }
+    let wall = started.elapsed();
 
     let mut md = String::new();
     md.push_str(&format!(
@@ -197,6 +217,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .as_ref()
             .map_or("not built".to_owned(), |e| e.bin.display().to_string()),
     ));
+    md.push_str(&format!(
+        "Wall time {:.0} s ({}).\n\n",
+        wall.as_secs_f64(),
+        per_workload.join(", ")
+    ));
     if !missing.is_empty() {
         md.push_str(&format!(
             "Peers not installed (skipped): {}.\n\n",
@@ -213,7 +238,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     drop(load);
     drop(servers);
     if args.keep {
-        eprintln!("bench: kept {}", dir.keep().display());
+        tracing::info!("kept {}", dir.keep().display());
     }
     let failed: Vec<&str> = tables
         .iter()

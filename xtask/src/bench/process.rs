@@ -64,6 +64,26 @@ impl Guard {
         Ok(())
     }
 
+    /// Waits up to `timeout` for the leader to exit on its own (a client
+    /// process); kills the group if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} was already reaped", self.name);
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                signal_group(child.id(), libc::SIGKILL);
+                self.child = None;
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                bail!("{} did not finish within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM to the group and waits up to `grace` for the leader to exit.
     pub fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
         let Some(child) = self.child.as_mut() else {

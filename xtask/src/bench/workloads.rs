@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::allowlist::Allowlist;
-use super::audit_check::{self, AuditCheck};
 use super::loadgen::Op;
 use super::loadgen::dns::DnsQuery;
 use super::loadgen::tunnel::{self, Bulk, ConnectEcho, Hellos, TlsEcho, TunnelSetup, Via};
-use super::measure::{Bench, Load, Measured};
-use super::peers::{self, Role, Running, Target};
+use super::measure::{Audits, Bench, Load, Measured, Outcome};
+use super::peers::{Role, Running, Target};
+use super::redirect;
 use super::report::{Table, median, ratio, spread};
 
 const CONNECT_TARGETS: [Target; 5] = [
@@ -39,32 +39,18 @@ const DNS_TARGETS: [Target; 5] = [
 fn tcp_role(t: Target, upstream: std::net::SocketAddr) -> Role {
     match t {
         Target::Haproxy | Target::Nginx => Role::Sni { upstream },
-        Target::Relay if upstream.port() != 0 => Role::Sni { upstream },
+        Target::Relay | Target::Egressd if upstream.port() != 0 => Role::Sni { upstream },
         _ => Role::Connect,
     }
 }
 
-type Outcome = Result<Measured, String>;
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "mirrors Bench::run, plus the row's error text"
-)]
-fn run_or_row<O: Op>(
-    b: &Bench,
-    t: Target,
-    role: Role,
-    list: &Allowlist,
-    tag: &str,
-    load: Load,
-    timeout: Duration,
-    tunnels: bool,
-    make: &dyn Fn(&Running) -> Arc<O>,
-) -> Outcome {
-    eprintln!("bench: {tag}: {} ...", t.name());
-    match b.run(t, role, list, tag, load, timeout, tunnels, make) {
-        Ok(r) => r,
-        Err(e) => Err(format!("failed to run: {e:#}").replace('\n', " ")),
+/// The journal cell of `t` and whether it fails the run (a missing record,
+/// or egressd not stopping cleanly).
+fn audit_cell(audits: &Audits, t: Target) -> (String, bool) {
+    match audits.iter().find(|(x, _)| *x == t).map(|(_, a)| a) {
+        Some(Ok(Some(check))) => (check.cell(), check.missing() > 0),
+        Some(Ok(None)) | None => ("-".to_owned(), false),
+        Some(Err(e)) => (format!("**{e}**"), !t.is_peer()),
     }
 }
 
@@ -93,7 +79,8 @@ fn of(results: &[(Target, Outcome)], t: Target) -> Option<&Measured> {
 }
 
 /// W1 and W2: peak conn/s (closed loop), then latency at one common rate
-/// (open loop, half the relay's peak) for every target.
+/// (open loop, half the relay's peak) for every target; all targets are
+/// started once, before the first pass.
 fn rate_workload<O: Op>(
     b: &Bench,
     table: &mut Table,
@@ -105,53 +92,34 @@ fn rate_workload<O: Op>(
 ) {
     let list = Allowlist::base();
     let clients = 32;
-    let peaks: Vec<(Target, Outcome)> = targets
-        .iter()
-        .map(|&t| {
-            (
-                t,
-                run_or_row(
-                    b,
-                    t,
-                    tcp_role(t, upstream),
-                    &list,
-                    &format!("{tag}-peak"),
-                    Load::Closed {
-                        clients,
-                        max_ops: u64::MAX,
-                    },
-                    timeout,
-                    true,
-                    make,
-                ),
-            )
-        })
-        .collect();
+    let reps = b.settings.reps;
+    let mut fleet = b.fleet(tag, targets, &|t| tcp_role(t, upstream), &list, true);
+    let peaks = fleet.pass(
+        "peak",
+        reps,
+        &|_| {
+            Some(Load::Closed {
+                clients,
+                max_ops: u64::MAX,
+            })
+        },
+        timeout,
+        make,
+    );
     // Latency at one rate for all: half the floor's peak, or half a
     // target's own peak when it cannot take that much (its row says so).
     let floor = of(&peaks, Target::Relay).map_or(1000.0, |m| median(&m.rates));
     let rate = (floor * 0.5).max(50.0);
     let rate_of =
         |t: Target| of(&peaks, t).map_or(rate, |m| rate.min(median(&m.rates) * 0.5).max(20.0));
-    let lats: Vec<(Target, Outcome)> = targets
-        .iter()
-        .map(|&t| {
-            (
-                t,
-                run_or_row(
-                    b,
-                    t,
-                    tcp_role(t, upstream),
-                    &list,
-                    &format!("{tag}-latency"),
-                    Load::Open { rate: rate_of(t) },
-                    timeout,
-                    true,
-                    make,
-                ),
-            )
-        })
-        .collect();
+    let lats = fleet.pass(
+        "latency",
+        reps,
+        &|t| Some(Load::Open { rate: rate_of(t) }),
+        timeout,
+        make,
+    );
+    let audits = fleet.stop();
     let direct = of(&peaks, Target::Direct).map(|m| median(&m.rates));
     let relay = of(&peaks, Target::Relay).map(|m| median(&m.rates));
     let best = best_peer(&peaks, |m| median(&m.rates), true);
@@ -166,6 +134,7 @@ fn rate_workload<O: Op>(
         match (peak, lat) {
             (Ok(p), Ok(l)) => {
                 let r = median(&p.rates);
+                let (audit, missing) = audit_cell(&audits, *t);
                 row.extend([
                     spread(&p.rates, 0),
                     ratio(r, direct),
@@ -187,13 +156,9 @@ fn rate_workload<O: Op>(
                         format!("{:.1}", p.rss as f64 / 1048576.0)
                     },
                     format!("{} / {}", p.errors_cell(), l.errors_cell()),
-                    if p.audit.is_some() {
-                        format!("{}; {}", p.audit_cell(), l.audit_cell())
-                    } else {
-                        "-".to_owned()
-                    },
+                    audit,
                 ]);
-                table.failed |= !t.is_peer() && (p.failed() || l.failed());
+                table.failed |= missing || (!t.is_peer() && (p.failed() || l.failed()));
             }
             (Err(e), _) | (_, Err(e)) => {
                 row.push(format!("not run: {e}"));
@@ -203,8 +168,8 @@ fn rate_workload<O: Op>(
         table.rows.push(row);
     }
     table.notes.push(format!(
-        "peak: {clients} clients back to back, {} x {:?}, median (min-max); latency: open loop at {rate:.0} conn/s (half the relay's peak; half a target's own peak when that is lower, see 'latency at'), from the scheduled start (coordinated omission corrected), median of the repetitions' p50/p99; added = minus direct",
-        b.settings.reps, b.settings.dur
+        "peak: {clients} clients back to back, {reps} x {:?}, median (min-max); latency: open loop at {rate:.0} conn/s (half the relay's peak; half a target's own peak when that is lower, see 'latency at'), from the scheduled start (coordinated omission corrected), median of the repetitions' p50/p99; added = minus direct; audit records: both passes of one egressd process",
+        b.settings.dur
     ));
 }
 
@@ -222,7 +187,7 @@ const RATE_HEADER: [&str; 14] = [
     "CPU us/conn",
     "RSS MiB",
     "errors (peak / latency)",
-    "audit records (peak; latency)",
+    "audit records",
 ];
 
 /// W1: CONNECT, 32 B echo, close; 90% allowed.
@@ -272,7 +237,7 @@ pub fn w2(b: &Bench, connector: &tokio_rustls::TlsConnector) -> Table {
             })
         },
     );
-    t.notes.push("haproxy, nginx and the relay route on the ClientHello's SNI; egressd has no SNI-routing listener usable without an original destination (that needs eBPF or nftables), so it runs W2 through its CONNECT listener with the real ClientHello inside the tunnel (one more round trip than the SNI routers)".to_owned());
+    t.notes.push("haproxy, nginx, the relay and egressd (`--sni-listen`, dialling the name's resolved address on the upstream's port) route on the ClientHello's SNI (an egressd build without `--sni-listen` runs W2 through CONNECT instead)".to_owned());
     t
 }
 
@@ -304,51 +269,49 @@ pub fn w3(b: &Bench, hellos: &Hellos, total: u64) -> Table {
         Target::Nginx,
         Target::Egressd,
     ];
-    for streams in [1u64, 8] {
-        let per = total / streams;
-        let results: Vec<(Target, Outcome)> = targets
-            .iter()
-            .map(|&tg| {
-                let role = match tg {
-                    Target::Haproxy | Target::Nginx => Role::Sni { upstream: sink },
-                    _ => Role::Connect,
-                };
-                let load = Load::Closed {
-                    clients: streams as usize,
-                    max_ops: streams,
-                };
-                (
-                    tg,
-                    run_or_row(
-                        b,
-                        tg,
-                        role,
-                        &list,
-                        &format!("w3-{streams}"),
-                        load,
-                        Duration::from_secs(120),
-                        true,
-                        &|r| {
-                            Arc::new(Bulk {
-                                via: r.via,
-                                sink,
-                                bytes: per,
-                                hellos: hellos.clone(),
-                            })
-                        },
-                    ),
-                )
-            })
-            .collect();
+    let role = |tg: Target| match tg {
+        Target::Haproxy | Target::Nginx => Role::Sni { upstream: sink },
+        _ => Role::Connect,
+    };
+    let mut fleet = b.fleet("w3", &targets, &role, &list, true);
+    let passes: Vec<(u64, Vec<(Target, Outcome)>)> = [1u64, 8]
+        .into_iter()
+        .map(|streams| {
+            let per = total / streams;
+            let results = fleet.pass(
+                &format!("{streams} streams"),
+                b.settings.reps,
+                &|_| {
+                    Some(Load::Closed {
+                        clients: streams as usize,
+                        max_ops: streams,
+                    })
+                },
+                Duration::from_secs(120),
+                &|r| {
+                    Arc::new(Bulk {
+                        via: r.via,
+                        sink,
+                        bytes: per,
+                        hellos: hellos.clone(),
+                    })
+                },
+            );
+            (streams, results)
+        })
+        .collect();
+    let audits = fleet.stop();
+    for (streams, results) in &passes {
         let gbit = |m: &Measured| median(&m.bytes_per_s) * 8.0 / 1e9;
-        let direct = of(&results, Target::Direct).map(gbit);
-        let relay = of(&results, Target::Relay).map(gbit);
-        let best = best_peer(&results, gbit, true);
-        for (tg, r) in &results {
+        let direct = of(results, Target::Direct).map(gbit);
+        let relay = of(results, Target::Relay).map(gbit);
+        let best = best_peer(results, gbit, true);
+        for (tg, r) in results {
             let mut row = vec![tg.name().to_owned(), streams.to_string()];
             match r {
                 Ok(m) => {
                     let g: Vec<f64> = m.bytes_per_s.iter().map(|b| b * 8.0 / 1e9).collect();
+                    let (audit, missing) = audit_cell(&audits, *tg);
                     row.extend([
                         spread(&g, 1),
                         ratio(gbit(m), direct),
@@ -365,9 +328,9 @@ pub fn w3(b: &Bench, hellos: &Hellos, total: u64) -> Table {
                             format!("{:.1}", m.rss as f64 / 1048576.0)
                         },
                         m.errors_cell(),
-                        m.audit_cell(),
+                        audit,
                     ]);
-                    t.failed |= !tg.is_peer() && m.failed();
+                    t.failed |= missing || (!tg.is_peer() && m.failed());
                 }
                 Err(e) => {
                     row.push(format!("not run: {e}"));
@@ -378,7 +341,7 @@ pub fn w3(b: &Bench, hellos: &Hellos, total: u64) -> Table {
         }
     }
     t.notes.push(format!(
-        "{:.2} GiB per repetition split over the streams, {} repetitions; every stream starts with a real ClientHello (SNI routers route on it) and the sink's byte count is checked; CONNECT proxies and egressd via CONNECT, haproxy/nginx via SNI",
+        "{:.2} GiB per repetition split over the streams, {} repetitions; every stream starts with a real ClientHello (SNI routers route on it) and the sink's byte count is checked; CONNECT proxies and egressd via CONNECT, haproxy/nginx via SNI; audit records: both stream counts of one egressd process",
         total as f64 / (1u64 << 30) as f64,
         b.settings.reps
     ));
@@ -400,7 +363,7 @@ pub fn w4(b: &Bench) -> Table {
             "CPU us/query",
             "RSS MiB",
             "errors (peak / latency)",
-            "audit records (peak; latency)",
+            "audit records",
         ],
     );
     let list = Allowlist::base();
@@ -413,28 +376,19 @@ pub fn w4(b: &Bench) -> Table {
             filters: r.dns != Some(b.env.backends.dns),
         })
     };
-    let peaks: Vec<(Target, Outcome)> = DNS_TARGETS
-        .iter()
-        .map(|&tg| {
-            (
-                tg,
-                run_or_row(
-                    b,
-                    tg,
-                    Role::Dns,
-                    &list,
-                    "w4-peak",
-                    Load::Closed {
-                        clients: 64,
-                        max_ops: u64::MAX,
-                    },
-                    timeout,
-                    false,
-                    &make,
-                ),
-            )
-        })
-        .collect();
+    let mut fleet = b.fleet("w4", &DNS_TARGETS, &|_| Role::Dns, &list, false);
+    let peaks = fleet.pass(
+        "peak",
+        b.settings.reps,
+        &|_| {
+            Some(Load::Closed {
+                clients: 64,
+                max_ops: u64::MAX,
+            })
+        },
+        timeout,
+        &make,
+    );
     let lowest = peaks
         .iter()
         .filter(|(x, _)| *x != Target::Direct)
@@ -446,47 +400,25 @@ pub fn w4(b: &Bench) -> Table {
     } else {
         500.0
     };
-    let lats: Vec<(Target, Outcome)> = DNS_TARGETS
-        .iter()
-        .map(|&tg| {
-            (
-                tg,
-                run_or_row(
-                    b,
-                    tg,
-                    Role::Dns,
-                    &list,
-                    "w4-latency",
-                    Load::Open { rate },
-                    timeout,
-                    false,
-                    &make,
-                ),
-            )
-        })
-        .collect();
-    let losses: Vec<(Target, Option<(u64, u64)>)> = DNS_TARGETS
-        .iter()
-        .map(|&tg| {
-            let own = of(&peaks, tg).map(|m| median(&m.rates));
-            let loss = own.and_then(|own| {
-                run_or_row(
-                    b,
-                    tg,
-                    Role::Dns,
-                    &list,
-                    "w4-loss",
-                    Load::Open { rate: own * 0.8 },
-                    timeout,
-                    false,
-                    &make,
-                )
-                .ok()
-                .map(|m| (m.errors, m.ops))
-            });
-            (tg, loss)
-        })
-        .collect();
+    let lats = fleet.pass(
+        "latency",
+        b.settings.reps,
+        &|_| Some(Load::Open { rate }),
+        timeout,
+        &make,
+    );
+    let losses = fleet.pass(
+        "loss",
+        b.settings.loss_reps,
+        &|tg| {
+            of(&peaks, tg).map(|m| Load::Open {
+                rate: median(&m.rates) * 0.8,
+            })
+        },
+        timeout,
+        &make,
+    );
+    let audits = fleet.stop();
     let direct = of(&peaks, Target::Direct).map(|m| median(&m.rates));
     let best = best_peer(&peaks, |m| median(&m.rates), true);
     let d50 = of(&lats, Target::Direct)
@@ -495,18 +427,34 @@ pub fn w4(b: &Bench) -> Table {
     let d99 = of(&lats, Target::Direct)
         .map(|m| median(&m.p99))
         .unwrap_or(0.0);
+    // The reference (the bench's own upstream) is not under test: queries
+    // it never answered are its loss, shown as such; a wrong answer from it
+    // is still an error of the run.
+    let reference_loss = |tg: Target, m: &Measured| {
+        if tg == Target::Direct && m.errors > 0 && m.errors == m.timeouts {
+            Some(format!(
+                "0 (the reference lost {} of {})",
+                m.timeouts, m.ops
+            ))
+        } else {
+            None
+        }
+    };
     for (((tg, peak), (_, lat)), (_, loss)) in peaks.iter().zip(&lats).zip(&losses) {
         let mut row = vec![tg.name().to_owned()];
         match (peak, lat) {
             (Ok(p), Ok(l)) => {
                 let r = median(&p.rates);
+                let (audit, missing) = audit_cell(&audits, *tg);
+                let cell = |m: &Measured| reference_loss(*tg, m).unwrap_or_else(|| m.errors_cell());
                 row.extend([
                     spread(&p.rates, 0),
                     ratio(r, direct),
                     ratio(r, best),
                     format!("{:+.0}", median(&l.p50) - d50),
                     format!("{:+.0}", median(&l.p99) - d99),
-                    loss.map_or("-".to_owned(), |(e, n)| format!("{e} of {n}")),
+                    loss.as_ref()
+                        .map_or("-".to_owned(), |m| format!("{} of {}", m.errors, m.ops)),
                     if *tg == Target::Direct {
                         "-".to_owned()
                     } else {
@@ -517,14 +465,11 @@ pub fn w4(b: &Bench) -> Table {
                     } else {
                         format!("{:.1}", p.rss as f64 / 1048576.0)
                     },
-                    format!("{} / {}", p.errors_cell(), l.errors_cell()),
-                    if p.audit.is_some() {
-                        format!("{}; {}", p.audit_cell(), l.audit_cell())
-                    } else {
-                        "-".to_owned()
-                    },
+                    format!("{} / {}", cell(p), cell(l)),
+                    audit,
                 ]);
-                t.failed |= !tg.is_peer() && (p.failed() || l.failed());
+                let failed = |m: &Measured| m.failed() && reference_loss(*tg, m).is_none();
+                t.failed |= missing || (!tg.is_peer() && (failed(p) || failed(l)));
             }
             (Err(e), _) | (_, Err(e)) => {
                 row.push(format!("not run: {e}"));
@@ -534,7 +479,13 @@ pub fn w4(b: &Bench) -> Table {
         t.rows.push(row);
     }
     t.notes.push(format!(
-        "direct = the bench upstream itself; peak: 64 clients back to back; latency: open loop at {rate:.0} qps (half the lowest resolver peak) for all; loss: open loop at 80% of each target's own peak, 1 s timeout; dnsmasq is single-threaded (no worker knob); answer caches cannot help (every name is new)"
+        "direct = the bench upstream itself (its losses are reported as its own, not as errors of the run); peak: 64 clients back to back, {} x {:?}; latency: open loop at {rate:.0} qps (half the lowest resolver peak) for all, {} x {:?}; loss: open loop at 80% of each target's own peak, {} x {:?}, 1 s timeout; every target runs all three passes in one process (audit records: all passes); dnsmasq is single-threaded (no worker knob); answer caches cannot help (every name is new)",
+        b.settings.reps,
+        b.settings.dur,
+        b.settings.reps,
+        b.settings.dur,
+        b.settings.loss_reps,
+        b.settings.dur
     ));
     t
 }
@@ -564,62 +515,61 @@ pub fn w5(b: &Bench, hellos: &Hellos) -> Table {
     ];
     let small = Allowlist::base();
     let large = Allowlist::large(10_000);
-    for tg in targets {
-        let sni = matches!(tg, Target::Haproxy | Target::Nginx);
-        let role = if sni {
+    let sni = |tg: Target| matches!(tg, Target::Haproxy | Target::Nginx);
+    let role = |tg: Target| {
+        if sni(tg) {
             Role::Sni { upstream: echo }
         } else {
             Role::Connect
-        };
-        let make = |r: &Running| {
-            Arc::new(ConnectEcho {
-                via: r.via,
-                echo,
-                hellos: sni.then(|| hellos.clone()),
+        }
+    };
+    let make = |r: &Running| {
+        Arc::new(ConnectEcho {
+            via: r.via,
+            echo,
+            hellos: matches!(r.via, Via::Sni(_)).then(|| hellos.clone()),
+        })
+    };
+    let load = Load::Closed {
+        clients: 32,
+        max_ops: u64::MAX,
+    };
+    // Both rule sets run side by side, so each target's two figures are
+    // measured back to back.
+    let mut ten = b.fleet("w5-10", &targets, &role, &small, true);
+    let mut tenk = b.fleet("w5-10k", &targets, &role, &large, true);
+    let passes: Vec<(Target, Outcome, Outcome)> = {
+        let _phase = b.phase("w5: peaks, 10 then 10,000 rules per target");
+        targets
+            .iter()
+            .map(|&tg| {
+                let timeout = Duration::from_secs(5);
+                let a = ten.pass_one(tg, "peak", b.settings.reps, load, timeout, &make);
+                let z = tenk.pass_one(tg, "peak", b.settings.reps, load, timeout, &make);
+                (tg, a, z)
             })
-        };
-        let load = Load::Closed {
-            clients: 32,
-            max_ops: u64::MAX,
-        };
-        let a = run_or_row(
-            b,
-            tg,
-            role,
-            &small,
-            "w5-10",
-            load,
-            Duration::from_secs(5),
-            true,
-            &make,
-        );
-        let z = run_or_row(
-            b,
-            tg,
-            role,
-            &large,
-            "w5-10k",
-            load,
-            Duration::from_secs(5),
-            true,
-            &make,
-        );
+            .collect()
+    };
+    let (audits_a, audits_z) = (ten.stop(), tenk.stop());
+    for (tg, a, z) in passes {
         let mut row = vec![tg.name().to_owned()];
         match (a, z) {
             (Ok(a), Ok(z)) => {
                 let (ra, rz) = (median(&a.rates), median(&z.rates));
+                let (audit_a, missing_a) = audit_cell(&audits_a, tg);
+                let (audit_z, missing_z) = audit_cell(&audits_z, tg);
                 row.extend([
                     spread(&a.rates, 0),
                     spread(&z.rates, 0),
                     format!("{:+.1}%", (rz / ra.max(1e-9) - 1.0) * 100.0),
                     format!("{} / {}", a.errors_cell(), z.errors_cell()),
-                    if a.audit.is_some() {
-                        format!("{}; {}", a.audit_cell(), z.audit_cell())
+                    if audit_a == "-" {
+                        audit_a
                     } else {
-                        "-".to_owned()
+                        format!("{audit_a}; {audit_z}")
                     },
                 ]);
-                t.failed |= !tg.is_peer() && (a.failed() || z.failed());
+                t.failed |= missing_a || missing_z || (!tg.is_peer() && (a.failed() || z.failed()));
             }
             (Err(e), _) | (_, Err(e)) => {
                 row.push(format!("not run: {e}"));
@@ -632,8 +582,8 @@ pub fn w5(b: &Bench, hellos: &Hellos) -> Table {
     t
 }
 
-/// RSS before, RSS with the tunnels open, failed opens, the journal check.
-type IdleRow = Result<(u64, u64, u64, Option<AuditCheck>), String>;
+/// RSS before, RSS with the tunnels open, failed opens.
+type IdleRow = Result<(u64, u64, u64), String>;
 
 /// W6: idle tunnels, RSS per tunnel.
 pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
@@ -659,48 +609,48 @@ pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
         Target::Nginx,
         Target::Egressd,
     ];
-    let mut rows: Vec<(Target, IdleRow)> = Vec::new();
-    for tg in targets {
-        eprintln!("bench: w6: {} ...", tg.name());
-        let role = if matches!(tg, Target::Haproxy | Target::Nginx) {
+    let role = |tg: Target| {
+        if matches!(tg, Target::Haproxy | Target::Nginx) {
             Role::Sni { upstream: echo }
         } else {
             Role::Connect
-        };
-        let res = (|| -> anyhow::Result<Result<_, String>> {
-            if b.skipped(tg) {
-                return Ok(Err("skipped (--targets)".to_owned()));
-            }
-            let Some(running) = peers::start(tg, role, &list, &b.env, "w6")? else {
-                return Ok(Err(b.unsupported(tg, role)));
-            };
-            let u0 = running.usage();
-            let via = running.via;
-            let (streams, errors) = b.load.block_on(open_idle_all(via, echo, n, hellos));
-            std::thread::sleep(Duration::from_millis(500));
-            let u1 = running.usage();
-            let opened = streams.len() as u64;
-            drop(streams);
-            std::thread::sleep(Duration::from_millis(500));
-            let audit_dir = running.audit_dir.clone();
-            running.stop()?;
-            let audit = match audit_dir {
-                Some(d) => Some(AuditCheck {
-                    expected_decisions: opened,
-                    expected_closing: opened,
-                    found: audit_check::count(&d)?,
-                }),
-                None => None,
-            };
-            Ok(Ok((u0.rss, u1.rss, errors, audit)))
-        })();
-        rows.push((
-            tg,
-            res.unwrap_or_else(|e| Err(format!("failed to run: {e:#}").replace('\n', " "))),
-        ));
-    }
-    let per =
-        |(a, z, _, _): &(u64, u64, u64, Option<AuditCheck>)| z.saturating_sub(*a) as f64 / n as f64;
+        }
+    };
+    let settle = b.settings.settle;
+    let mut fleet = b.fleet("w6", &targets, &role, &list, true);
+    let measured: Vec<(Target, IdleRow)> = {
+        let _phase = b.phase(&format!("w6: {n} idle tunnels per target"));
+        targets
+            .iter()
+            .map(|&tg| {
+                let r = fleet.member(tg).map(|m| {
+                    let start = std::time::Instant::now();
+                    let u0 = m.running.usage();
+                    let (streams, errors) =
+                        b.load
+                            .block_on(open_idle_all(m.running.via, echo, n, hellos));
+                    std::thread::sleep(settle);
+                    let u1 = m.running.usage();
+                    let opened = streams.len() as u64;
+                    drop(streams);
+                    // Let the proxy see the closes before the next target runs.
+                    std::thread::sleep(settle);
+                    m.decisions += opened;
+                    m.closing += opened;
+                    tracing::info!(
+                        "w6: {}: {opened} tunnels, {errors} failed, {:.1} s",
+                        tg.name(),
+                        start.elapsed().as_secs_f64()
+                    );
+                    (u0.rss, u1.rss, errors)
+                });
+                (tg, r)
+            })
+            .collect()
+    };
+    let audits = fleet.stop();
+    let rows = measured;
+    let per = |(a, z, _): &(u64, u64, u64)| z.saturating_sub(*a) as f64 / n as f64;
     let best = rows
         .iter()
         .filter(|(x, _)| x.is_peer())
@@ -713,7 +663,8 @@ pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
         let mut row = vec![tg.name().to_owned()];
         match r {
             Ok(v) => {
-                let (a, z, errors, audit) = v;
+                let (a, z, errors) = v;
+                let (audit, missing) = audit_cell(&audits, *tg);
                 row.extend([
                     format!("{:.1}", *a as f64 / 1048576.0),
                     format!("{:.1}", *z as f64 / 1048576.0),
@@ -724,10 +675,9 @@ pub fn w6(b: &Bench, hellos: &Hellos, n: u64) -> Table {
                     } else {
                         format!("**{errors}**")
                     },
-                    audit.as_ref().map_or("-".to_owned(), AuditCheck::cell),
+                    audit,
                 ]);
-                t.failed |= (!tg.is_peer() && *errors > 0)
-                    || audit.as_ref().is_some_and(|a| a.missing() > 0);
+                t.failed |= missing || (!tg.is_peer() && *errors > 0);
             }
             Err(e) => {
                 row.push(format!("not run: {e}"));
@@ -770,57 +720,91 @@ async fn open_idle_all(
     (streams, errors)
 }
 
-/// W7: time until a client may send to its destination.
+/// W7: time until a client may send to its destination: direct, through the
+/// explicit CONNECT listeners, and (as root) redirected by egressd's eBPF
+/// programs beside a direct connect over the same path.
 pub fn w7(b: &Bench) -> Table {
     let mut t = Table::new(
         "W7 connect latency (until the client may send)",
-        &["path", "p50 us", "p99 us", "errors"],
+        &[
+            "path",
+            "p50 us",
+            "p99 us",
+            "first echo p50 us",
+            "first echo p99 us",
+            "errors",
+            "audit records",
+        ],
     );
     let echo = b.env.backends.echo;
     let list = Allowlist::base();
-    for (label, tg) in [
-        ("direct", Target::Direct),
+    let rows = [
+        ("direct (loopback)", Target::Direct),
         ("explicit CONNECT, relay (floor)", Target::Relay),
         ("explicit CONNECT, egressd", Target::Egressd),
-    ] {
-        let r = run_or_row(
-            b,
-            tg,
-            Role::Connect,
-            &list,
-            "w7",
-            Load::Open { rate: 500.0 },
-            Duration::from_secs(5),
-            true,
-            &|r| Arc::new(TunnelSetup { via: r.via, echo }),
-        );
-        match r {
-            Ok(m) => {
-                t.failed |= m.failed();
-                t.rows.push(vec![
-                    label.to_owned(),
-                    spread(&m.p50, 0),
-                    spread(&m.p99, 0),
-                    m.errors_cell(),
-                ]);
-            }
-            Err(e) => t.rows.push(vec![
+    ];
+    let targets: Vec<Target> = rows.iter().map(|(_, t)| *t).collect();
+    let mut fleet = b.fleet("w7", &targets, &|_| Role::Connect, &list, true);
+    let results = fleet.pass(
+        "latency",
+        b.settings.reps,
+        &|_| {
+            Some(Load::Open {
+                rate: redirect::RATE,
+            })
+        },
+        Duration::from_secs(5),
+        &|r| Arc::new(TunnelSetup { via: r.via, echo }),
+    );
+    let audits = fleet.stop();
+    let mut push = |label: &str, r: &Outcome, audit: (String, bool)| match r {
+        Ok(m) => {
+            t.failed |= audit.1 || m.failed();
+            t.rows.push(vec![
                 label.to_owned(),
-                format!("not run: {e}"),
-                String::new(),
-                String::new(),
-            ]),
+                spread(&m.p50, 0),
+                spread(&m.p99, 0),
+                spread(&m.done_p50, 0),
+                spread(&m.done_p99, 0),
+                m.errors_cell(),
+                audit.0,
+            ]);
+        }
+        Err(e) => {
+            t.failed |= audit.1;
+            let mut row = vec![label.to_owned(), format!("not run: {e}")];
+            row.extend(std::iter::repeat_n(String::new(), 5));
+            t.rows.push(row);
+        }
+    };
+    for ((label, tg), (_, r)) in rows.iter().zip(&results) {
+        push(label, r, audit_cell(&audits, *tg));
+    }
+    let ebpf_direct = "direct to the namespace (veth), client in the child cgroup";
+    let ebpf = "eBPF redirect, egressd (same client, same cgroup)";
+    match redirect::measure(b) {
+        Ok(rows) => {
+            push(ebpf_direct, &rows.direct, ("-".to_owned(), false));
+            match rows.egressd {
+                Ok((m, check)) => {
+                    let missing = check.missing() > 0;
+                    push(ebpf, &Ok(m), (check.cell(), missing));
+                }
+                // As root this row must run: a failure to run it fails the run.
+                Err(e) => push(ebpf, &Err(e), ("-".to_owned(), true)),
+            }
+        }
+        Err(why) => {
+            push(ebpf_direct, &Err(why.clone()), ("-".to_owned(), false));
+            push(ebpf, &Err(why), ("-".to_owned(), false));
         }
     }
-    t.rows.push(vec![
-        "eBPF redirect, egressd".to_owned(),
-        "not measured by this harness: it needs the load generator in a child cgroup under egressd's eBPF programs".to_owned(),
-        String::new(),
-        String::new(),
-    ]);
     t.notes.push(format!(
-        "open loop at 500 connections/s, {} x {:?}, latency from the scheduled start",
-        b.settings.reps, b.settings.dur
+        "open loop at {:.0} connections/s, {} x {:?}; latency from the scheduled start until the client may send (direct and eBPF: connect() returned; explicit: the proxy answered 200), then 32 bytes must come back from the echo server ('first echo': until they did); every op is an allowed destination",
+        redirect::RATE,
+        b.settings.reps,
+        b.settings.dur
     ));
+    t.notes.push("eBPF rows (root only): the kernel hooks leave loopback alone, so the destination is an echo server in a network namespace of the bench behind a veth pair (198.51.100.18); the client is a separate process in a fresh child cgroup, first with nothing attached (the direct row for this path), then with `egressd run --cgroup <child> --filter-loopback` attached; the client sends no name, so egressd decides on a CIDR rule for that address; with eBPF, egressd connects upstream after the client's first bytes, so its decision and upstream connect show in 'first echo', not in connect()".to_owned());
     t
 }

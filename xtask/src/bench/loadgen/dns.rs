@@ -57,7 +57,10 @@ impl Op for DnsQuery {
                 .iter()
                 .any(|r| r.data == RData::A(hickory_proto::rr::rdata::A(Ipv4Addr::LOCALHOST)));
             return match (allowed, code) {
-                (true, ResponseCode::NoError) if has_a => Ok(Outcome::Allowed { bytes: 0 }),
+                (true, ResponseCode::NoError) if has_a => Ok(Outcome::Allowed {
+                    bytes: 0,
+                    ready: None,
+                }),
                 (false, ResponseCode::Refused | ResponseCode::NXDomain) => Ok(Outcome::Denied),
                 (true, c) => Err(format!(
                     "allowed {name}: rcode {c}, A 127.0.0.1 present: {has_a}"

@@ -22,6 +22,9 @@ pub enum Outcome {
     Allowed {
         /// Payload bytes sent to the destination.
         bytes: u64,
+        /// When the client could first send to its destination, if the op
+        /// measures that (W7); the latency then ends here, not at the end.
+        ready: Option<Instant>,
     },
     /// Denied, as the allowlist says it must be.
     Denied,
@@ -42,14 +45,20 @@ pub struct Report {
     pub denied: u64,
     /// Ops that failed verification, timed out or hit an I/O error.
     pub errors: u64,
+    /// Of `errors`, the ops that got no answer within the timeout (for UDP:
+    /// lost queries).
+    pub timeouts: u64,
     /// The first few error messages.
     pub error_samples: Vec<String>,
     /// Payload bytes moved by allowed ops.
     pub bytes: u64,
     /// Wall time of the run (until the last op finished).
     pub elapsed: Duration,
-    /// Latency in microseconds (open loop: from the scheduled start).
+    /// Latency in microseconds (open loop: from the scheduled start), until
+    /// the op's `ready` instant when it reports one, else until it finished.
     pub hist: Histogram<u64>,
+    /// Latency in microseconds until the op finished (its answer verified).
+    pub done: Histogram<u64>,
 }
 
 impl Report {
@@ -67,9 +76,11 @@ struct Shared {
     allowed: AtomicU64,
     denied: AtomicU64,
     errors: AtomicU64,
+    timeouts: AtomicU64,
     bytes: AtomicU64,
     samples: Mutex<Vec<String>>,
     hist: Mutex<Histogram<u64>>,
+    done: Mutex<Histogram<u64>>,
 }
 
 impl Shared {
@@ -78,23 +89,34 @@ impl Shared {
             allowed: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             samples: Mutex::new(Vec::new()),
             hist: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
+            done: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
         })
     }
 
-    fn record(&self, result: Result<Outcome, String>, micros: u64) {
+    /// Records one op that started (or was scheduled to start) at `start`.
+    fn record(&self, result: Result<Outcome, OpError>, start: Instant) {
+        let end = Instant::now();
+        let micros = |t: Instant| t.saturating_duration_since(start).as_micros() as u64;
+        let mut ready_at = end;
         match result {
-            Ok(Outcome::Allowed { bytes }) => {
+            Ok(Outcome::Allowed { bytes, ready }) => {
                 self.allowed.fetch_add(1, Ordering::Relaxed);
                 self.bytes.fetch_add(bytes, Ordering::Relaxed);
+                ready_at = ready.unwrap_or(end);
             }
             Ok(Outcome::Denied) => {
                 self.denied.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                if e.timed_out {
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                let e = e.message;
                 if let Ok(mut s) = self.samples.lock()
                     && s.len() < 5
                 {
@@ -104,7 +126,10 @@ impl Shared {
             }
         }
         if let Ok(mut h) = self.hist.lock() {
-            h.saturating_record(micros.max(1));
+            h.saturating_record(micros(ready_at).max(1));
+        }
+        if let Ok(mut h) = self.done.lock() {
+            h.saturating_record(micros(end).max(1));
         }
     }
 
@@ -113,18 +138,33 @@ impl Shared {
             allowed: self.allowed.into_inner(),
             denied: self.denied.into_inner(),
             errors: self.errors.into_inner(),
+            timeouts: self.timeouts.into_inner(),
             error_samples: self.samples.into_inner().unwrap_or_default(),
             bytes: self.bytes.into_inner(),
             elapsed,
             hist: self.hist.into_inner().unwrap_or_else(|e| e.into_inner()),
+            done: self.done.into_inner().unwrap_or_else(|e| e.into_inner()),
         }
     }
 }
 
-async fn timed<O: Op>(op: &O, i: u64, timeout: Duration) -> Result<Outcome, String> {
+/// Why an op failed.
+struct OpError {
+    message: String,
+    /// No answer within the timeout (as opposed to a wrong answer or an I/O error).
+    timed_out: bool,
+}
+
+async fn timed<O: Op>(op: &O, i: u64, timeout: Duration) -> Result<Outcome, OpError> {
     match tokio::time::timeout(timeout, op.call(i)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("op {i}: no answer within {timeout:?}")),
+        Ok(r) => r.map_err(|message| OpError {
+            message,
+            timed_out: false,
+        }),
+        Err(_) => Err(OpError {
+            message: format!("op {i}: no answer within {timeout:?}"),
+            timed_out: true,
+        }),
     }
 }
 
@@ -155,7 +195,7 @@ pub fn closed_loop<O: Op>(
                     }
                     let t0 = Instant::now();
                     let r = timed(&*op, i, timeout).await;
-                    shared.record(r, t0.elapsed().as_micros() as u64);
+                    shared.record(r, t0);
                 }
             }));
         }
@@ -204,7 +244,7 @@ pub fn open_loop<O: Op>(
                 in_flight.fetch_add(1, Ordering::Relaxed);
                 rt.spawn(async move {
                     let r = timed(&*op, first + k, timeout).await;
-                    shared.record(r, intended.elapsed().as_micros() as u64);
+                    shared.record(r, intended);
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                 });
             }

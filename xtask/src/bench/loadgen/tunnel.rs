@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -191,7 +192,10 @@ impl Op for ConnectEcho {
             return Ok(Outcome::Denied);
         };
         echo_check(&mut s, i).await?;
-        Ok(Outcome::Allowed { bytes: 32 })
+        Ok(Outcome::Allowed {
+            bytes: 32,
+            ready: None,
+        })
     }
 }
 
@@ -237,7 +241,10 @@ impl Op for TlsEcho {
         if back != p {
             return Err(format!("op {i}: TLS echo differs"));
         }
-        Ok(Outcome::Allowed { bytes: 32 })
+        Ok(Outcome::Allowed {
+            bytes: 32,
+            ready: None,
+        })
     }
 }
 
@@ -282,7 +289,10 @@ impl Op for Bulk {
         if got != self.bytes {
             return Err(format!("sink got {got} bytes, sent {}", self.bytes));
         }
-        Ok(Outcome::Allowed { bytes: self.bytes })
+        Ok(Outcome::Allowed {
+            bytes: self.bytes,
+            ready: None,
+        })
     }
 }
 
@@ -302,8 +312,10 @@ pub async fn open_idle(
     Ok(s)
 }
 
-/// W7: time until the client may send to the destination (direct: connect()
-/// returned; explicit: the proxy answered 200), allowed names only.
+/// W7: time until the client may send to the destination (direct or
+/// redirected by the kernel: connect() returned; explicit: the proxy answered
+/// 200), allowed names only; then 32 bytes must come back from the echo
+/// server (that op's end is the "first echo" latency).
 pub struct TunnelSetup {
     /// How to reach the echo server.
     pub via: Via,
@@ -314,9 +326,14 @@ pub struct TunnelSetup {
 impl Op for TunnelSetup {
     async fn call(&self, i: u64) -> Result<Outcome, String> {
         let (name, _) = tunnel_name(i % 9);
-        match open(self.via, self.echo, &name, true, None).await? {
-            Some(_) => Ok(Outcome::Allowed { bytes: 0 }),
-            None => Err(format!("allowed {name} was denied")),
-        }
+        let Some(mut s) = open(self.via, self.echo, &name, true, None).await? else {
+            return Err(format!("allowed {name} was denied"));
+        };
+        let ready = Instant::now();
+        echo_check(&mut s, i).await?;
+        Ok(Outcome::Allowed {
+            bytes: 32,
+            ready: Some(ready),
+        })
     }
 }

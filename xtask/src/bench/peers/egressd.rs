@@ -23,8 +23,12 @@ pub struct Features {
     pub listen: bool,
     /// `--dns-listen ADDR`.
     pub dns_listen: bool,
+    /// `--sni-listen ADDR:PORT` (SNI routing) with `--sni-upstream-port`.
+    pub sni_listen: bool,
     /// `--filter-loopback`.
     pub filter_loopback: bool,
+    /// `--cgroup PATH` (attach the kernel hooks to a chosen cgroup; W7's eBPF row).
+    pub cgroup: bool,
     /// `--workers N`, if egressd has a worker knob.
     pub workers: bool,
 }
@@ -74,16 +78,18 @@ impl Egressd {
             explicit: has("--explicit"),
             listen: has("--listen"),
             dns_listen: has("--dns-listen"),
+            sni_listen: has("--sni-listen") && has("--sni-upstream-port"),
             filter_loopback: has("--filter-loopback"),
+            cgroup: has("--cgroup"),
             workers: has("--workers"),
         };
         Self { bin, features }
     }
 
     /// Starts egressd for `role`; `Ok(None)` when it lacks what `role` needs.
-    /// W2 (SNI) runs through the CONNECT listener with the real ClientHello
-    /// inside the tunnel: egressd has no SNI-routing listener that works
-    /// without an original destination.
+    /// SNI routing (W2) uses `--sni-listen`, dialling the upstream's port; a
+    /// build without it runs W2 through the CONNECT listener with the real
+    /// ClientHello inside the tunnel.
     #[expect(clippy::type_complexity, reason = "one private call site")]
     pub fn start(
         &self,
@@ -129,8 +135,18 @@ impl Egressd {
         } else {
             None
         };
+        let via = match role {
+            Role::Sni { upstream } if f.sni_listen => {
+                let sni = SocketAddr::from(([127, 0, 0, 1], process::free_port()?));
+                cmd.arg("--sni-listen").arg(sni.to_string());
+                cmd.arg("--sni-upstream-port")
+                    .arg(upstream.port().to_string());
+                Via::Sni(sni)
+            }
+            _ => Via::Connect(explicit),
+        };
         let mut g = Guard::spawn("egressd", cmd, log)?;
         process::wait_file(&ready, Duration::from_secs(20), &mut g, log)?;
-        Ok(Some((g, Via::Connect(explicit), dns, audit)))
+        Ok(Some((g, via, dns, audit)))
     }
 }

@@ -51,7 +51,14 @@ cache_effective_user proxy
     );
     let conf = write(dir, "squid.conf", &cfg)?;
     let mut cmd = Command::new("squid");
-    cmd.arg("--foreground").arg("-f").arg(&conf);
+    // A service name of its own: two Squids may run at once (W5 runs its 10
+    // and 10,000 rule sets side by side), and the name keys Squid's shared
+    // memory segments and IPC sockets.
+    cmd.arg("--foreground")
+        .arg("-n")
+        .arg(format!("bench{}", listen.port()))
+        .arg("-f")
+        .arg(&conf);
     let mut g = Guard::spawn("squid", cmd, log)?;
     process::wait_tcp(listen, Duration::from_secs(20), &mut g, log)?;
     Ok(g)
