@@ -3,11 +3,9 @@
 //! destinations alone, so a redirected connect must go somewhere else; this
 //! namespace is that somewhere, and nothing leaves the machine.
 //!
-//! Addresses: 198.51.100.16/30 (host side .17, namespace .18). The test
-//! suites use other blocks of 198.51.100.0/24 (.0/25 and .128/25 subnets,
-//! with hosts at .1-.10, .53 and .128 upwards); a /30 is more specific than
-//! their /25 routes and covers no address they send to, so a bench and the
-//! tests can run at the same time.
+//! Addresses: 198.51.100.224/30 (host side .225, namespace .226), a block no
+//! test suite uses (they take .0/25, .128/26, .192/29 and .200/29), so a
+//! bench and the tests can run at the same time.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
@@ -18,9 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 /// Host side of the link.
-const HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 17);
+const HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 225);
 /// The namespace's address (the echo server's).
-pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 18);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 226);
 /// Names: namespace `egq-<pid>`, links `egqh<pid>` (host) and `egqp<pid>`.
 const PREFIX: &str = "egq";
 

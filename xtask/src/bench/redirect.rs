@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn the_client_spec_survives_its_json() {
         let spec = Spec {
-            dest: "198.51.100.18:4321".parse().unwrap(),
+            dest: "198.51.100.226:4321".parse().unwrap(),
             rate: 500.0,
             dur: Duration::from_millis(750),
             reps: 3,
