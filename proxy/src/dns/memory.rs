@@ -262,6 +262,10 @@ impl Resolutions for DnsMemory {
 
 /// Old bindings still fresh at `now` plus `fresh` (a value present in both
 /// keeps the later expiry), at most `cap`, the latest-expiring kept.
+/// `old` holds each value once (every stored list comes from here), so only
+/// the fresh bindings are looked up: one popular address (a CDN's, or
+/// loopback in a test) gets a new name per answer, and comparing every pair
+/// of its names was most of the cost of remembering.
 fn merge<T: Clone + PartialEq>(
     old: &[Binding<T>],
     fresh: &[Binding<T>],
@@ -269,13 +273,26 @@ fn merge<T: Clone + PartialEq>(
     cap: usize,
 ) -> Bindings<T> {
     let mut out: Vec<Binding<T>> = Vec::with_capacity(old.len() + fresh.len());
-    for b in old.iter().chain(fresh).filter(|b| b.expires > now) {
+    out.extend(old.iter().filter(|b| b.expires > now).cloned());
+    for b in fresh.iter().filter(|b| b.expires > now) {
         match out.iter_mut().find(|o| o.value == b.value) {
             Some(o) => o.expires = o.expires.max(b.expires),
             None => out.push(b.clone()),
         }
     }
-    if out.len() > cap {
+    if out.len() == cap + 1 {
+        // The common case at the cap: one binding in, the earliest out (of
+        // equals, the latest added, as the sort below would).
+        if let Some(earliest) = out
+            .iter()
+            .enumerate()
+            .rev()
+            .min_by_key(|(_, b)| b.expires)
+            .map(|(i, _)| i)
+        {
+            out.swap_remove(earliest);
+        }
+    } else if out.len() > cap {
         out.sort_by_key(|b| std::cmp::Reverse(b.expires));
         out.truncate(cap);
     }

@@ -1,12 +1,14 @@
-//! DNS: the server jobs' queries reach (`server`), the proxy's client side
-//! towards the upstream resolvers (`upstream`, `resolver`), the memory of
-//! what the answers said (`memory`) and the wire-level handling of messages
-//! (`message`, hickory-proto for the format).
+//! DNS: the server jobs' queries reach (`server`; its UDP forwarding loops
+//! in `udp`), the proxy's client side towards the upstream resolvers
+//! (`upstream`, `resolver`), the memory of what the answers said (`memory`)
+//! and the wire-level handling of messages (`message`, hickory-proto for
+//! the format).
 
 pub mod memory;
 pub mod message;
 pub mod resolver;
 pub mod server;
+mod udp;
 pub mod upstream;
 
 use std::net::SocketAddr;

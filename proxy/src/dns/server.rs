@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use egressd_audit::{HostSource, Kind};
+use egressd_audit::{HostSource, Kind, Record};
 use egressd_policy::{Decision, Reason, Verdict};
 use hickory_proto::op::{Message, ResponseCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,9 +25,7 @@ use crate::decide::enforce_outcome;
 use crate::engine::Engine;
 
 /// How stale bindings are swept out of the DNS memory.
-const PURGE_EVERY: Duration = Duration::from_secs(30);
-/// The largest DNS message.
-const MAX_MESSAGE: usize = 65535;
+pub(super) const PURGE_EVERY: Duration = Duration::from_secs(30);
 
 /// What a query for a denied name gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,52 +74,15 @@ pub async fn serve_tcp(engine: Arc<Engine>, listener: TcpListener, tasks: TaskTr
 }
 
 /// [`serve_udp`] with options. Also sweeps the DNS memory periodically.
+/// Returns once the engine stops accepting and every query already read
+/// is answered.
 pub async fn serve_udp_with(
     engine: Arc<Engine>,
     sock: UdpSocket,
     tasks: TaskTracker,
     opts: DnsOptions,
 ) {
-    let sock = Arc::new(sock);
-    let inflight = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
-    let mut purge = tokio::time::interval(PURGE_EVERY);
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let stop = engine.stop_accepting().clone();
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&inflight).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            () = stop.cancelled() => return,
-        };
-        let received = tokio::select! {
-            r = sock.recv_from(&mut buf) => r,
-            _ = purge.tick() => {
-                engine.dns_memory().purge(Instant::now());
-                continue;
-            }
-            () = stop.cancelled() => return,
-        };
-        let (n, client) = match received {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "DNS UDP receive failed");
-                continue;
-            }
-        };
-        let raw = buf[..n].to_vec();
-        let engine = Arc::clone(&engine);
-        let sock = Arc::clone(&sock);
-        tasks.spawn(async move {
-            if let Some(reply) = answer(&engine, &opts, &raw, client, false).await
-                && let Err(e) = sock.send_to(&reply, client).await
-            {
-                tracing::debug!(%client, error = %e, "DNS UDP answer not sent");
-            }
-            drop(permit);
-        });
-    }
+    super::udp::serve(engine, sock, tasks, opts).await;
 }
 
 /// [`serve_tcp`] with options.
@@ -202,6 +163,44 @@ pub async fn answer(
     client: SocketAddr,
     tcp: bool,
 ) -> Option<Vec<u8>> {
+    match begin(engine, opts, raw, client) {
+        Begun::Own { rec, reply } => {
+            engine.audit(rec).await;
+            reply
+        }
+        Begun::Forward { query, rec } => {
+            // A fresh id upstream: the client's id is not ours to reuse.
+            let mut forward = raw.to_vec();
+            message::set_id(&mut forward, rand::random());
+            let outcome = engine.resolver().upstreams().exchange(&forward, tcp).await;
+            let (rec, reply) = conclude(engine, &query, rec, outcome, tcp);
+            engine.audit(rec).await;
+            Some(reply)
+        }
+    }
+}
+
+/// What a query needs after the policy has decided on it.
+pub(super) enum Begun {
+    /// The proxy answers it itself (malformed, denied): write `rec`, then
+    /// send `reply` (nothing when `None`).
+    Own {
+        /// The query's audit record.
+        rec: Record,
+        /// The answer, if any.
+        reply: Option<Vec<u8>>,
+    },
+    /// Allowed: ask upstream, then [`conclude`].
+    Forward {
+        /// The client's query.
+        query: Query,
+        /// Its audit record, finished by [`conclude`].
+        rec: Record,
+    },
+}
+
+/// Read and decide one query, build its audit record; no I/O.
+pub(super) fn begin(engine: &Engine, opts: &DnsOptions, raw: &[u8], client: SocketAddr) -> Begun {
     let query = match message::parse_query(raw) {
         Ok(q) => q,
         Err(rejected) => {
@@ -210,8 +209,10 @@ pub async fn answer(
             let mut rec = engine.record(Kind::Dns, &decision);
             rec.src = Some(client);
             rec.detail = Some(rejected.what.to_owned());
-            engine.audit(rec).await;
-            return rejected.reply;
+            return Begun::Own {
+                rec,
+                reply: rejected.reply,
+            };
         }
     };
     let (decision, via) = decide(engine, &query.name, Instant::now());
@@ -227,21 +228,31 @@ pub async fn answer(
     if let Some(origin) = &via {
         rec.detail = Some(format!("CNAME target of the allowed name {origin}"));
     }
-    if !decision.is_allow() {
-        let rcode = match opts.deny_answer {
-            DenyAnswer::Refused => ResponseCode::Refused,
-            DenyAnswer::NxDomain => ResponseCode::NXDomain,
-        };
-        engine.audit(rec).await;
-        return Some(message::own_answer(&query, rcode));
+    if decision.is_allow() {
+        return Begun::Forward { query, rec };
     }
-    // A fresh id upstream: the client's id is not ours to reuse.
-    let mut forward = raw.to_vec();
-    message::set_id(&mut forward, rand::random());
-    let outcome = engine.resolver().upstreams().exchange(&forward, tcp).await;
+    let rcode = match opts.deny_answer {
+        DenyAnswer::Refused => ResponseCode::Refused,
+        DenyAnswer::NxDomain => ResponseCode::NXDomain,
+    };
+    Begun::Own {
+        reply: Some(message::own_answer(&query, rcode)),
+        rec,
+    }
+}
+
+/// The client's answer to an allowed query from the upstream exchange's
+/// outcome (SERVFAIL when it failed), and its finished audit record.
+pub(super) fn conclude(
+    engine: &Engine,
+    query: &Query,
+    mut rec: Record,
+    outcome: Result<Exchanged, DnsError>,
+    tcp: bool,
+) -> (Record, Vec<u8>) {
     let reply = outcome.and_then(|x| {
         let dst = x.from;
-        relay_answer(x, &query, engine.dns_memory(), Instant::now(), tcp).map(|r| (r, dst))
+        relay_answer(x, query, engine.dns_memory(), Instant::now(), tcp).map(|r| (r, dst))
     });
     let reply = match reply {
         Ok((reply, dst)) => {
@@ -251,11 +262,10 @@ pub async fn answer(
         Err(e) => {
             rec.reason = Reason::UpstreamFailed;
             rec.detail = Some(format!("{e}; answered SERVFAIL"));
-            message::own_answer(&query, ResponseCode::ServFail)
+            message::own_answer(query, ResponseCode::ServFail)
         }
     };
-    engine.audit(rec).await;
-    Some(reply)
+    (rec, reply)
 }
 
 /// The policy's decision for a query name; a name that policy alone would

@@ -412,9 +412,21 @@ type UdpReplies = fn(&[u8]) -> Vec<Vec<u8>>;
 
 async fn fake_upstream(udp_reply: Option<UdpReplies>) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // UDP and TCP on one port: the UDP port's TCP twin may be taken by
+    // another program's socket, so try a few ports.
+    let mut attempts = 0;
+    let (udp, addr, tcp) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, addr, tcp),
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                let _ = e;
+            }
+            Err(e) => panic!("no free UDP+TCP port pair: {e}"),
+        }
+    };
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65535];
         loop {

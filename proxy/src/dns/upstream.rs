@@ -11,13 +11,15 @@
 //! caller picks a random id, and only a response with that id and the
 //! query's question is accepted, so a late or duplicate answer left on a
 //! reused socket is skipped. A socket whose exchange failed or timed out is
-//! closed, never reused.
+//! closed, never reused. (This path serves the proxy's own resolver and
+//! TCP clients; the UDP server forwards through `udp`'s shared sockets.)
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -28,6 +30,8 @@ use super::message::HEADER_LEN;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest DNS message (TCP length prefix, UDP datagram).
 const MAX_MESSAGE: usize = 65535;
+/// Receive buffer asked for the shared upstream sockets.
+const UPSTREAM_RCVBUF: usize = 4 << 20;
 /// Idle connected UDP sockets kept per upstream.
 const POOL_SIZE: usize = 32;
 
@@ -41,24 +45,48 @@ pub struct Upstreams {
     mark: Option<u32>,
 }
 
-/// Idle UDP sockets connected to one upstream. The lock is held only to
-/// push or pop one socket.
-#[derive(Debug, Default)]
+/// Idle UDP sockets connected to one upstream, in slots that are taken and
+/// filled with atomic swaps (no lock: queries on every worker share it).
+/// A socket is in a slot or held by the one exchange that took it.
+#[derive(Debug)]
 struct SocketPool {
-    idle: Mutex<Vec<UdpSocket>>,
+    slots: Box<[ArcSwapOption<UdpSocket>]>,
+}
+
+impl Default for SocketPool {
+    fn default() -> Self {
+        SocketPool {
+            slots: (0..POOL_SIZE).map(|_| ArcSwapOption::empty()).collect(),
+        }
+    }
 }
 
 impl SocketPool {
-    fn take(&self) -> Option<UdpSocket> {
-        self.idle.lock().ok()?.pop()
+    fn take(&self) -> Option<Arc<UdpSocket>> {
+        self.slots
+            .iter()
+            .filter(|slot| slot.load().is_some())
+            .find_map(|slot| slot.swap(None))
     }
 
-    fn give_back(&self, sock: UdpSocket) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < POOL_SIZE
-        {
-            idle.push(sock);
+    /// Keep `sock` in an empty slot; when there is none, it is closed.
+    fn give_back(&self, sock: Arc<UdpSocket>) {
+        let empty: Option<Arc<UdpSocket>> = None;
+        for slot in self.slots.iter() {
+            if slot.load().is_none()
+                && slot
+                    .compare_and_swap(&empty, Some(Arc::clone(&sock)))
+                    .is_none()
+            {
+                return;
+            }
         }
+    }
+
+    /// Idle sockets held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.load().is_some()).count()
     }
 }
 
@@ -104,6 +132,48 @@ impl Upstreams {
     /// The per-upstream timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The `SO_MARK` upstream sockets carry, if any.
+    pub(super) fn mark(&self) -> Option<u32> {
+        self.mark
+    }
+
+    /// After upstream `first` answered `query` truncated over UDP: its
+    /// answer over TCP, else the later upstreams as [`exchange`](Self::exchange)
+    /// asks them.
+    pub(super) async fn exchange_truncated(
+        &self,
+        first: usize,
+        query: &[u8],
+    ) -> Result<Exchanged, DnsError> {
+        let mut last = DnsError::NoUpstream;
+        if let Some(&addr) = self.addrs.get(first) {
+            match self.tcp(addr, query).await {
+                Ok(reply) => {
+                    return Ok(Exchanged {
+                        reply,
+                        from: addr,
+                        tcp: true,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(upstream = %addr, error = %e, "DNS upstream failed");
+                    last = e;
+                }
+            }
+        }
+        let rest = self.addrs.iter().zip(self.pools.iter()).skip(first + 1);
+        for (&addr, pool) in rest {
+            match self.exchange_one(addr, pool, query, false).await {
+                Ok(x) => return Ok(x),
+                Err(e) => {
+                    tracing::debug!(upstream = %addr, error = %e, "DNS upstream failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Send `query` (already carrying the id to expect back) and return the
@@ -164,7 +234,7 @@ impl Upstreams {
         let sock = match pooled {
             Some(sock) => sock,
             None => {
-                let sock = udp_socket(addr, self.mark).map_err(io)?;
+                let sock = Arc::new(udp_socket(addr, self.mark).map_err(io)?);
                 sock.send(query).await.map_err(io)?;
                 sock
             }
@@ -218,7 +288,7 @@ impl Upstreams {
 /// its question (name compared without regard to ASCII case, type and class
 /// exactly). A truncated (TC) answer may have lost its question: the id is
 /// enough there, as it only leads to a TCP retry whose answer is checked.
-fn is_reply_to(reply: &[u8], query: &[u8]) -> bool {
+pub(super) fn is_reply_to(reply: &[u8], query: &[u8]) -> bool {
     let header = reply.len() >= HEADER_LEN
         && query.len() >= 2
         && reply[..2] == query[..2]
@@ -267,6 +337,30 @@ fn udp_socket(peer: SocketAddr, mark: Option<u32>) -> std::io::Result<UdpSocket>
     // Connecting an unbound UDP socket binds it to a random ephemeral port;
     // it does not wait.
     s.connect(&peer.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// An unconnected UDP socket on a kernel-chosen port of the wildcard
+/// address of one family (IPv6 only for `v6`), for talking to several
+/// upstreams: the caller checks each datagram's source.
+pub(super) fn unconnected_udp(v6: bool, mark: Option<u32>) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (domain, any): (Domain, SocketAddr) = if v6 {
+        (Domain::IPV6, (std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+    } else {
+        (Domain::IPV4, (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
+    };
+    let s = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+    if v6 {
+        s.set_only_v6(true)?;
+    }
+    if let Some(m) = mark {
+        s.set_mark(m)?;
+    }
+    // Answers to a whole batch of queries can arrive at once; the kernel
+    // caps this at net.core.rmem_max.
+    let _ = s.set_recv_buffer_size(UPSTREAM_RCVBUF);
+    s.bind(&any.into())?;
     UdpSocket::from_std(s.into())
 }
 

@@ -1,0 +1,400 @@
+//! The DNS server over UDP: a few forwarding loops (one per runtime worker,
+//! at most [`MAX_LOOPS`]) share the client socket. A loop reads a batch of
+//! client queries, answers at once what the proxy answers itself
+//! (malformed, denied), and sends allowed queries upstream on its own
+//! unconnected upstream socket (one per address family), keeping each in a
+//! table keyed by the random id it went out with until its answer, its
+//! timeout (then the next upstream, or SERVFAIL) or a send failure. No task
+//! per query and no lock: the table belongs to its loop. A truncated answer
+//! is fetched over TCP in a task of its own (rare).
+//!
+//! An upstream datagram is accepted only from the address the query was
+//! sent to, with the query's id and question (`upstream::is_reply_to`);
+//! anything else (strays, spoofs, late answers to queries that timed out)
+//! is dropped. Every audit record of a batch is queued before any of the
+//! batch's answers is sent: each record still precedes its answer, and the
+//! journal's writer is woken once per batch instead of once per query.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egressd_audit::Record;
+use tokio::net::UdpSocket;
+use tokio::time::MissedTickBehavior;
+use tokio_util::task::TaskTracker;
+
+use super::DnsError;
+use super::message::{self, Query};
+use super::server::{Begun, DnsOptions, PURGE_EVERY, begin, conclude};
+use super::upstream::{Exchanged, Upstreams, is_reply_to, unconnected_udp};
+use crate::engine::Engine;
+
+/// Forwarding loops per client socket, at most.
+const MAX_LOOPS: usize = 2;
+/// Datagrams one loop reads from one socket before the others get a turn.
+const BATCH: usize = 32;
+/// The largest DNS message.
+const MAX_MESSAGE: usize = 65535;
+/// Queries one loop keeps in flight, at most (ids are 16 bits).
+const MAX_PENDING: usize = 16_384;
+/// Receive buffer asked for the client socket (capped by net.core.rmem_max):
+/// a burst of queries waits there while a loop works through a batch.
+const CLIENT_RCVBUF: usize = 4 << 20;
+
+/// Serve DNS on `sock` until the engine stops accepting, then finish the
+/// queries already read. The loops run in `tasks`, so a shutdown waiting
+/// on the tracker waits for their last audit records.
+pub(super) async fn serve(
+    engine: Arc<Engine>,
+    sock: UdpSocket,
+    tasks: TaskTracker,
+    opts: DnsOptions,
+) {
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(CLIENT_RCVBUF);
+    let client = Arc::new(sock);
+    let loops = tokio::runtime::Handle::current()
+        .metrics()
+        .num_workers()
+        .clamp(1, MAX_LOOPS);
+    let cap = (opts.max_inflight / loops).clamp(1, MAX_PENDING);
+    let handles: Vec<_> = (0..loops)
+        .map(|i| {
+            let fwd = Forwarder::new(Arc::clone(&engine), Arc::clone(&client), tasks.clone(), cap);
+            tasks.spawn(fwd.run(opts, i == 0))
+        })
+        .collect();
+    for h in handles {
+        if let Err(e) = h.await {
+            tracing::error!(error = %e, "DNS UDP forwarding loop failed");
+        }
+    }
+}
+
+/// An allowed query waiting for its upstream answer.
+struct Pending {
+    client: SocketAddr,
+    query: Query,
+    /// What was sent upstream (the current id in its first two bytes).
+    forward: Vec<u8>,
+    rec: Record,
+    /// Index of the upstream asked.
+    upstream: usize,
+    /// Tells this query's deadline entry from one of an earlier query that
+    /// had the same id.
+    seq: u64,
+    /// Why the previous upstream gave no answer.
+    last: DnsError,
+}
+
+/// An answer ready for a client, after its record.
+struct Outgoing {
+    rec: Record,
+    reply: Option<(Vec<u8>, SocketAddr)>,
+}
+
+/// One forwarding loop's state. See the module documentation.
+struct Forwarder {
+    engine: Arc<Engine>,
+    client: Arc<UdpSocket>,
+    tasks: TaskTracker,
+    upstreams: Upstreams,
+    /// Upstream sockets, made on first use: IPv4, IPv6.
+    up4: Option<UdpSocket>,
+    up6: Option<UdpSocket>,
+    pending: HashMap<u16, Pending>,
+    /// (deadline, id, seq) in sending order: the timeout is the same for
+    /// every query, so the earliest deadline is always in front.
+    deadlines: VecDeque<(Instant, u16, u64)>,
+    seq: u64,
+    cap: usize,
+    outbox: Vec<Outgoing>,
+}
+
+impl Forwarder {
+    fn new(engine: Arc<Engine>, client: Arc<UdpSocket>, tasks: TaskTracker, cap: usize) -> Self {
+        let upstreams = engine.resolver().upstreams().clone();
+        Forwarder {
+            engine,
+            client,
+            tasks,
+            upstreams,
+            up4: None,
+            up6: None,
+            pending: HashMap::with_capacity(cap),
+            deadlines: VecDeque::new(),
+            seq: 0,
+            cap,
+            outbox: Vec::with_capacity(BATCH),
+        }
+    }
+
+    async fn run(mut self, opts: DnsOptions, purges: bool) {
+        let stop = self.engine.stop_accepting().clone();
+        let timeout = self.upstreams.timeout();
+        let mut sweep = tokio::time::interval(
+            (timeout / 8).clamp(Duration::from_millis(5), Duration::from_millis(100)),
+        );
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut purge = tokio::time::interval(PURGE_EVERY);
+        purge.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut stopping = false;
+        loop {
+            if stopping && self.pending.is_empty() {
+                return;
+            }
+            let room = !stopping && self.pending.len() < self.cap;
+            tokio::select! {
+                r = self.client.readable(), if room => match r {
+                    Ok(()) => self.read_queries(&opts, &mut buf).await,
+                    Err(e) => tracing::debug!(error = %e, "DNS UDP socket not readable"),
+                },
+                r = readable(self.up4.as_ref()) => match r {
+                    Ok(()) => self.read_answers(false, &mut buf).await,
+                    Err(e) => tracing::debug!(error = %e, "DNS upstream socket not readable"),
+                },
+                r = readable(self.up6.as_ref()) => match r {
+                    Ok(()) => self.read_answers(true, &mut buf).await,
+                    Err(e) => tracing::debug!(error = %e, "DNS upstream socket not readable"),
+                },
+                _ = sweep.tick(), if !self.deadlines.is_empty() => self.expire(Instant::now()).await,
+                _ = purge.tick(), if purges => self.engine.dns_memory().purge(Instant::now()),
+                () = stop.cancelled(), if !stopping => stopping = true,
+            }
+        }
+    }
+
+    /// Read up to a batch of client queries and deal with each.
+    async fn read_queries(&mut self, opts: &DnsOptions, buf: &mut [u8]) {
+        for _ in 0..BATCH {
+            if self.pending.len() >= self.cap {
+                break;
+            }
+            let (n, client) = match self.client.try_recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS UDP receive failed");
+                    break;
+                }
+            };
+            let Some(raw) = buf.get(..n) else { break };
+            match begin(&self.engine, opts, raw, client) {
+                Begun::Own { rec, reply } => self.outbox.push(Outgoing {
+                    rec,
+                    reply: reply.map(|r| (r, client)),
+                }),
+                Begun::Forward { query, rec } => {
+                    let pending = Pending {
+                        client,
+                        query,
+                        forward: raw.to_vec(),
+                        rec,
+                        upstream: 0,
+                        seq: 0,
+                        last: DnsError::NoUpstream,
+                    };
+                    self.forward(pending, Instant::now()).await;
+                }
+            }
+        }
+        self.send_outbox().await;
+    }
+
+    /// Read up to a batch of upstream datagrams from one family's socket.
+    async fn read_answers(&mut self, v6: bool, buf: &mut [u8]) {
+        for _ in 0..BATCH {
+            let sock = if v6 { &self.up6 } else { &self.up4 };
+            let Some(sock) = sock else { break };
+            let (n, from) = match sock.try_recv_from(buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS upstream receive failed");
+                    break;
+                }
+            };
+            if let Some(reply) = buf.get(..n) {
+                self.on_answer(reply, from);
+            }
+        }
+        self.send_outbox().await;
+    }
+
+    /// An upstream datagram: the answer of a pending query, or ignored.
+    fn on_answer(&mut self, reply: &[u8], from: SocketAddr) {
+        let Some(&[hi, lo]) = reply.get(..2) else {
+            return;
+        };
+        let id = u16::from_be_bytes([hi, lo]);
+        let Some(p) = self.pending.get(&id) else {
+            return;
+        };
+        let asked = self.upstreams.addrs().get(p.upstream).copied();
+        if !asked.is_some_and(|a| same_peer(a, from)) || !is_reply_to(reply, &p.forward) {
+            return;
+        }
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        let Some(addr) = asked else { return };
+        // TC: the same upstream over TCP, in a task (a TCP exchange would
+        // hold up the loop).
+        if reply.get(2).is_some_and(|f| f & 0x02 != 0) {
+            self.over_tcp(p);
+            return;
+        }
+        let x = Exchanged {
+            reply: reply.to_vec(),
+            from: addr,
+            tcp: false,
+        };
+        self.conclude(p, Ok(x));
+    }
+
+    /// Queries whose upstream did not answer in time go to the next one.
+    async fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, id, seq)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.pending.get(&id).is_none_or(|p| p.seq != seq) {
+                continue;
+            }
+            let Some(mut p) = self.pending.remove(&id) else {
+                continue;
+            };
+            if let Some(&addr) = self.upstreams.addrs().get(p.upstream) {
+                let e = DnsError::Timeout(addr, self.upstreams.timeout());
+                tracing::debug!(upstream = %addr, error = %e, "DNS upstream failed");
+                p.last = e;
+            }
+            p.upstream += 1;
+            self.forward(p, now).await;
+        }
+        self.send_outbox().await;
+    }
+
+    /// Send `p` to its upstream (or the first later one that takes it) and
+    /// keep it pending; SERVFAIL when no upstream is left.
+    async fn forward(&mut self, mut p: Pending, now: Instant) {
+        let timeout = self.upstreams.timeout();
+        while let Some(&addr) = self.upstreams.addrs().get(p.upstream) {
+            let id = self.free_id();
+            message::set_id(&mut p.forward, id);
+            match self.send_upstream(addr, &p.forward).await {
+                Ok(()) => {
+                    self.seq += 1;
+                    p.seq = self.seq;
+                    self.deadlines.push_back((now + timeout, id, p.seq));
+                    self.pending.insert(id, p);
+                    return;
+                }
+                Err(source) => {
+                    let e = DnsError::Io { addr, source };
+                    tracing::debug!(upstream = %addr, error = %e, "DNS upstream failed");
+                    p.last = e;
+                    p.upstream += 1;
+                }
+            }
+        }
+        let last = std::mem::replace(&mut p.last, DnsError::NoUpstream);
+        self.conclude(p, Err(last));
+    }
+
+    /// A random id no pending query of this loop uses.
+    fn free_id(&self) -> u16 {
+        loop {
+            let id: u16 = rand::random();
+            if !self.pending.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    async fn send_upstream(&mut self, addr: SocketAddr, query: &[u8]) -> std::io::Result<()> {
+        let addr = canonical(addr);
+        let v6 = addr.is_ipv6();
+        let slot = if v6 { &mut self.up6 } else { &mut self.up4 };
+        let sock = match slot {
+            Some(s) => s,
+            None => slot.insert(unconnected_udp(v6, self.upstreams.mark())?),
+        };
+        sock.send_to(query, addr).await.map(|_| ())
+    }
+
+    /// The upstream exchange of `p` is over: its record and answer join the
+    /// outbox.
+    fn conclude(&mut self, p: Pending, outcome: Result<Exchanged, DnsError>) {
+        let (rec, reply) = conclude(&self.engine, &p.query, p.rec, outcome, false);
+        self.outbox.push(Outgoing {
+            rec,
+            reply: Some((reply, p.client)),
+        });
+    }
+
+    fn over_tcp(&self, p: Pending) {
+        let engine = Arc::clone(&self.engine);
+        let client = Arc::clone(&self.client);
+        let upstreams = self.upstreams.clone();
+        self.tasks.spawn(async move {
+            let outcome = upstreams.exchange_truncated(p.upstream, &p.forward).await;
+            let (rec, reply) = conclude(&engine, &p.query, p.rec, outcome, false);
+            engine.audit(rec).await;
+            send_answer(&client, &reply, p.client).await;
+        });
+    }
+
+    /// Queue every record of the batch, then send its answers.
+    async fn send_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.outbox);
+        let mut replies = Vec::with_capacity(out.len());
+        for o in out.drain(..) {
+            self.engine.audit(o.rec).await;
+            replies.extend(o.reply);
+        }
+        for (reply, to) in &replies {
+            send_answer(&self.client, reply, *to).await;
+        }
+        self.outbox = out;
+    }
+}
+
+async fn send_answer(sock: &UdpSocket, reply: &[u8], client: SocketAddr) {
+    if let Err(e) = sock.send_to(reply, client).await {
+        tracing::debug!(%client, error = %e, "DNS UDP answer not sent");
+    }
+}
+
+/// Readiness of a socket that may not exist yet (then never ready).
+async fn readable(sock: Option<&UdpSocket>) -> std::io::Result<()> {
+    match sock {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An IPv4-mapped IPv6 address is reached over IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// Whether a datagram from `from` comes from the upstream `asked` (IPv6
+/// flow labels and scope ids aside).
+fn same_peer(asked: SocketAddr, from: SocketAddr) -> bool {
+    let asked = canonical(asked);
+    asked.ip() == from.ip() && asked.port() == from.port()
+}
