@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::decide::{Decided, same_name};
+use crate::dial::{self, Dialled};
 use crate::engine::Engine;
 use crate::tunnel::{self, FirstBytes};
 
@@ -142,7 +143,7 @@ async fn read_head(
 ) -> Result<(Vec<u8>, Vec<u8>), (Reason, String)> {
     let limits = engine.limits();
     let deadline = Instant::now() + limits.peek_timeout;
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf = Vec::new();
     loop {
         if let Some(end) = find_head_end(&buf) {
             let rest = buf.split_off(end);
@@ -157,10 +158,10 @@ async fn read_head(
                 ),
             ));
         }
-        // Read into spare capacity, 4 KiB at most at a time: nothing is
-        // zero-filled.
-        buf.reserve(4096);
-        let mut chunk = (&mut *client).take(4096);
+        // Read into spare capacity, 1 KiB at most at a time (a CONNECT head
+        // is usually a few hundred bytes): nothing is zero-filled.
+        buf.reserve(HEAD_CHUNK);
+        let mut chunk = (&mut *client).take(HEAD_CHUNK as u64);
         match tokio::time::timeout_at(deadline, chunk.read_buf(&mut buf)).await {
             Ok(Ok(0)) => {
                 return Err((
@@ -185,6 +186,9 @@ async fn read_head(
         }
     }
 }
+
+/// How much of a request head is read at a time.
+const HEAD_CHUNK: usize = 1024;
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
@@ -250,24 +254,59 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
         refuse(&mut client, status_for(d.reason), &d, None).await;
         return;
     };
-    let (head, rest) = match read_head(&mut client, &engine).await {
+    // The setup (request head, resolution, connect, peek, decisions) runs in
+    // a future of its own on the heap, freed before the relay starts: the
+    // task an open tunnel keeps is only as large as the relay's state.
+    let Some(open) = Box::pin(open_tunnel(&engine, client, peer)).await else {
+        return;
+    };
+    tunnel::run(
+        engine,
+        open.client,
+        open.upstream,
+        open.replay,
+        open.record,
+        started,
+    )
+    .await;
+}
+
+/// An allowed tunnel, ready to relay.
+struct OpenTunnel {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// The client's first bytes, to replay to the upstream.
+    replay: Vec<u8>,
+    /// The decision record (the closing record is cut from it).
+    record: Record,
+}
+
+/// Everything before the relay: read and parse the request, decide, connect,
+/// answer, peek inside the tunnel and decide again. Every refusal is audited
+/// and answered here; `None` then.
+async fn open_tunnel(
+    engine: &Engine,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) -> Option<OpenTunnel> {
+    let (head, rest) = match read_head(&mut client, engine).await {
         Ok(h) => h,
         Err((reason, detail)) => {
             let d = Decision::engine_deny(reason);
-            tunnel::audit_decision(&engine, &d, |r| {
+            tunnel::audit_decision(engine, &d, |r| {
                 r.src = Some(peer);
                 r.detail = Some(detail);
             })
             .await;
             refuse(&mut client, status_for(reason), &d, None).await;
-            return;
+            return None;
         }
     };
     let target = match parse_head(&head) {
         Ok(t) => t,
         Err(e) => {
             let d = Decision::engine_deny(Reason::MalformedRequest);
-            tunnel::audit_decision(&engine, &d, |r| {
+            tunnel::audit_decision(engine, &d, |r| {
                 r.src = Some(peer);
                 r.detail = Some(e.to_string());
             })
@@ -277,20 +316,20 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
                 _ => "400 Bad Request",
             };
             refuse(&mut client, status, &d, None).await;
-            return;
+            return None;
         }
     };
     let opened = match &target.host {
-        Target::Ip(ip) => open_ip(&engine, SocketAddr::new(*ip, target.port)).await,
-        Target::Name(name) => open_name(&engine, name, target.port).await,
+        Target::Ip(ip) => dial::dial_ip(engine, SocketAddr::new(*ip, target.port)).await,
+        Target::Name(name) => dial::dial_name(engine, name, target.port, HostSource::Connect).await,
     };
     let (decided, dst, upstream) = match opened {
-        Opened::Refused {
+        Dialled::Refused {
             decided,
             dst,
             detail,
         } => {
-            tunnel::audit_decision(&engine, &decided.decision, |r| {
+            tunnel::audit_decision(engine, &decided.decision, |r| {
                 fill(r, &decided, dst, peer, None);
                 r.detail = detail;
             })
@@ -302,9 +341,9 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
                 decided.host.as_deref(),
             )
             .await;
-            return;
+            return None;
         }
-        Opened::Connected {
+        Dialled::Connected {
             decided,
             dst,
             upstream,
@@ -317,14 +356,14 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
     {
         // The client left; nothing was relayed, so the decision still stands
         // as the record of the attempt.
-        tunnel::audit_decision(&engine, &decided.decision, |r| {
+        tunnel::audit_decision(engine, &decided.decision, |r| {
             fill(r, &decided, Some(dst), peer, None);
             r.detail = Some("the client left before the tunnel opened".into());
         })
         .await;
-        return;
+        return None;
     }
-    let peeked = tunnel::peek(&mut client, &engine, rest).await;
+    let peeked = tunnel::peek(&mut client, engine, rest).await;
     let final_decided = match &peeked.first {
         FirstBytes::Refused { reason, detail } => {
             let d = Decision::engine_deny(*reason);
@@ -333,20 +372,20 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
                 host: decided.host.clone(),
                 host_source: decided.host_source,
             };
-            tunnel::audit_decision(&engine, &d, |r| {
+            tunnel::audit_decision(engine, &d, |r| {
                 fill(r, &decided, Some(dst), peer, None);
                 r.detail = Some(detail.clone());
             })
             .await;
             tunnel::reset(client);
-            return;
+            return None;
         }
         FirstBytes::Nameless => decided,
         FirstBytes::Named { name, source } => {
-            inner_name(&engine, &decided, &target.host, dst, name, *source).await
+            inner_name(engine, &decided, &target.host, dst, name, *source).await
         }
     };
-    let record = tunnel::audit_decision(&engine, &final_decided.decision, |r| {
+    let record = tunnel::audit_decision(engine, &final_decided.decision, |r| {
         fill(r, &final_decided, Some(dst), peer, None);
         if let (Target::Name(connect_host), Some(inner)) = (&target.host, &final_decided.host)
             && !same_name(connect_host, inner)
@@ -357,9 +396,14 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
     .await;
     if !final_decided.decision.is_allow() {
         tunnel::reset(client);
-        return;
+        return None;
     }
-    tunnel::run(engine, client, upstream, &peeked.bytes, record, started).await;
+    Some(OpenTunnel {
+        client,
+        upstream,
+        replay: peeked.bytes,
+        record,
+    })
 }
 
 fn fill(
@@ -374,153 +418,6 @@ fn fill(
     r.dst = dst;
     r.src = Some(src);
     r.process = process;
-}
-
-/// The outcome of deciding and connecting a CONNECT target.
-enum Opened {
-    /// Denied (or the upstream unreachable): answer with the decision.
-    Refused {
-        decided: Decided,
-        dst: Option<SocketAddr>,
-        detail: Option<String>,
-    },
-    /// Allowed and connected.
-    Connected {
-        decided: Decided,
-        dst: SocketAddr,
-        upstream: TcpStream,
-    },
-}
-
-/// `CONNECT ip:port`: decided by address (IP rules, recent DNS answers).
-async fn open_ip(engine: &Engine, dst: SocketAddr) -> Opened {
-    let t = Instant::now();
-    let decided = engine.decide_tcp(dst, None).await;
-    engine.metrics().decision_latency.observe(t.elapsed());
-    if !decided.decision.is_allow() {
-        return Opened::Refused {
-            decided,
-            dst: Some(dst),
-            detail: None,
-        };
-    }
-    match tunnel::connect_upstream(engine, dst).await {
-        Ok(upstream) => Opened::Connected {
-            decided,
-            dst,
-            upstream,
-        },
-        Err(e) => Opened::Refused {
-            decided: upstream_failed(decided),
-            dst: Some(dst),
-            detail: Some(format!("cannot connect to {dst}: {e}")),
-        },
-    }
-}
-
-/// `CONNECT name:port`: the DNS question first, then resolve, decide per
-/// address and connect to the first allowed one that answers.
-async fn open_name(engine: &Engine, name: &str, port: u16) -> Opened {
-    let t = Instant::now();
-    let named = |decision: Decision| Decided {
-        decision,
-        host: Some(name.to_owned()),
-        host_source: HostSource::Connect,
-    };
-    let dns = engine.decide_name(name);
-    if !dns.is_allow() {
-        // A TCP record says why no rule allowed the name, not "dns".
-        let decision = Decision {
-            reason: if dns.reason == Reason::DnsRefused {
-                Reason::NoRule
-            } else {
-                dns.reason
-            },
-            ..dns
-        };
-        engine.metrics().decision_latency.observe(t.elapsed());
-        return Opened::Refused {
-            decided: named(decision),
-            dst: None,
-            detail: None,
-        };
-    }
-    let ips = match engine.resolver().lookup(name).await {
-        Ok(ips) if !ips.is_empty() => ips,
-        Ok(_) => {
-            return Opened::Refused {
-                decided: named(Decision::engine_deny(Reason::UpstreamFailed)),
-                dst: None,
-                detail: Some(format!("{name} has no address")),
-            };
-        }
-        Err(e) => {
-            return Opened::Refused {
-                decided: named(Decision::engine_deny(Reason::UpstreamFailed)),
-                dst: None,
-                detail: Some(format!("cannot resolve {name}: {e}")),
-            };
-        }
-    };
-    let mut first_refusal: Option<(Decided, SocketAddr)> = None;
-    let mut last_error: Option<(Decided, SocketAddr, String)> = None;
-    for ip in ips {
-        let dst = SocketAddr::new(ip, port);
-        let t = Instant::now();
-        let decided = engine
-            .decide_tcp_resolved(dst, name, HostSource::Connect, &[ip])
-            .await;
-        engine.metrics().decision_latency.observe(t.elapsed());
-        if !decided.decision.is_allow() {
-            if first_refusal.is_none() {
-                first_refusal = Some((decided, dst));
-            }
-            continue;
-        }
-        match tunnel::connect_upstream(engine, dst).await {
-            Ok(upstream) => {
-                return Opened::Connected {
-                    decided,
-                    dst,
-                    upstream,
-                };
-            }
-            Err(e) => last_error = Some((decided, dst, e.to_string())),
-        }
-    }
-    if let Some((decided, dst, e)) = last_error {
-        return Opened::Refused {
-            decided: upstream_failed(decided),
-            dst: Some(dst),
-            detail: Some(format!("cannot connect to {dst}: {e}")),
-        };
-    }
-    match first_refusal {
-        Some((decided, dst)) => Opened::Refused {
-            decided,
-            dst: Some(dst),
-            detail: None,
-        },
-        None => Opened::Refused {
-            decided: named(Decision::engine_deny(Reason::UpstreamFailed)),
-            dst: None,
-            detail: Some(format!("{name} has no address")),
-        },
-    }
-}
-
-/// An allowed decision whose upstream could not be reached: the traffic did
-/// not pass, and the rule that allowed it stays on the record.
-fn upstream_failed(d: Decided) -> Decided {
-    Decided {
-        decision: Decision {
-            verdict: Verdict::Deny,
-            enforce_would: None,
-            reason: Reason::UpstreamFailed,
-            rule: d.decision.rule,
-        },
-        ..d
-    }
 }
 
 /// Inside an allowed tunnel: the name the client's first bytes carry must be

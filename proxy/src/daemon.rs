@@ -26,7 +26,7 @@ use crate::engine::{Engine, EngineParts};
 use crate::kernel::{self, EbpfOrigins};
 use crate::limits::Limits;
 use crate::origin::{DstSource, KernelOriginalDst};
-use crate::{connect, metrics, reload, transparent};
+use crate::{connect, metrics, reload, sni_listen, transparent};
 
 /// The transparent listener's default address with the kernel hooks.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001);
@@ -44,7 +44,8 @@ pub struct Options {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// Attach nothing in the kernel: serve only the listeners asked for
-    /// (`--explicit`, `--listen`, `--dns-listen`); needs no root.
+    /// (`--explicit`, `--sni-listen`, `--listen`, `--dns-listen`); needs no
+    /// root.
     #[arg(long)]
     pub no_ebpf: bool,
     /// Pin the kernel links under --pin-dir so that a killed egressd leaves
@@ -63,6 +64,21 @@ pub struct Options {
     /// Also serve an HTTP CONNECT proxy on ADDR (e.g. 127.0.0.1:3128).
     #[arg(long, value_name = "ADDR")]
     pub explicit: Option<SocketAddr>,
+    /// Also route TLS on its SNI on ADDR:PORT, repeatable (e.g.
+    /// 127.0.0.1:443): for clients that DNS or /etc/hosts steer to egressd,
+    /// with neither eBPF nor CONNECT. Each ClientHello's server name is
+    /// decided like a CONNECT host, resolved, and dialled on
+    /// --sni-upstream-port; no SNI or not TLS is denied.
+    #[arg(long = "sni-listen", value_name = "ADDR:PORT")]
+    pub sni_listen: Vec<SocketAddr>,
+    /// The port the SNI listener connects to upstream.
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = sni_listen::DEFAULT_UPSTREAM_PORT,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub sni_upstream_port: u16,
     /// The transparent listener redirected connections arrive on (also bound
     /// on ::1 with the same port) [default: 127.0.0.1:15001 (exec: a free
     /// port); with --no-ebpf only when given, for an nftables `redirect`].
@@ -157,6 +173,10 @@ pub struct Plan {
     pub transparent: Option<SocketAddr>,
     /// The CONNECT proxy.
     pub explicit: Option<SocketAddr>,
+    /// The SNI listeners.
+    pub sni: Vec<SocketAddr>,
+    /// The port the SNI listeners dial upstream.
+    pub sni_upstream_port: u16,
     /// The DNS server.
     pub dns: Option<SocketAddr>,
     /// The metrics endpoint.
@@ -228,9 +248,13 @@ pub fn plan(
             Some(opts.dns_listen.unwrap_or(defaults.dns_listen)),
         )
     };
-    if transparent.is_none() && opts.explicit.is_none() && dns.is_none() {
+    if transparent.is_none()
+        && opts.explicit.is_none()
+        && opts.sni_listen.is_empty()
+        && dns.is_none()
+    {
         return Err(usage(
-            "with --no-ebpf there is nothing to serve: give --explicit ADDR (and/or --listen, --dns-listen)".into(),
+            "with --no-ebpf there is nothing to serve: give --explicit ADDR and/or --sni-listen ADDR:PORT (and/or --listen, --dns-listen)".into(),
         ));
     }
     if opts.max_tunnels == 0 || opts.max_tunnels > tokio::sync::Semaphore::MAX_PERMITS {
@@ -264,6 +288,8 @@ pub fn plan(
         kernel,
         transparent,
         explicit: opts.explicit,
+        sni: opts.sni_listen.clone(),
+        sni_upstream_port: opts.sni_upstream_port,
         dns,
         metrics: opts.metrics,
         upstreams,
@@ -287,6 +313,7 @@ pub fn hostname() -> String {
 struct Bound {
     transparent: Vec<TcpListener>,
     explicit: Option<TcpListener>,
+    sni: Vec<TcpListener>,
     dns_udp: Vec<UdpSocket>,
     dns_tcp: Vec<TcpListener>,
     metrics: Option<TcpListener>,
@@ -432,6 +459,10 @@ async fn bind(plan: &Plan) -> anyhow::Result<Bound> {
         Some(a) => Some(bind_tcp(a, "CONNECT proxy").await?),
         None => None,
     };
+    let mut sni = Vec::with_capacity(plan.sni.len());
+    for &a in &plan.sni {
+        sni.push(bind_tcp(a, "SNI listener").await?);
+    }
     let metrics = match plan.metrics {
         Some(a) => Some(bind_tcp(a, "metrics endpoint").await?),
         None => None,
@@ -443,6 +474,7 @@ async fn bind(plan: &Plan) -> anyhow::Result<Bound> {
     Ok(Bound {
         transparent,
         explicit,
+        sni,
         dns_udp,
         dns_tcp,
         metrics,
@@ -458,6 +490,9 @@ pub struct ReadyInfo {
     /// The CONNECT proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explicit: Option<SocketAddr>,
+    /// The SNI listeners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SocketAddr>,
     /// The transparent listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
@@ -552,6 +587,11 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?,
+        sni: bound
+            .sni
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<Result<_, _>>()?,
         listen: bound
             .transparent
             .first()
@@ -626,6 +666,14 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
     }
     if let Some(l) = bound.explicit {
         servers.spawn(connect::serve(Arc::clone(&engine), l, tasks.clone()));
+    }
+    for l in bound.sni {
+        servers.spawn(sni_listen::serve(
+            Arc::clone(&engine),
+            l,
+            plan.sni_upstream_port,
+            tasks.clone(),
+        ));
     }
     if let Some(l) = bound.metrics {
         servers.spawn(metrics::serve(Arc::clone(&engine), l));

@@ -209,11 +209,12 @@ async fn record_deny(engine: &Engine, origins: &EbpfOrigins, ev: &DenyEvent) {
     rec.process = Some(match (ev.kind, ev.socket_cookie) {
         // The tc guard runs without process context: find the socket's owner.
         (DenyKind::Packet, Some(cookie)) => {
-            let pid = tokio::task::spawn_blocking(move || egressd_ebpf::packet_socket_owner(cookie))
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(0);
+            let pid =
+                tokio::task::spawn_blocking(move || egressd_ebpf::packet_socket_owner(cookie))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
             let comm = proc_comm(pid).unwrap_or_default();
             origins.process(pid, &comm, ev.cgroup_id)
         }
@@ -273,7 +274,10 @@ pub async fn upkeep(engine: Arc<Engine>, enforcer: Arc<Enforcer>) {
         }
         let lost = enforcer.deny_reports_lost();
         if lost > lost_seen {
-            tracing::error!(lost = lost - lost_seen, "kernel deny reports lost: the ring buffer was full");
+            tracing::error!(
+                lost = lost - lost_seen,
+                "kernel deny reports lost: the ring buffer was full"
+            );
             audit_event(
                 &engine,
                 Reason::KernelReportsLost,

@@ -1,6 +1,6 @@
-//! egressd: the data plane (transparent TCP, DNS, explicit HTTP CONNECT), the
-//! runner integration (`boot`, job hooks) and the command line. The binary in
-//! `main.rs` only calls [`cmd::main`].
+//! egressd: the data plane (transparent TCP, DNS, explicit HTTP CONNECT, SNI
+//! routing), the runner integration (`boot`, job hooks) and the command line.
+//! The binary in `main.rs` only calls [`cmd::main`].
 
 pub mod cgroup_child;
 pub mod cmd;
@@ -8,6 +8,7 @@ pub mod connect;
 pub mod control;
 pub mod daemon;
 pub mod decide;
+pub mod dial;
 pub mod dns;
 pub mod engine;
 pub mod kernel;
@@ -21,6 +22,7 @@ pub mod policy_source;
 pub mod relay;
 pub mod reload;
 pub mod selftest;
+pub mod sni_listen;
 pub mod sudo;
 pub mod tamper;
 pub mod transparent;

@@ -2,13 +2,16 @@
 //! passed on (a FIN one way leaves the other way open), an idle timeout over
 //! both directions, and a cut on shutdown.
 //!
-//! Each direction's buffer starts small and doubles, up to [`BUFFER_SIZE`],
-//! each time a read fills it: a bulk stream soon reads 256 KiB at a time
-//! (tokio's fixed 8 KiB copy buffer costs two thirds of the throughput,
-//! performance.md), while a short exchange never pays for a large buffer.
-//! Reads go into uninitialised capacity, so nothing is zero-filled, and a
-//! direction quiet for [`BUFFER_LINGER`] gives its buffer back, so idle
-//! tunnels stay small.
+//! A waiting direction holds no data buffer: when its reader is ready it
+//! borrows the worker thread's scratch buffer, reads, writes on at once and
+//! gives the buffer back, so an idle tunnel costs its task and its sockets
+//! only. When the writer cannot take everything, the rest moves into a
+//! buffer of the direction's own, which starts small and doubles, up to
+//! [`BUFFER_SIZE`], each time a read fills it: a bulk stream soon reads
+//! 256 KiB at a time (tokio's fixed 8 KiB copy buffer costs two thirds of
+//! the throughput, performance.md). Reads go into uninitialised capacity, so
+//! nothing is zero-filled, and a direction quiet for [`BUFFER_LINGER`] gives
+//! its own buffer back.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The largest buffer a direction grows to.
 pub const BUFFER_SIZE: usize = 256 * 1024;
-/// The buffer a direction starts with (and restarts with after going quiet).
+/// The smallest buffer of a direction's own (see [`BUFFER_SIZE`]).
 pub const INITIAL_BUFFER_SIZE: usize = 16 * 1024;
-/// How long a direction waits for data before it frees its buffer.
+/// How long a direction waits for data before it frees its own buffer.
 pub const BUFFER_LINGER: Duration = Duration::from_secs(1);
 
 /// How a relay ended.
@@ -158,8 +161,14 @@ fn failed(side: Side, up: bool) -> Ending {
     }
 }
 
-/// One direction: read into the buffer, write it all, repeat; on EOF pass
-/// the half-close on with `shutdown(SHUT_WR)`.
+/// One direction: wait until the reader has data, read it, write it all,
+/// repeat; on EOF pass the half-close on with `shutdown(SHUT_WR)`.
+///
+/// A direction holds no buffer while it waits. Data is read into the
+/// worker thread's [`scratch`] buffer and written on at once without
+/// waiting; only when the writer cannot take it all do the remaining bytes
+/// move into a buffer of the direction's own ([`Buffer`]), which then serves
+/// the following reads (a bulk stream) until the direction goes quiet.
 async fn copy(
     reader: OwnedReadHalf,
     mut writer: OwnedWriteHalf,
@@ -167,44 +176,142 @@ async fn copy(
     start: Instant,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Side> {
+    let count = |n: usize| {
+        progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        progress
+            .last_ms
+            .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        on_bytes(n as u64);
+    };
     let mut buf = Buffer::new();
     loop {
-        if buf.held() {
+        let n = if buf.held() {
             // Wait a little with the buffer in hand; a quiet direction
             // gives it back and waits on without one.
             match tokio::time::timeout(BUFFER_LINGER, reader.readable()).await {
                 Ok(ready) => ready.map_err(|_| Side::Reader)?,
                 Err(_quiet) => {
                     buf.release();
-                    reader.readable().await.map_err(|_| Side::Reader)?;
+                    continue;
                 }
             }
+            let space = buf.space();
+            let n = match reader.try_read_buf(space) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if retry(&e) => continue,
+                Err(_) => return Err(Side::Reader),
+            };
+            writer.write_all(space).await.map_err(|_| Side::Writer)?;
+            buf.consumed(n);
+            n
         } else {
             reader.readable().await.map_err(|_| Side::Reader)?;
-        }
-        let space = buf.space();
-        let n = match reader.try_read_buf(space) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(Side::Reader),
+            match scratch::pass_on(&reader, &writer, &mut buf)? {
+                Passed::End => break,
+                Passed::Nothing => continue,
+                Passed::All(n) => n,
+                Passed::Part { written } => {
+                    // The writer is behind: the rest waits in `buf`.
+                    if written > 0 {
+                        count(written);
+                    }
+                    writer
+                        .write_all(buf.pending())
+                        .await
+                        .map_err(|_| Side::Writer)?;
+                    buf.pending().len()
+                }
+            }
         };
-        writer.write_all(space).await.map_err(|_| Side::Writer)?;
-        buf.consumed(n);
-        progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        progress
-            .last_ms
-            .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        on_bytes(n as u64);
+        count(n);
     }
     // The peer may already be gone; the other direction reports that.
     let _ = writer.shutdown().await;
     Ok(())
 }
 
-/// One direction's buffer: allocated on demand, never zero-filled, doubled
-/// when a read fills it, dropped when the direction goes quiet.
+/// A read that found nothing after all, or was interrupted: wait again.
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// What one pass through the scratch buffer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Passed {
+    /// The reader is at EOF.
+    End,
+    /// The readiness was stale: nothing read.
+    Nothing,
+    /// `n` bytes read and all written on.
+    All(usize),
+    /// Read more than the writer could take yet: `written` bytes are
+    /// written, the rest is in the direction's own buffer.
+    Part {
+        /// Bytes already written on.
+        written: usize,
+    },
+}
+
+/// Each worker thread's one read buffer, lent to whichever direction is
+/// ready: read, write on without waiting, give back. Idle tunnels therefore
+/// hold no data buffer at all, and a short exchange allocates none.
+mod scratch {
+    use std::cell::RefCell;
+
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+    use super::{BUFFER_SIZE, Buffer, Passed, Side, retry};
+
+    thread_local! {
+        /// Allocated on a thread's first use, never zero-filled.
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Read what `reader` has (up to [`BUFFER_SIZE`]) and write as much of
+    /// it to `writer` as the socket takes now; the rest is copied into
+    /// `own` (which must be empty), for the caller to write when it can.
+    pub(super) fn pass_on(
+        reader: &OwnedReadHalf,
+        writer: &OwnedWriteHalf,
+        own: &mut Buffer,
+    ) -> Result<Passed, Side> {
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            if scratch.capacity() < BUFFER_SIZE {
+                *scratch = Vec::with_capacity(BUFFER_SIZE);
+            }
+            let n = match reader.try_read_buf(scratch) {
+                Ok(0) => return Ok(Passed::End),
+                Ok(n) => n,
+                Err(e) if retry(&e) => return Ok(Passed::Nothing),
+                Err(_) => return Err(Side::Reader),
+            };
+            let mut written = 0;
+            while written < n {
+                match writer.try_write(&scratch[written..n]) {
+                    Ok(0) => return Err(Side::Writer),
+                    Ok(w) => written += w,
+                    Err(e) if retry(&e) => break,
+                    Err(_) => return Err(Side::Writer),
+                }
+            }
+            if written == n {
+                Ok(Passed::All(n))
+            } else {
+                own.keep(&scratch[written..n]);
+                Ok(Passed::Part { written })
+            }
+        })
+    }
+}
+
+/// A direction's own buffer, for when the writer falls behind: allocated
+/// on demand, never zero-filled, doubled when a read fills it, dropped when
+/// the direction goes quiet.
 struct Buffer {
     bytes: Vec<u8>,
     /// The capacity the next allocation gets.
@@ -221,6 +328,24 @@ impl Buffer {
 
     fn held(&self) -> bool {
         self.bytes.capacity() != 0
+    }
+
+    /// Take over `rest`, the bytes the writer could not take yet: the
+    /// buffer is sized for them (a power of two from [`INITIAL_BUFFER_SIZE`]
+    /// up to [`BUFFER_SIZE`]), and the reads that follow go into it.
+    fn keep(&mut self, rest: &[u8]) {
+        self.size = rest
+            .len()
+            .next_power_of_two()
+            .clamp(INITIAL_BUFFER_SIZE, BUFFER_SIZE);
+        let mut bytes = Vec::with_capacity(self.size.max(rest.len()));
+        bytes.extend_from_slice(rest);
+        self.bytes = bytes;
+    }
+
+    /// The bytes kept by [`Buffer::keep`].
+    fn pending(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// An empty vector with `size` bytes of spare capacity to read into.
@@ -241,7 +366,7 @@ impl Buffer {
         }
     }
 
-    /// Free the memory; the next read starts small again.
+    /// Free the memory; the next read goes through the scratch buffer again.
     fn release(&mut self) {
         self.bytes = Vec::new();
         self.size = INITIAL_BUFFER_SIZE;

@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use egressd_audit::Process;
+use egressd_audit::Record;
 use egressd_policy::{Decision, Reason};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::engine::Engine;
-use crate::origin::DstSource;
+use crate::origin::{DstSource, Origin};
 use crate::tunnel::{self, FirstBytes};
 
 /// Accept on `listener` until the engine stops accepting; every connection is
@@ -51,30 +51,18 @@ pub async fn serve(
 
 async fn handle(
     engine: Arc<Engine>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     source: &dyn DstSource,
 ) {
     let started = Instant::now();
     let origin = source.lookup(&client, peer, local);
-    let dst = origin.as_ref().map(|o| o.dst);
-    let process: Option<Process> = origin.as_ref().and_then(|o| o.process.clone());
-    let deny_now = |reason: Reason, detail: String| {
-        let engine = Arc::clone(&engine);
-        let process = process.clone();
-        async move {
-            tunnel::audit_decision(&engine, &Decision::engine_deny(reason), |r| {
-                r.src = Some(peer);
-                r.dst = dst;
-                r.process = process;
-                r.detail = Some(detail);
-            })
-            .await;
-        }
-    };
     let Some(_permit) = engine.try_tunnel() else {
         deny_now(
+            &engine,
+            peer,
+            origin,
             Reason::LimitExceeded,
             format!("more than {} tunnels open", engine.limits().max_tunnels),
         )
@@ -84,6 +72,9 @@ async fn handle(
     };
     let Some(origin) = origin else {
         deny_now(
+            &engine,
+            peer,
+            None,
             Reason::OriginalDstUnknown,
             format!("{} knows no original destination", source.name()),
         )
@@ -91,14 +82,69 @@ async fn handle(
         tunnel::reset(client);
         return;
     };
-    let peeked = tunnel::peek(&mut client, &engine, Vec::new()).await;
+    // The setup (peek, decision, connect) runs in a future of its own on the
+    // heap, freed before the relay starts: the task an open tunnel keeps is
+    // only as large as the relay's state.
+    let Some(open) = Box::pin(open_tunnel(&engine, client, peer, origin, started)).await else {
+        return;
+    };
+    tunnel::run(
+        engine,
+        open.client,
+        open.upstream,
+        open.replay,
+        open.record,
+        started,
+    )
+    .await;
+}
+
+/// Audit an engine deny before any policy question.
+async fn deny_now(
+    engine: &Engine,
+    peer: SocketAddr,
+    origin: Option<Origin>,
+    reason: Reason,
+    detail: String,
+) {
+    tunnel::audit_decision(engine, &Decision::engine_deny(reason), |r| {
+        r.src = Some(peer);
+        if let Some(o) = origin {
+            r.dst = Some(o.dst);
+            r.process = o.process;
+        }
+        r.detail = Some(detail);
+    })
+    .await;
+}
+
+/// An allowed tunnel, ready to relay.
+struct OpenTunnel {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// The client's first bytes, to replay to the upstream.
+    replay: Vec<u8>,
+    /// The decision record (the closing record is cut from it).
+    record: Record,
+}
+
+/// Everything before the relay: peek, decide, connect. Every refusal is
+/// audited (and the client reset) here; `None` then.
+async fn open_tunnel(
+    engine: &Engine,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    origin: Origin,
+    started: Instant,
+) -> Option<OpenTunnel> {
+    let peeked = tunnel::peek(&mut client, engine, Vec::new()).await;
     let name = match &peeked.first {
         FirstBytes::Named { name, source } => Some((name.as_str(), *source)),
         FirstBytes::Nameless => None,
         FirstBytes::Refused { reason, detail } => {
-            deny_now(*reason, detail.clone()).await;
+            deny_now(engine, peer, Some(origin), *reason, detail.clone()).await;
             tunnel::reset(client);
-            return;
+            return None;
         }
     };
     let decide_started = Instant::now();
@@ -107,7 +153,7 @@ async fn handle(
         .metrics()
         .decision_latency
         .observe(decide_started.elapsed());
-    let record = tunnel::audit_decision(&engine, &decided.decision, |r| {
+    let record = tunnel::audit_decision(engine, &decided.decision, |r| {
         r.host = decided.host.clone();
         r.host_source = decided.host_source;
         r.dst = Some(origin.dst);
@@ -117,12 +163,15 @@ async fn handle(
     .await;
     if !decided.decision.is_allow() {
         tunnel::reset(client);
-        return;
+        return None;
     }
-    match tunnel::connect_upstream(&engine, origin.dst).await {
-        Ok(upstream) => {
-            tunnel::run(engine, client, upstream, &peeked.bytes, record, started).await;
-        }
+    match tunnel::connect_upstream(engine, origin.dst).await {
+        Ok(upstream) => Some(OpenTunnel {
+            client,
+            upstream,
+            replay: peeked.bytes,
+            record,
+        }),
         Err(e) => {
             let mut failed = record;
             failed.id = egressd_audit::id::next();
@@ -134,6 +183,7 @@ async fn handle(
             failed.detail = Some(format!("cannot connect to {}: {e}", origin.dst));
             engine.audit(failed).await;
             tunnel::reset(client);
+            None
         }
     }
 }

@@ -95,7 +95,10 @@ async fn read_first_bytes(client: &mut TcpStream, engine: &Engine, initial: Vec<
         } else {
             started + limits.peek_timeout
         };
-        let room = cap.saturating_sub(buf.len()).min(16 * 1024);
+        // Room for a typical ClientHello first (a few hundred bytes to 2 KiB),
+        // up to a whole TLS record after that.
+        let step = if buf.is_empty() { 4 * 1024 } else { 16 * 1024 };
+        let room = cap.saturating_sub(buf.len()).min(step);
         let old_len = buf.len();
         // Read into spare capacity: nothing is zero-filled.
         buf.reserve(room);
@@ -232,16 +235,24 @@ pub async fn audit_decision(
 
 /// Replay `replay` to the upstream, relay both ways until the tunnel ends,
 /// then write the closing record derived from `decision_record`.
+///
+/// Pass the peeked bytes by value (`peek.bytes`, a `Vec<u8>`): they are
+/// freed as soon as they are replayed, so a long idle tunnel does not keep
+/// them. A borrowed slice works too, but then the caller holds the bytes for
+/// the tunnel's whole life.
 pub async fn run(
     engine: Arc<Engine>,
     client: TcpStream,
     mut upstream: TcpStream,
-    replay: &[u8],
+    replay: impl AsRef<[u8]>,
     decision_record: Record,
     started: Instant,
 ) {
     let _open = engine.metrics().connection_opened();
-    let (up_extra, transferred) = if let Err(e) = upstream.write_all(replay).await {
+    let replayed = upstream.write_all(replay.as_ref()).await;
+    let replay_len = replay.as_ref().len() as u64;
+    drop(replay);
+    let (up_extra, transferred) = if let Err(e) = replayed {
         tracing::debug!(error = %e, "upstream closed before the first bytes were replayed");
         (0, None)
     } else {
@@ -253,7 +264,7 @@ pub async fn run(
             &|up, down| engine.metrics().bytes(up, down),
         )
         .await;
-        (replay.len() as u64, Some(t))
+        (replay_len, Some(t))
     };
     engine.metrics().bytes(up_extra, 0);
     let mut closing = decision_record;

@@ -21,4 +21,5 @@ mod exec;
 mod explicit;
 mod runner;
 mod service;
+mod sni_listen;
 mod transparent;

@@ -253,6 +253,7 @@ async fn boot(args: Args, source: PolicySource) -> anyhow::Result<ExitCode> {
         let ready = running.ready_info();
         listeners.extend(ready.listen);
         listeners.extend(ready.explicit);
+        listeners.extend(ready.sni.iter().copied());
         let watched = tamper::Watched {
             cgroup: ready.cgroup.clone(),
             listeners,

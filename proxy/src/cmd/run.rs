@@ -88,6 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let ready = running.ready_info();
         tracing::info!(
             explicit = ?ready.explicit,
+            sni = ?ready.sni,
             transparent = ?ready.listen,
             dns = ?ready.dns,
             metrics = ?ready.metrics,

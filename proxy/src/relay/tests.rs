@@ -128,3 +128,62 @@ fn a_buffer_starts_small_doubles_when_filled_and_restarts_small_when_released() 
     assert!(!b.held());
     assert_eq!(b.space().capacity(), INITIAL_BUFFER_SIZE);
 }
+
+#[test]
+fn bytes_the_writer_could_not_take_get_a_buffer_sized_for_them() {
+    let mut b = Buffer::new();
+    b.keep(&[1u8; 100]);
+    assert!(b.held());
+    assert_eq!(b.pending(), &[1u8; 100][..]);
+    assert_eq!(
+        b.space().capacity(),
+        INITIAL_BUFFER_SIZE,
+        "small rest, small buffer"
+    );
+    let mut b = Buffer::new();
+    b.keep(&vec![2u8; 40 * 1024]);
+    assert_eq!(b.pending().len(), 40 * 1024);
+    assert_eq!(b.space().capacity(), 64 * 1024, "the next power of two");
+    let mut b = Buffer::new();
+    b.keep(&vec![3u8; BUFFER_SIZE]);
+    assert_eq!(b.space().capacity(), BUFFER_SIZE, "never above the cap");
+    b.release();
+    assert!(!b.held(), "a quiet direction holds nothing");
+}
+
+/// A reader that stops reading makes the relay keep what the socket would
+/// not take, and every byte still arrives, in order, once it reads again.
+#[tokio::test]
+async fn a_slow_reader_gets_every_byte_in_order() {
+    let (mut client, a) = pair().await;
+    let (b, mut server) = pair().await;
+    let relay = tokio::spawn(async move {
+        relay(
+            a,
+            b,
+            Duration::from_secs(30),
+            CancellationToken::new(),
+            &|_, _| {},
+        )
+        .await
+    });
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        client.write_all(&sent).await.unwrap();
+        client.shutdown().await.unwrap();
+        client
+    });
+    // Let the relay fill every socket buffer before the server reads.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap();
+    assert!(got == data, "bytes lost or reordered");
+    drop(server);
+    drop(writer.await.unwrap());
+    let t = tokio::time::timeout(Duration::from_secs(10), relay)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.up, data.len() as u64);
+}
