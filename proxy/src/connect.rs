@@ -30,22 +30,10 @@ pub async fn serve(
     listener: TcpListener,
     tasks: tokio_util::task::TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = engine.stop_accepting().cancelled() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let engine = Arc::clone(&engine);
-                tasks.spawn(async move { handle(engine, stream, peer).await });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed on the CONNECT listener");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    tunnel::accept_loop(&engine, listener, tasks, "CONNECT", |stream, peer| {
+        handle(Arc::clone(&engine), stream, peer)
+    })
+    .await;
 }
 
 /// A parsed CONNECT request.
@@ -260,25 +248,7 @@ async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
     let Some(open) = Box::pin(open_tunnel(&engine, client, peer)).await else {
         return;
     };
-    tunnel::run(
-        engine,
-        open.client,
-        open.upstream,
-        open.replay,
-        open.record,
-        started,
-    )
-    .await;
-}
-
-/// An allowed tunnel, ready to relay.
-struct OpenTunnel {
-    client: TcpStream,
-    upstream: TcpStream,
-    /// The client's first bytes, to replay to the upstream.
-    replay: Vec<u8>,
-    /// The decision record (the closing record is cut from it).
-    record: Record,
+    tunnel::run_open(engine, open, started).await;
 }
 
 /// Everything before the relay: read and parse the request, decide, connect,
@@ -288,7 +258,7 @@ async fn open_tunnel(
     engine: &Engine,
     mut client: TcpStream,
     peer: SocketAddr,
-) -> Option<OpenTunnel> {
+) -> Option<tunnel::OpenTunnel> {
     let (head, rest) = match read_head(&mut client, engine).await {
         Ok(h) => h,
         Err((reason, detail)) => {
@@ -398,7 +368,7 @@ async fn open_tunnel(
         tunnel::reset(client);
         return None;
     }
-    Some(OpenTunnel {
+    Some(tunnel::OpenTunnel {
         client,
         upstream,
         replay: peeked.bytes,

@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use egressd_audit::{HostSource, Record};
+use egressd_audit::HostSource;
 use egressd_policy::{Decision, Reason};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -41,23 +41,10 @@ pub async fn serve(
     upstream_port: u16,
     tasks: tokio_util::task::TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = engine.stop_accepting().cancelled() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let engine = Arc::clone(&engine);
-                tasks.spawn(async move { handle(engine, stream, peer, upstream_port).await });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed on the SNI listener");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    tunnel::accept_loop(&engine, listener, tasks, "SNI", |stream, peer| {
+        handle(Arc::clone(&engine), stream, peer, upstream_port)
+    })
+    .await;
 }
 
 async fn handle(engine: Arc<Engine>, client: TcpStream, peer: SocketAddr, upstream_port: u16) {
@@ -79,25 +66,7 @@ async fn handle(engine: Arc<Engine>, client: TcpStream, peer: SocketAddr, upstre
     let Some(open) = Box::pin(open_tunnel(&engine, client, peer, upstream_port)).await else {
         return;
     };
-    tunnel::run(
-        engine,
-        open.client,
-        open.upstream,
-        open.replay,
-        open.record,
-        started,
-    )
-    .await;
-}
-
-/// An allowed connection, connected upstream, whose decision is recorded.
-struct OpenTunnel {
-    client: TcpStream,
-    upstream: TcpStream,
-    /// The ClientHello (and whatever followed it), to replay to the upstream.
-    replay: Vec<u8>,
-    /// The decision record (the closing record is cut from it).
-    record: Record,
+    tunnel::run_open(engine, open, started).await;
 }
 
 /// Peek the ClientHello, decide and dial its server name, and record the
@@ -107,7 +76,7 @@ async fn open_tunnel(
     mut client: TcpStream,
     peer: SocketAddr,
     upstream_port: u16,
-) -> Option<OpenTunnel> {
+) -> Option<tunnel::OpenTunnel> {
     let _ = client.set_nodelay(true);
     let peeked = tunnel::peek(&mut client, engine, Vec::new()).await;
     let name = match &peeked.first {
@@ -156,7 +125,7 @@ async fn open_tunnel(
                 r.src = Some(peer);
             })
             .await;
-            Some(OpenTunnel {
+            Some(tunnel::OpenTunnel {
                 client,
                 upstream,
                 replay: peeked.bytes,

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use egressd_audit::Record;
 use egressd_policy::{Decision, Reason};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -29,24 +28,12 @@ pub async fn serve(
             return;
         }
     };
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = engine.stop_accepting().cancelled() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let engine = Arc::clone(&engine);
-                let source = Arc::clone(&source);
-                tasks.spawn(async move { handle(engine, stream, peer, local, &*source).await });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed on the transparent listener");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    tunnel::accept_loop(&engine, listener, tasks, "transparent", |stream, peer| {
+        let engine = Arc::clone(&engine);
+        let source = Arc::clone(&source);
+        async move { handle(engine, stream, peer, local, &*source).await }
+    })
+    .await;
 }
 
 async fn handle(
@@ -88,15 +75,7 @@ async fn handle(
     let Some(open) = Box::pin(open_tunnel(&engine, client, peer, origin, started)).await else {
         return;
     };
-    tunnel::run(
-        engine,
-        open.client,
-        open.upstream,
-        open.replay,
-        open.record,
-        started,
-    )
-    .await;
+    tunnel::run_open(engine, open, started).await;
 }
 
 /// Audit an engine deny before any policy question.
@@ -118,16 +97,6 @@ async fn deny_now(
     .await;
 }
 
-/// An allowed tunnel, ready to relay.
-struct OpenTunnel {
-    client: TcpStream,
-    upstream: TcpStream,
-    /// The client's first bytes, to replay to the upstream.
-    replay: Vec<u8>,
-    /// The decision record (the closing record is cut from it).
-    record: Record,
-}
-
 /// Everything before the relay: peek, decide, connect. Every refusal is
 /// audited (and the client reset) here; `None` then.
 async fn open_tunnel(
@@ -136,7 +105,7 @@ async fn open_tunnel(
     peer: SocketAddr,
     origin: Origin,
     started: Instant,
-) -> Option<OpenTunnel> {
+) -> Option<tunnel::OpenTunnel> {
     let peeked = tunnel::peek(&mut client, engine, Vec::new()).await;
     let name = match &peeked.first {
         FirstBytes::Named { name, source } => Some((name.as_str(), *source)),
@@ -166,7 +135,7 @@ async fn open_tunnel(
         return None;
     }
     match tunnel::connect_upstream(engine, origin.dst).await {
-        Ok(upstream) => Some(OpenTunnel {
+        Ok(upstream) => Some(tunnel::OpenTunnel {
             client,
             upstream,
             replay: peeked.bytes,

@@ -13,7 +13,7 @@ use egressd_audit::{HostSource, Record};
 use egressd_policy::{Decision, Reason};
 use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::engine::Engine;
@@ -231,6 +231,64 @@ pub async fn audit_decision(
     engine.metrics().decision(decision);
     engine.audit(rec.clone()).await;
     rec
+}
+
+/// Accepts on `listener` until the engine stops accepting; every connection
+/// is handled by `handle` in its own task (tracked by `tasks`, so shutdown can
+/// wait for it). `listener_name` names the listener in logs.
+pub async fn accept_loop<F, Fut>(
+    engine: &Engine,
+    listener: TcpListener,
+    tasks: tokio_util::task::TaskTracker,
+    listener_name: &'static str,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = engine.stop_accepting().cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tasks.spawn(handle(stream, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed on the {listener_name} listener");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// An allowed connection, connected upstream, whose decision is recorded:
+/// what every way in (transparent, CONNECT, SNI) hands to [`run_open`].
+#[derive(Debug)]
+pub struct OpenTunnel {
+    /// The client's side.
+    pub client: TcpStream,
+    /// The upstream's side.
+    pub upstream: TcpStream,
+    /// The client's first bytes, to replay to the upstream.
+    pub replay: Vec<u8>,
+    /// The decision record (the closing record is cut from it).
+    pub record: Record,
+}
+
+/// [`run`] for an [`OpenTunnel`].
+pub async fn run_open(engine: Arc<Engine>, open: OpenTunnel, started: Instant) {
+    run(
+        engine,
+        open.client,
+        open.upstream,
+        open.replay,
+        open.record,
+        started,
+    )
+    .await;
 }
 
 /// Replay `replay` to the upstream, relay both ways until the tunnel ends,
