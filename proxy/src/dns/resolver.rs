@@ -99,8 +99,16 @@ impl Resolver {
         );
         let (ips, ttl) = match (v4, v6) {
             (Ok((mut a, ta)), Ok((b, tb))) => {
+                // A family without addresses says nothing about how long the
+                // other's stay valid (its TTL is 0): an IPv4-only name must
+                // still be cached.
+                let ttl = match (a.is_empty(), b.is_empty()) {
+                    (false, false) => ta.min(tb),
+                    (false, true) => ta,
+                    (true, _) => tb,
+                };
                 a.extend(b);
-                (a, ta.min(tb))
+                (a, ttl)
             }
             (Ok(one), Err(e)) | (Err(e), Ok(one)) => {
                 tracing::debug!(name = %key, error = %e, "one address family failed to resolve");

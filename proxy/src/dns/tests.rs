@@ -498,3 +498,49 @@ async fn stray_datagrams_are_ignored_and_silence_times_out() {
     let up = Upstreams::new(vec![silent, addr], Duration::from_millis(500));
     assert_eq!(up.exchange(CNAME_Q, false).await.unwrap().from, addr);
 }
+
+#[tokio::test]
+async fn a_name_with_addresses_of_one_family_only_is_cached() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::A;
+
+    // An upstream that answers A with TTL 300 and AAAA with nothing, counting queries.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, peer) = udp.recv_from(&mut buf).await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let mut r = Message::new();
+            r.set_id(q.id())
+                .set_message_type(hickory_proto::op::MessageType::Response)
+                .set_recursion_desired(true)
+                .set_recursion_available(true);
+            r.add_queries(q.queries().to_vec());
+            let question = &q.queries()[0];
+            if question.query_type() == RecordType::A {
+                r.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    300,
+                    RData::A(A(Ipv4Addr::new(198, 51, 100, 7))),
+                ));
+            }
+            udp.send_to(&r.to_vec().unwrap(), peer).await.unwrap();
+        }
+    });
+    let resolver = super::resolver::Resolver::new(vec![addr]);
+    for _ in 0..3 {
+        assert_eq!(
+            resolver.lookup("v4only.test").await.unwrap(),
+            [ip("198.51.100.7")]
+        );
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "A and AAAA, once");
+}
