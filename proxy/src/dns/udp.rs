@@ -54,15 +54,25 @@ pub(super) async fn serve(
     opts: DnsOptions,
 ) {
     let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(CLIENT_RCVBUF);
-    let client = Arc::new(sock);
     let loops = tokio::runtime::Handle::current()
         .metrics()
         .num_workers()
         .clamp(1, MAX_LOOPS);
+    // Each loop gets a socket of its own on the same address (SO_REUSEPORT:
+    // the kernel spreads clients over them), so a datagram wakes one loop,
+    // not all of them. Without twins the loops share the one socket.
+    let mut clients = vec![Arc::new(sock)];
+    if loops > 1 {
+        match reuseport_twins(&clients[0], loops - 1) {
+            Ok(twins) => clients.extend(twins.into_iter().map(Arc::new)),
+            Err(e) => tracing::debug!(error = %e, "DNS UDP loops share one socket"),
+        }
+    }
     let cap = (opts.max_inflight / loops).clamp(1, MAX_PENDING);
     let handles: Vec<_> = (0..loops)
         .map(|i| {
-            let fwd = Forwarder::new(Arc::clone(&engine), Arc::clone(&client), tasks.clone(), cap);
+            let client = Arc::clone(&clients[i % clients.len()]);
+            let fwd = Forwarder::new(Arc::clone(&engine), client, tasks.clone(), cap);
             tasks.spawn(fwd.run(opts, i == 0))
         })
         .collect();
@@ -71,6 +81,30 @@ pub(super) async fn serve(
             tracing::error!(error = %e, "DNS UDP forwarding loop failed");
         }
     }
+}
+
+/// `n` more sockets bound to `sock`'s address in one SO_REUSEPORT group with it.
+fn reuseport_twins(sock: &UdpSocket, n: usize) -> std::io::Result<Vec<UdpSocket>> {
+    let addr = sock.local_addr()?;
+    let only_v6 = addr.is_ipv6() && socket2::SockRef::from(sock).only_v6()?;
+    socket2::SockRef::from(sock).set_reuse_port(true)?;
+    (0..n)
+        .map(|_| {
+            let twin = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            if addr.is_ipv6() {
+                twin.set_only_v6(only_v6)?;
+            }
+            twin.set_reuse_port(true)?;
+            let _ = twin.set_recv_buffer_size(CLIENT_RCVBUF);
+            twin.set_nonblocking(true)?;
+            twin.bind(&addr.into())?;
+            UdpSocket::from_std(twin.into())
+        })
+        .collect()
 }
 
 /// An allowed query waiting for its upstream answer.
