@@ -27,6 +27,14 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_IPS_PER_NAME: usize = 64;
 /// Names kept per address (a CDN address serves many names).
 const MAX_NAMES_PER_IP: usize = 32;
+/// Names (and, separately, addresses) held at most. A job asking for new
+/// allowed names as fast as it can (a wildcard rule makes that easy) would
+/// otherwise grow the memory without bound until the purge catches up; at
+/// the cap new names are not remembered until a purge makes room. That fails
+/// closed: a connection by address only to such a name is not recognised,
+/// while a connection naming its host is still checked against egressd's own
+/// resolver.
+pub const DEFAULT_MAX_NAMES: usize = 100_000;
 
 /// One remembered binding: the other side and when it stops counting.
 #[derive(Debug, Clone)]
@@ -45,6 +53,10 @@ pub struct DnsMemory {
     by_ip: papaya::HashMap<IpAddr, Bindings<Arc<str>>>,
     /// CNAME target -> the allowed name whose answer led there.
     aliases: papaya::HashMap<Arc<str>, Binding<Arc<str>>>,
+    /// See [`DEFAULT_MAX_NAMES`].
+    max_names: usize,
+    /// The cap was hit since the last purge (logged once per purge period).
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for DnsMemory {
@@ -81,7 +93,31 @@ impl DnsMemory {
             by_name: papaya::HashMap::new(),
             by_ip: papaya::HashMap::new(),
             aliases: papaya::HashMap::new(),
+            max_names: DEFAULT_MAX_NAMES,
+            full: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The same memory holding at most `max` names and `max` addresses.
+    #[must_use]
+    pub fn with_max_names(mut self, max: usize) -> Self {
+        self.max_names = max;
+        self
+    }
+
+    /// True (and logged once per purge period) when nothing more may be
+    /// remembered for `name`: it is new and the names are at the cap, or the
+    /// addresses are.
+    fn is_full_for(&self, name: &str) -> bool {
+        let full = (self.by_name.len() >= self.max_names && !self.by_name.pin().contains_key(name))
+            || self.by_ip.len() >= self.max_names;
+        if full && !self.full.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                max = self.max_names,
+                "DNS memory full: new names are not remembered until stale ones are purged"
+            );
+        }
+        full
     }
 
     fn expiry(&self, ttl: Duration, now: Instant) -> Instant {
@@ -94,6 +130,9 @@ impl DnsMemory {
             return;
         }
         let Some(name) = normalise(name) else { return };
+        if self.is_full_for(&name) {
+            return;
+        }
         let name: Arc<str> = Arc::from(name.as_ref());
         let expires = self.expiry(ttl, now);
         let fresh: Vec<Binding<IpAddr>> = ips
@@ -130,6 +169,10 @@ impl DnsMemory {
             return;
         };
         if target == origin {
+            return;
+        }
+        if self.aliases.len() >= self.max_names && !self.aliases.pin().contains_key(target.as_ref())
+        {
             return;
         }
         // A target reached from an alias keeps the first allowed name.
@@ -221,6 +264,7 @@ impl DnsMemory {
         prune(&self.by_name, now);
         prune(&self.by_ip, now);
         self.aliases.pin().retain(|_, b| b.expires > now);
+        self.full.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many names, addresses and aliases are held (stale ones included

@@ -544,3 +544,30 @@ async fn a_name_with_addresses_of_one_family_only_is_cached() {
     }
     assert_eq!(asked.load(Ordering::SeqCst), 2, "A and AAAA, once");
 }
+
+#[test]
+fn the_memory_holds_at_most_its_cap_of_names_until_a_purge_makes_room() {
+    let memory = DnsMemory::new().with_max_names(3);
+    let t0 = Instant::now();
+    let ttl = Duration::from_secs(1);
+    for i in 0..5u8 {
+        memory.remember(
+            &format!("n{i}.example"),
+            &[IpAddr::V4(Ipv4Addr::new(198, 51, 100, i))],
+            ttl,
+            t0,
+        );
+    }
+    assert_eq!(memory.len().0, 3, "names beyond the cap are not remembered");
+    assert!(memory.binds_at("n0.example", ip("198.51.100.0"), t0));
+    assert!(!memory.binds_at("n4.example", ip("198.51.100.4"), t0));
+    // Addresses are capped too: while full, not even a held name gains one.
+    memory.remember("n0.example", &[ip("198.51.100.99")], ttl, t0);
+    assert!(!memory.binds_at("n0.example", ip("198.51.100.99"), t0));
+    assert_eq!(memory.len(), (3, 3, 0));
+    // Once the old bindings are stale and purged, new names fit again.
+    let later = t0 + Duration::from_secs(3600);
+    memory.purge(later);
+    memory.remember("n4.example", &[ip("198.51.100.4")], ttl, later);
+    assert!(memory.binds_at("n4.example", ip("198.51.100.4"), later));
+}
