@@ -25,5 +25,7 @@ pub mod selftest;
 pub mod sni_listen;
 pub mod sudo;
 pub mod tamper;
+#[cfg(test)]
+mod test_support;
 pub mod transparent;
 pub mod tunnel;

@@ -85,38 +85,18 @@ async fn an_idle_tunnels_task_stays_small() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use egressd_audit::{Journal, JournalConfig};
-    use egressd_policy::Policy;
     use tokio::net::{TcpListener, TcpStream};
 
-    use crate::dns::{DnsMemory, Resolver};
-    use crate::engine::{Engine, EngineParts};
     use crate::limits::Limits;
+    use crate::test_support::TestEngine;
 
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(JournalConfig::new(dir.path())).unwrap();
-    let memory = Arc::new(DnsMemory::new());
-    let resolver = Resolver::with_timeout(
-        vec!["127.0.0.1:9".parse().unwrap()],
-        Duration::from_millis(300),
-    )
-    .with_memory(Arc::clone(&memory));
-    let engine = Engine::new(EngineParts {
-        policy: Policy::parse("p.yaml", "version: 1\n").unwrap().policy,
-        journal,
-        dns_memory: memory,
-        resolver,
-        runner: "unit".into(),
-        limits: Limits::default(),
-        upstream_mark: None,
-        filter_loopback: true,
-    });
+    let test = TestEngine::new("version: 1\n", Limits::default());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let a = TcpStream::connect(addr).await.unwrap();
     let (b, peer) = l.accept().await.unwrap();
     let c = TcpStream::connect(addr).await.unwrap();
-    let handle = super::handle(Arc::clone(&engine), a, peer);
+    let handle = super::handle(Arc::clone(&test.engine), a, peer);
     let relay = crate::relay::relay(
         b,
         c,

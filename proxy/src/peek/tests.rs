@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use super::clienthello::{self, EXT_ECH};
 use super::http;
 use super::*;
+use crate::test_support::{hello_msg, records, sni_ext};
 
 const OPENSSL: &[u8] = include_bytes!("fixtures/openssl_s_client.bin");
 const CURL: &[u8] = include_bytes!("fixtures/curl.bin");
@@ -40,54 +41,6 @@ fn message_of(wire: &[u8]) -> &[u8] {
     let len = usize::from(u16::from_be_bytes([wire[3], wire[4]]));
     assert_eq!(wire.len(), 5 + len, "fixture is a single record");
     &wire[5..]
-}
-
-/// Wrap a handshake message into handshake records of at most `chunk` bytes.
-fn records(msg: &[u8], chunk: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for piece in msg.chunks(chunk) {
-        out.extend_from_slice(&[22, 3, 1]);
-        out.extend_from_slice(&(piece.len() as u16).to_be_bytes());
-        out.extend_from_slice(piece);
-    }
-    out
-}
-
-fn u16_vec(body: &[u8]) -> Vec<u8> {
-    let mut v = (body.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(body);
-    v
-}
-
-/// A server_name extension body from (name_type, name) entries.
-fn sni_ext(names: &[(u8, &[u8])]) -> Vec<u8> {
-    let mut list = Vec::new();
-    for (t, n) in names {
-        list.push(*t);
-        list.extend_from_slice(&u16_vec(n));
-    }
-    u16_vec(&list)
-}
-
-/// A ClientHello handshake message with the given suites and extensions.
-fn hello_msg(suites: &[u16], exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[7; 32]);
-    body.push(32);
-    body.extend_from_slice(&[9; 32]);
-    let s: Vec<u8> = suites.iter().flat_map(|s| s.to_be_bytes()).collect();
-    body.extend_from_slice(&u16_vec(&s));
-    body.extend_from_slice(&[1, 0]);
-    let mut e = Vec::new();
-    for (t, d) in exts {
-        e.extend_from_slice(&t.to_be_bytes());
-        e.extend_from_slice(&u16_vec(d));
-    }
-    body.extend_from_slice(&u16_vec(&e));
-    let mut msg = vec![1];
-    msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    msg.extend_from_slice(&body);
-    msg
 }
 
 fn hello_with_sni(name: &[u8]) -> Vec<u8> {

@@ -4,60 +4,37 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use egressd_audit::{HostSource, Journal, JournalConfig, Kind, Record};
-use egressd_policy::{Policy, Reason, Verdict};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use egressd_audit::{HostSource, Record};
+use egressd_policy::{Reason, Verdict};
+use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use super::unroutable;
-use crate::dns::{DnsMemory, Resolver};
-use crate::engine::{Engine, EngineParts};
 use crate::limits::Limits;
+use crate::test_support::{TestEngine, exchange, hello_msg, quick_limits, records, sni_ext};
 
 const CURL_NO_SNI: &[u8] = include_bytes!("../peek/fixtures/curl_ip_no_sni.bin");
 const HTTP_A: &[u8] = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
 
-fn u16_vec(body: &[u8]) -> Vec<u8> {
-    let mut v = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
-    v.extend_from_slice(body);
-    v
-}
-
-/// One TLS record carrying a ClientHello with `extensions` (type, data).
-fn client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[7; 32]);
-    body.push(0);
-    body.extend_from_slice(&u16_vec(&0x1301u16.to_be_bytes()));
-    body.extend_from_slice(&[1, 0]);
-    let mut exts = Vec::new();
-    for (t, d) in extensions {
-        exts.extend_from_slice(&t.to_be_bytes());
-        exts.extend_from_slice(&u16_vec(d));
-    }
-    body.extend_from_slice(&u16_vec(&exts));
-    let mut msg = vec![1];
-    msg.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes()[1..]);
-    msg.extend_from_slice(&body);
-    let mut rec = vec![22, 3, 1];
-    rec.extend_from_slice(&u16_vec(&msg));
-    rec
-}
-
 fn hello_for(name: &str) -> Vec<u8> {
-    let mut entry = vec![0];
-    entry.extend_from_slice(&u16_vec(name.as_bytes()));
-    client_hello(&[(0, u16_vec(&entry))])
+    records(
+        &hello_msg(&[0x1301], &[(0, sni_ext(&[(0, name.as_bytes())]))]),
+        16384,
+    )
 }
 
 fn ech_only_hello() -> Vec<u8> {
-    client_hello(&[(
-        crate::peek::clienthello::EXT_ECH,
-        vec![0, 0, 1, 0, 1, 42, 0, 2, 0xaa, 0xbb, 0, 3, 1, 2, 3],
-    )])
+    records(
+        &hello_msg(
+            &[0x1301],
+            &[(
+                crate::peek::clienthello::EXT_ECH,
+                vec![0, 0, 1, 0, 1, 42, 0, 2, 0xaa, 0xbb, 0, 3, 1, 2, 3],
+            )],
+        ),
+        16384,
+    )
 }
 
 #[test]
@@ -86,75 +63,30 @@ fn what_is_not_tls_is_malformed_and_says_so() {
 }
 
 struct Setup {
-    journal: Journal,
-    dir: tempfile::TempDir,
+    test: TestEngine,
     listen: SocketAddr,
 }
 
 async fn setup(policy: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(JournalConfig::new(dir.path())).unwrap();
-    let memory = Arc::new(DnsMemory::new());
-    // An upstream that refuses at once: every lookup is an error.
-    let resolver = Resolver::with_timeout(
-        vec!["127.0.0.1:9".parse().unwrap()],
-        Duration::from_millis(300),
-    )
-    .with_memory(Arc::clone(&memory));
-    let engine = Engine::new(EngineParts {
-        policy: Policy::parse("p.yaml", policy).unwrap().policy,
-        journal: journal.clone(),
-        dns_memory: memory,
-        resolver,
-        runner: "unit".into(),
-        limits: Limits {
-            first_byte_wait: Duration::from_millis(200),
-            peek_timeout: Duration::from_secs(2),
-            ..Limits::default()
-        },
-        upstream_mark: None,
-        filter_loopback: true,
-    });
+    let test = TestEngine::new(policy, quick_limits());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listen = listener.local_addr().unwrap();
-    tokio::spawn(super::serve(engine, listener, 443, TaskTracker::new()));
-    Setup {
-        journal,
-        dir,
-        listen,
-    }
+    tokio::spawn(super::serve(
+        Arc::clone(&test.engine),
+        listener,
+        443,
+        TaskTracker::new(),
+    ));
+    Setup { test, listen }
 }
 
 impl Setup {
-    /// Connect, send `first` (if any), read everything back.
     async fn exchange(&self, first: &[u8]) -> Vec<u8> {
-        let mut c = TcpStream::connect(self.listen).await.unwrap();
-        if !first.is_empty() {
-            c.write_all(first).await.unwrap();
-        }
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
-            .await
-            .expect("no hang");
-        got
+        exchange(self.listen, first).await
     }
 
     async fn decision(&self) -> Record {
-        for _ in 0..100 {
-            self.journal.flush().await.unwrap();
-            let recs: Vec<Record> = egressd_audit::reader::read_dir(self.dir.path())
-                .unwrap()
-                .filter_map(Result::ok)
-                .collect();
-            if let Some(r) = recs
-                .into_iter()
-                .find(|r| r.kind == Kind::Tcp && !r.is_closing())
-            {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no decision record");
+        self.test.decision().await
     }
 }
 

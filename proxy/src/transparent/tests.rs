@@ -5,16 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use egressd_audit::{HostSource, Journal, JournalConfig, Kind, Record};
-use egressd_policy::{Policy, Reason, Verdict};
+use egressd_audit::{HostSource, Record};
+use egressd_policy::{Reason, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
-use crate::dns::{DnsMemory, Resolver};
-use crate::engine::{Engine, EngineParts};
-use crate::limits::Limits;
 use crate::origin::{DstSource, Origin};
+use crate::test_support::{TestEngine, exchange, quick_limits};
 
 /// Every accepted connection "was going to" `dst` (or nowhere known).
 struct FixedDst(Option<SocketAddr>);
@@ -50,82 +48,30 @@ async fn upstream(ip: Ipv4Addr) -> SocketAddr {
 }
 
 struct Setup {
-    engine: Arc<Engine>,
-    journal: Journal,
-    dir: tempfile::TempDir,
+    test: TestEngine,
     listen: SocketAddr,
 }
 
 async fn setup(policy: &str, dst: Option<SocketAddr>) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(JournalConfig::new(dir.path())).unwrap();
-    let memory = Arc::new(DnsMemory::new());
-    // An upstream that refuses at once: the resolver's answer is an error.
-    let resolver = Resolver::with_timeout(
-        vec!["127.0.0.1:9".parse().unwrap()],
-        Duration::from_millis(300),
-    )
-    .with_memory(Arc::clone(&memory));
-    let engine = Engine::new(EngineParts {
-        policy: Policy::parse("p.yaml", policy).unwrap().policy,
-        journal: journal.clone(),
-        dns_memory: memory,
-        resolver,
-        runner: "unit".into(),
-        limits: Limits {
-            first_byte_wait: Duration::from_millis(200),
-            peek_timeout: Duration::from_secs(2),
-            ..Limits::default()
-        },
-        upstream_mark: None,
-        filter_loopback: true,
-    });
+    let test = TestEngine::new(policy, quick_limits());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listen = listener.local_addr().unwrap();
     tokio::spawn(super::serve(
-        Arc::clone(&engine),
+        Arc::clone(&test.engine),
         listener,
         Arc::new(FixedDst(dst)),
         TaskTracker::new(),
     ));
-    Setup {
-        engine,
-        journal,
-        dir,
-        listen,
-    }
+    Setup { test, listen }
 }
 
 impl Setup {
-    /// Connect, send `first` (if any), read everything back.
     async fn exchange(&self, first: &[u8]) -> Vec<u8> {
-        let mut c = TcpStream::connect(self.listen).await.unwrap();
-        if !first.is_empty() {
-            c.write_all(first).await.unwrap();
-        }
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
-            .await
-            .expect("no hang");
-        got
+        exchange(self.listen, first).await
     }
 
     async fn decision(&self) -> Record {
-        for _ in 0..100 {
-            self.journal.flush().await.unwrap();
-            let recs: Vec<Record> = egressd_audit::reader::read_dir(self.dir.path())
-                .unwrap()
-                .filter_map(Result::ok)
-                .collect();
-            if let Some(r) = recs
-                .into_iter()
-                .find(|r| r.kind == Kind::Tcp && !r.is_closing())
-            {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no decision record");
+        self.test.decision().await
     }
 }
 
@@ -136,7 +82,7 @@ async fn an_allowed_http_host_bound_by_a_dns_answer_is_relayed() {
     let ip = Ipv4Addr::new(127, 0, 0, 21);
     let up = upstream(ip).await;
     let s = setup("version: 1\nallow: [a.test]\n", Some(up)).await;
-    s.engine.dns_memory().remember(
+    s.test.engine.dns_memory().remember(
         "a.test",
         &[IpAddr::V4(ip)],
         Duration::from_secs(60),
@@ -167,7 +113,7 @@ async fn a_nameless_connection_to_an_address_answered_for_an_allowed_name_is_all
     let ip = Ipv4Addr::new(127, 0, 0, 23);
     let up = upstream(ip).await;
     let s = setup("version: 1\nallow: [a.test]\n", Some(up)).await;
-    s.engine.dns_memory().remember(
+    s.test.engine.dns_memory().remember(
         "a.test",
         &[IpAddr::V4(ip)],
         Duration::from_secs(60),
@@ -206,7 +152,7 @@ async fn failing_closed_denies_everything() {
     let ip = Ipv4Addr::new(127, 0, 0, 25);
     let up = upstream(ip).await;
     let s = setup("version: 1\nallow: [127.0.0.25]\n", Some(up)).await;
-    s.engine.set_fail_closed(true);
+    s.test.engine.set_fail_closed(true);
     assert_eq!(s.exchange(HTTP_A).await, b"");
     let r = s.decision().await;
     assert_eq!(r.decision, Verdict::Deny);
