@@ -19,7 +19,6 @@
 )]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -30,7 +29,7 @@ use egressd_policy::{Reason, Verdict};
 
 use crate::fake_dns::{FakeDns, RecordSpec};
 use crate::runner::kit::{self, sh};
-use crate::support::{TestPki, TlsServer};
+use crate::support::{NsServers, TestPki};
 
 /// One address family's half of the lab: the addresses and names its cases
 /// use. Links are point to point or tiny subnets, as a bridge port would be
@@ -299,8 +298,7 @@ struct Lab {
     echo_port: u16,
     pki: TestPki,
     dns: FakeDns,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    servers: Option<std::thread::JoinHandle<()>>,
+    _servers: NsServers,
     /// Runs the fake DNS.
     _host_rt: tokio::runtime::Runtime,
     container: NetNs,
@@ -402,42 +400,8 @@ impl Lab {
 
         let pki = TestPki::new();
         let config = pki.server_config(&[V4.allowed, V4.denied, V6.allowed, V6.denied]);
-        let (ports_tx, ports_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let ns_file = std::fs::File::open(format!("/run/netns/{}", internet.0)).unwrap();
-        // Sockets belong to the namespace of the thread that creates them.
-        let servers = std::thread::spawn(move || {
-            // SAFETY: setns(2) on an open namespace file; it affects this
-            // thread only.
-            let rc = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                // `::` takes IPv4 too (dual stack): one server per kind
-                // answers on every address of the namespace.
-                let tls =
-                    TlsServer::start(IpAddr::V6(Ipv6Addr::UNSPECIFIED), config, "hello tls").await;
-                let echo = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
-                let echo_port = echo.local_addr().unwrap().port();
-                tokio::spawn(async move {
-                    while let Ok((mut s, _)) = echo.accept().await {
-                        tokio::spawn(async move {
-                            let (mut r, mut w) = s.split();
-                            let _ = tokio::io::copy(&mut r, &mut w).await;
-                        });
-                    }
-                });
-                ports_tx.send((tls.port(), echo_port)).unwrap();
-                let _ = stop_rx.await;
-                drop(tls);
-            });
-        });
-        let (tls_port, echo_port) = ports_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the internet servers started");
+        let servers = NsServers::start(&internet.0, config);
+        let (tls_port, echo_port) = (servers.tls_port, servers.echo_port);
 
         let host_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -456,25 +420,13 @@ impl Lab {
             echo_port,
             pki,
             dns,
-            stop: Some(stop_tx),
-            servers: Some(servers),
+            _servers: servers,
             _host_rt: host_rt,
             container,
             _container_link: container_link,
             _uplink: uplink,
             _internet: internet,
             _lock: lock,
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.servers.take() {
-            let _ = t.join();
         }
     }
 }

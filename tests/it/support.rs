@@ -369,6 +369,82 @@ impl TestPki {
     }
 }
 
+/// A TLS server (answering "hello tls" for every name `config` serves) and a
+/// TCP echo, both on every address of the network namespace `ns`, served by
+/// a thread inside it; stopped (and the thread joined) on drop.
+pub struct NsServers {
+    /// The TLS server's port.
+    pub tls_port: u16,
+    /// The echo server's port.
+    pub echo_port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsServers {
+    /// Start both in `ns` (a name under /run/netns); returns once they listen.
+    pub fn start(ns: &str, config: Arc<rustls::ServerConfig>) -> NsServers {
+        use std::os::fd::AsRawFd as _;
+
+        let (ports_tx, ports_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).expect("the namespace");
+        // Sockets belong to the namespace of the thread that creates them:
+        // this thread enters the namespace and serves from there.
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns(2) on an open namespace file; it affects this
+            // thread only.
+            let rc = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                // `::` takes IPv4 too (dual stack): one server per kind
+                // answers on every address of the namespace.
+                let unspecified = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+                let tls = TlsServer::start(unspecified, config, "hello tls").await;
+                let echo = TcpListener::bind("[::]:0").await.expect("bind the echo");
+                let echo_port = echo.local_addr().expect("its address").port();
+                tokio::spawn(async move {
+                    while let Ok((mut s, _)) = echo.accept().await {
+                        tokio::spawn(async move {
+                            let (mut r, mut w) = s.split();
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                        });
+                    }
+                });
+                ports_tx
+                    .send((tls.port(), echo_port))
+                    .expect("the starter waits");
+                let _ = stop_rx.await;
+                drop(tls);
+            });
+        });
+        let (tls_port, echo_port) = ports_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the namespace servers started");
+        NsServers {
+            tls_port,
+            echo_port,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NsServers {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A TLS server on `ip:0` that answers every HTTP request with `body`.
 pub struct TlsServer {
     /// Where it listens.
