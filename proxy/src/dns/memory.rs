@@ -25,7 +25,9 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Addresses kept per name (the latest-expiring win): bounds what one
 /// round-robin name can make us hold.
 const MAX_IPS_PER_NAME: usize = 64;
-/// Names kept per address (a CDN address serves many names).
+/// Names kept per address (a CDN address serves many names): the
+/// latest-expiring win. A list holds up to twice as many (older entries
+/// are dropped in one go, see [`NameList`]); readers see at most this many.
 const MAX_NAMES_PER_IP: usize = 32;
 /// Names (and, separately, addresses) held at most. A job asking for new
 /// allowed names as fast as it can (a wildcard rule makes that easy) would
@@ -45,12 +47,101 @@ struct Binding<T> {
 
 type Bindings<T> = Box<[Binding<T>]>;
 
+/// The names one address was given for, newest first, as a persistent
+/// list: a new name is one node in front of the old list, which it shares,
+/// so a popular address (a CDN's) that gets a new name per answer costs one
+/// allocation instead of a copy of all its names (copying meant an atomic
+/// increment and, later, decrement per name per answer). When a list grows
+/// past twice [`MAX_NAMES_PER_IP`] it is rebuilt with the latest-expiring
+/// ones, once per that many new names. A name may appear more than once
+/// (each answer adds a node); readers keep its latest expiry.
+#[derive(Debug)]
+struct NameList {
+    name: Binding<Arc<str>>,
+    /// Nodes in this list, this one included.
+    len: usize,
+    rest: Option<Arc<NameList>>,
+}
+
+impl NameList {
+    fn iter(self: &Arc<Self>) -> impl Iterator<Item = &Binding<Arc<str>>> {
+        std::iter::successors(Some(self), |n| n.rest.as_ref()).map(|n| &n.name)
+    }
+
+    /// Whether `name` is among the [`RECENT`](Self::RECENT) newest nodes
+    /// with an expiry at least `expires` (then adding it again changes
+    /// nothing). Only the newest are looked at: each node is a pointer to
+    /// chase, and a name asked again is usually one of the last ones; one
+    /// found further down is added again, which readers and rebuilds absorb.
+    fn holds(self: &Arc<Self>, name: &Arc<str>, expires: Instant) -> bool {
+        self.iter()
+            .take(Self::RECENT)
+            .any(|b| b.expires >= expires && (Arc::ptr_eq(&b.value, name) || b.value == *name))
+    }
+
+    const RECENT: usize = 4;
+
+    /// `old` with `name` in front, rebuilt when that makes it too long.
+    fn push(old: Option<&Arc<Self>>, name: Binding<Arc<str>>, now: Instant) -> Arc<Self> {
+        let len = old.map_or(0, |o| o.len) + 1;
+        let list = Arc::new(NameList {
+            name,
+            len,
+            rest: old.cloned(),
+        });
+        if len > 2 * MAX_NAMES_PER_IP {
+            NameList::build(&NameList::live(&list, now)).unwrap_or(list)
+        } else {
+            list
+        }
+    }
+
+    /// The distinct names still fresh at `now`, each with its latest
+    /// expiry, the latest-expiring first, at most [`MAX_NAMES_PER_IP`].
+    fn live(self: &Arc<Self>, now: Instant) -> Vec<Binding<Arc<str>>> {
+        let mut out: Vec<Binding<Arc<str>>> = Vec::new();
+        for b in self.iter().filter(|b| b.expires > now) {
+            match out.iter_mut().find(|o| o.value == b.value) {
+                Some(o) => o.expires = o.expires.max(b.expires),
+                None => out.push(b.clone()),
+            }
+        }
+        out.sort_by_key(|b| std::cmp::Reverse(b.expires));
+        out.truncate(MAX_NAMES_PER_IP);
+        out
+    }
+
+    /// A list of `names` in that order; `None` when there are none.
+    fn build(names: &[Binding<Arc<str>>]) -> Option<Arc<Self>> {
+        names.iter().rev().fold(None, |rest, b| {
+            Some(Arc::new(NameList {
+                name: b.clone(),
+                len: rest.as_ref().map_or(0, |r: &Arc<NameList>| r.len) + 1,
+                rest,
+            }))
+        })
+    }
+}
+
+impl Drop for NameList {
+    /// Unlinks the tail node by node: a long list must not drop recursively.
+    fn drop(&mut self) {
+        let mut next = self.rest.take();
+        while let Some(node) = next {
+            next = match Arc::try_unwrap(node) {
+                Ok(mut n) => n.rest.take(),
+                Err(_) => None,
+            };
+        }
+    }
+}
+
 /// Name <-> address memory of DNS answers. See the module documentation.
 pub struct DnsMemory {
     ttl_floor: Duration,
     grace: Duration,
     by_name: papaya::HashMap<Arc<str>, Bindings<IpAddr>>,
-    by_ip: papaya::HashMap<IpAddr, Bindings<Arc<str>>>,
+    by_ip: papaya::HashMap<IpAddr, Arc<NameList>>,
     /// CNAME target -> the allowed name whose answer led there.
     aliases: papaya::HashMap<Arc<str>, Binding<Arc<str>>>,
     /// See [`DEFAULT_MAX_NAMES`].
@@ -149,15 +240,18 @@ impl DnsMemory {
             || merge(&[], &fresh, now, MAX_IPS_PER_NAME),
         );
         let by_ip = self.by_ip.pin();
-        let one = [Binding {
-            value: Arc::clone(&name),
-            expires,
-        }];
         for b in &fresh {
+            if by_ip.get(&b.value).is_some_and(|l| l.holds(&name, expires)) {
+                continue;
+            }
+            let one = || Binding {
+                value: Arc::clone(&name),
+                expires,
+            };
             by_ip.update_or_insert_with(
                 b.value,
-                |old| merge(old, &one, now, MAX_NAMES_PER_IP),
-                || merge(&[], &one, now, MAX_NAMES_PER_IP),
+                |old| NameList::push(Some(old), one(), now),
+                || NameList::push(None, one(), now),
             );
         }
     }
@@ -220,12 +314,10 @@ impl DnsMemory {
     /// latest-expiring first.
     pub fn names_at(&self, ip: IpAddr, now: Instant) -> Vec<Arc<str>> {
         let by_ip = self.by_ip.pin();
-        let Some(bs) = by_ip.get(&canonical(ip)) else {
+        let Some(list) = by_ip.get(&canonical(ip)) else {
             return Vec::new();
         };
-        let mut live: Vec<&Binding<Arc<str>>> = bs.iter().filter(|b| b.expires > now).collect();
-        live.sort_by_key(|b| std::cmp::Reverse(b.expires));
-        live.into_iter().map(|b| Arc::clone(&b.value)).collect()
+        list.live(now).into_iter().map(|b| b.value).collect()
     }
 
     /// [`names_at`](Self::names_at) now, as owned strings.
@@ -262,7 +354,24 @@ impl DnsMemory {
             }
         }
         prune(&self.by_name, now);
-        prune(&self.by_ip, now);
+        let by_ip = self.by_ip.pin();
+        let mut partly: Vec<IpAddr> = Vec::new();
+        by_ip.retain(|ip, list| {
+            let live = list.iter().filter(|b| b.expires > now).count();
+            if live > 0 && live < list.len {
+                partly.push(*ip);
+            }
+            live > 0
+        });
+        for ip in partly {
+            by_ip.compute(ip, |entry| match entry {
+                Some((_, list)) => match NameList::build(&list.live(now)) {
+                    Some(fresh) => papaya::Operation::Insert(fresh),
+                    None => papaya::Operation::Remove,
+                },
+                None => papaya::Operation::Abort(()),
+            });
+        }
         self.aliases.pin().retain(|_, b| b.expires > now);
         self.full.store(false, std::sync::atomic::Ordering::Relaxed);
     }

@@ -366,6 +366,58 @@ fn names_per_address_newest_first_and_mapped_v4_is_v4() {
 }
 
 #[test]
+fn a_popular_address_keeps_its_latest_expiring_names_once_each() {
+    let memory = DnsMemory::with_timing(Duration::ZERO, Duration::ZERO);
+    let t0 = Instant::now();
+    let shared = ip("198.51.100.9");
+    // 200 names, each answered twice (the second answer living longer),
+    // and TTLs that do not grow with the order of arrival.
+    for i in 0..200u64 {
+        let name = format!("n{i}.cdn.example");
+        let ttl = 1000 + (i * 7919) % 200;
+        memory.remember(&name, &[shared], Duration::from_secs(ttl), t0);
+        memory.remember(&name, &[shared], Duration::from_secs(ttl + 1), t0);
+    }
+    let names = memory.names_at(shared, t0);
+    let mut want: Vec<(u64, String)> = (0..200u64)
+        .map(|i| (1000 + (i * 7919) % 200 + 1, format!("n{i}.cdn.example")))
+        .collect();
+    want.sort_by_key(|w| std::cmp::Reverse(w.0));
+    assert_eq!(names.len(), 32);
+    let mut seen = std::collections::HashSet::new();
+    for n in &names {
+        assert!(seen.insert(n.to_string()), "{n} listed twice");
+        let ttl = want
+            .iter()
+            .find(|(_, w)| w == &**n)
+            .map(|(t, _)| *t)
+            .unwrap();
+        // Every name kept expires no earlier than the 32nd latest.
+        assert!(ttl >= want[31].0, "{n} (ttl {ttl}) kept over a later one");
+    }
+    // The latest-expiring first.
+    let ttls: Vec<u64> = names
+        .iter()
+        .map(|n| {
+            want.iter()
+                .find(|(_, w)| w == &**n)
+                .map(|(t, _)| *t)
+                .unwrap()
+        })
+        .collect();
+    assert!(ttls.windows(2).all(|w| w[0] >= w[1]), "{ttls:?}");
+    // Later, only what is still fresh; after a purge the same.
+    let later = t0 + Duration::from_secs(1195);
+    let fresh = memory.names_at(shared, later);
+    assert!(!fresh.is_empty() && fresh.len() < 32);
+    memory.purge(later);
+    assert_eq!(memory.names_at(shared, later), fresh);
+    memory.purge(t0 + Duration::from_secs(1201));
+    assert!(memory.names_at(shared, t0).is_empty());
+    assert_eq!(memory.len().1, 0);
+}
+
+#[test]
 fn one_name_cannot_make_the_memory_grow_without_bound() {
     let memory = DnsMemory::with_timing(Duration::ZERO, Duration::ZERO);
     let t0 = Instant::now();

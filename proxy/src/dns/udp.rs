@@ -45,8 +45,12 @@ const MAX_PENDING: usize = 16_384;
 const CLIENT_RCVBUF: usize = 4 << 20;
 
 /// Serve DNS on `sock` until the engine stops accepting, then finish the
-/// queries already read. The loops run in `tasks`, so a shutdown waiting
-/// on the tracker waits for their last audit records.
+/// queries already read. Each loop runs on a thread of its own with its own
+/// single-threaded runtime, so a datagram wakes exactly the thread that
+/// reads it (on the shared runtime, readiness seen by one worker's I/O
+/// driver woke another worker to run the loop: a context switch per
+/// wake-up). A task of `tasks` waits for each loop, so a shutdown waiting
+/// on `tasks` waits for their last audit records.
 pub(super) async fn serve(
     engine: Arc<Engine>,
     sock: UdpSocket,
@@ -58,33 +62,106 @@ pub(super) async fn serve(
         .metrics()
         .num_workers()
         .clamp(1, MAX_LOOPS);
+    let sock = match sock.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "DNS UDP socket unusable: no DNS over UDP");
+            return;
+        }
+    };
     // Each loop gets a socket of its own on the same address (SO_REUSEPORT:
     // the kernel spreads clients over them), so a datagram wakes one loop,
     // not all of them. Without twins the loops share the one socket.
-    let mut clients = vec![Arc::new(sock)];
+    let mut clients = Vec::with_capacity(loops);
     if loops > 1 {
-        match reuseport_twins(&clients[0], loops - 1) {
-            Ok(twins) => clients.extend(twins.into_iter().map(Arc::new)),
+        match reuseport_twins(&sock, loops - 1) {
+            Ok(twins) => clients.extend(twins),
             Err(e) => tracing::debug!(error = %e, "DNS UDP loops share one socket"),
         }
     }
-    let cap = (opts.max_inflight / loops).clamp(1, MAX_PENDING);
-    let handles: Vec<_> = (0..loops)
-        .map(|i| {
-            let client = Arc::clone(&clients[i % clients.len()]);
-            let fwd = Forwarder::new(Arc::clone(&engine), client, tasks.clone(), cap);
-            tasks.spawn(fwd.run(opts, i == 0))
-        })
-        .collect();
-    for h in handles {
-        if let Err(e) = h.await {
-            tracing::error!(error = %e, "DNS UDP forwarding loop failed");
+    clients.insert(0, sock);
+    let mut done = Vec::with_capacity(loops);
+    for i in 0..loops {
+        let client = match clients
+            .get(i)
+            .map_or_else(|| clients[0].try_clone(), |s| s.try_clone())
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "DNS UDP socket not shared with a forwarding loop");
+                continue;
+            }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let engine = Arc::clone(&engine);
+        let cap = (opts.max_inflight / loops).clamp(1, MAX_PENDING);
+        let spawned = std::thread::Builder::new()
+            .name(format!("egressd-dns{i}"))
+            .spawn(move || {
+                run_loop(engine, client, cap, opts, i == 0);
+                drop(tx);
+            });
+        match spawned {
+            // Tracked by `tasks`, so a shutdown waits for the thread's last
+            // records even once this function is no longer polled.
+            Ok(_) => done.push(tasks.spawn(async move {
+                let _ = rx.await;
+            })),
+            Err(e) => tracing::error!(error = %e, "DNS UDP forwarding thread not started"),
         }
+    }
+    drop(clients);
+    if done.is_empty() {
+        tracing::error!("no DNS UDP forwarding loop runs: queries over UDP go unanswered");
+    }
+    for d in done {
+        // The sender is dropped when the thread ends, normally or not.
+        let _ = d.await;
     }
 }
 
+/// One forwarding loop on the calling thread, until it is done.
+fn run_loop(
+    engine: Arc<Engine>,
+    client: std::net::UdpSocket,
+    cap: usize,
+    opts: DnsOptions,
+    purges: bool,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "DNS UDP forwarding loop has no runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let client = match UdpSocket::from_std(client) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(error = %e, "DNS UDP socket not registered");
+                return;
+            }
+        };
+        // Truncated answers are fetched over TCP in tasks of this runtime;
+        // the loop ends only after them.
+        let tcp = TaskTracker::new();
+        Forwarder::new(engine, client, tcp.clone(), cap)
+            .run(opts, purges)
+            .await;
+        tcp.close();
+        tcp.wait().await;
+    });
+}
+
 /// `n` more sockets bound to `sock`'s address in one SO_REUSEPORT group with it.
-fn reuseport_twins(sock: &UdpSocket, n: usize) -> std::io::Result<Vec<UdpSocket>> {
+fn reuseport_twins(
+    sock: &std::net::UdpSocket,
+    n: usize,
+) -> std::io::Result<Vec<std::net::UdpSocket>> {
     let addr = sock.local_addr()?;
     let only_v6 = addr.is_ipv6() && socket2::SockRef::from(sock).only_v6()?;
     socket2::SockRef::from(sock).set_reuse_port(true)?;
@@ -102,7 +179,7 @@ fn reuseport_twins(sock: &UdpSocket, n: usize) -> std::io::Result<Vec<UdpSocket>
             let _ = twin.set_recv_buffer_size(CLIENT_RCVBUF);
             twin.set_nonblocking(true)?;
             twin.bind(&addr.into())?;
-            UdpSocket::from_std(twin.into())
+            Ok(twin.into())
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! Targets under load: a workload starts all its targets at once (a
-//! [`Fleet`]), runs its passes over them one target at a time (reading each
-//! target's CPU and RSS from /proc), then stops them all at once and, for
+//! [`Fleet`]), runs its passes over them with the repetitions interleaved
+//! (one target at a time; reading each target's CPU and RSS from /proc),
+//! then stops them all at once and, for
 //! egressd, checks its audit journal against every decision of every pass.
 //! Each phase's wall time is logged as it ends and kept for the summary.
 
@@ -312,51 +313,54 @@ impl Bench {
         format!("{} does not do this workload", target.name())
     }
 
-    /// Runs `reps` repetitions of `load` with `op` against `running`.
-    fn measure<O: Op>(
+    /// Runs one repetition of `load` with `op` against `running` into `m`.
+    fn measure_once<O: Op>(
         &self,
         running: &Running,
-        reps: usize,
         load: Load,
         timeout: Duration,
         op: &Arc<O>,
-    ) -> anyhow::Result<Measured> {
-        let mut m = Measured::default();
-        for _ in 0..reps {
-            let first = self.next_op.get();
-            let u0 = running.usage();
-            let r = match load {
-                Load::Closed { clients, max_ops } => loadgen::closed_loop(
-                    &self.load,
-                    op.clone(),
-                    clients,
-                    self.settings.dur,
-                    max_ops,
-                    first,
-                    timeout,
-                )?,
-                Load::Open { rate } => loadgen::open_loop(
-                    &self.load,
-                    op.clone(),
-                    rate,
-                    self.settings.dur,
-                    first,
-                    timeout,
-                )?,
-            };
-            let u1 = running.usage();
-            self.next_op
-                .set(first + r.allowed + r.denied + r.errors + 1);
-            m.add(r, u1.cpu_us.saturating_sub(u0.cpu_us));
-        }
-        m.rss = running.usage().rss;
-        Ok(m)
+        m: &mut Measured,
+    ) -> anyhow::Result<()> {
+        let first = self.next_op.get();
+        let u0 = running.usage();
+        let r = match load {
+            Load::Closed { clients, max_ops } => loadgen::closed_loop(
+                &self.load,
+                op.clone(),
+                clients,
+                self.settings.dur,
+                max_ops,
+                first,
+                timeout,
+            )?,
+            Load::Open { rate } => loadgen::open_loop(
+                &self.load,
+                op.clone(),
+                rate,
+                self.settings.dur,
+                first,
+                timeout,
+            )?,
+        };
+        let u1 = running.usage();
+        self.next_op
+            .set(first + r.allowed + r.denied + r.errors + 1);
+        m.add(r, u1.cpu_us.saturating_sub(u0.cpu_us));
+        m.rss = u1.rss;
+        Ok(())
     }
 }
 
+/// One target's part of a pass: its load, its op, what it measured so far.
+type Run<O> = (Load, Arc<O>, Measured);
+
 impl Fleet<'_> {
-    /// Runs pass `name` over every started target, one after the other:
-    /// `reps` repetitions of the load `load` gives for it (`None`: skip it).
+    /// Runs pass `name` over every started target: `reps` repetitions of
+    /// the load `load` gives for it (`None`: skip it), interleaved (every
+    /// target's first repetition, then every target's second, ...), so a
+    /// slow drift of the shared machine (other tenants, CPU frequency)
+    /// touches every target alike instead of whichever ran last.
     pub fn pass<O: Op>(
         &mut self,
         name: &str,
@@ -367,48 +371,74 @@ impl Fleet<'_> {
     ) -> Vec<(Target, Outcome)> {
         let _phase = self.bench.phase(&format!("{}: {name}", self.tag));
         let targets: Vec<Target> = self.members.iter().map(|(t, _)| *t).collect();
-        targets
+        let mut runs: Vec<(Target, Result<Run<O>, String>)> = targets
             .into_iter()
             .map(|t| {
                 let r = match load(t) {
-                    Some(l) => self.pass_one(t, name, reps, l, timeout, make),
+                    Some(l) => self
+                        .member(t)
+                        .map(|m| (l, make(&m.running), Measured::default())),
                     None => Err("no load for this pass".to_owned()),
                 };
+                (t, r)
+            })
+            .collect();
+        let start = Instant::now();
+        for _ in 0..reps {
+            for (t, run) in &mut runs {
+                if let Ok((l, op, m)) = run
+                    && let Err(e) = self.rep(*t, *l, timeout, op, m)
+                {
+                    *run = Err(e);
+                }
+            }
+        }
+        runs.into_iter()
+            .map(|(t, run)| {
+                let r = run.map(|(_, _, m)| m);
+                if let Ok(m) = &r {
+                    tracing::info!(
+                        "{} {name}: {}: {:.0} ops/s, {} errors ({:.1} s for the pass)",
+                        self.tag,
+                        t.name(),
+                        super::report::median(&m.rates),
+                        m.errors,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
                 (t, r)
             })
             .collect()
     }
 
-    /// Runs `reps` repetitions of `load` against the started target `t`.
-    pub fn pass_one<O: Op>(
+    /// One repetition of `load` with `op` against the started target `t`,
+    /// added to `m` (and to the decisions its journal must hold).
+    pub fn rep<O: Op>(
         &mut self,
         t: Target,
-        name: &str,
-        reps: usize,
         load: Load,
         timeout: Duration,
-        make: &dyn Fn(&Running) -> Arc<O>,
-    ) -> Outcome {
-        let tag = self.tag.clone();
+        op: &Arc<O>,
+        m: &mut Measured,
+    ) -> Result<(), String> {
         let bench = self.bench;
-        let m = self.member(t)?;
-        let start = Instant::now();
-        let op = make(&m.running);
-        match bench.measure(&m.running, reps, load, timeout, &op) {
-            Ok(r) => {
-                m.decisions += r.ops - r.errors;
-                m.closing += r.allowed;
-                tracing::info!(
-                    "{tag} {name}: {}: {:.0} ops/s, {} errors, {:.1} s",
-                    t.name(),
-                    super::report::median(&r.rates),
-                    r.errors,
-                    start.elapsed().as_secs_f64()
-                );
-                Ok(r)
-            }
-            Err(e) => Err(format!("failed to run: {e:#}").replace('\n', " ")),
-        }
+        let member = self.member(t)?;
+        let (ops, errors, allowed) = (m.ops, m.errors, m.allowed);
+        bench
+            .measure_once(&member.running, load, timeout, op, m)
+            .map_err(|e| format!("failed to run: {e:#}").replace('\n', " "))?;
+        member.decisions += (m.ops - ops) - (m.errors - errors);
+        member.closing += m.allowed - allowed;
+        Ok(())
+    }
+
+    /// The op `make` builds for the started target `t`.
+    pub fn op<O: Op>(
+        &mut self,
+        t: Target,
+        make: &dyn Fn(&Running) -> Arc<O>,
+    ) -> Result<Arc<O>, String> {
+        self.member(t).map(|m| make(&m.running))
     }
 
     /// The started target `t` and its journal expectations.
