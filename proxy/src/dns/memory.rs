@@ -176,13 +176,18 @@ impl DnsMemory {
     }
 
     /// A memory that keeps each binding for `max(ttl, ttl_floor)` (at most
-    /// [`MAX_TTL`]) plus `grace`.
+    /// [`MAX_TTL`]) plus `grace`. The name and address tables are sized for
+    /// [`DEFAULT_MAX_NAMES`] from the start: a table that doubles as it
+    /// fills copies every entry (and misses the cache on each) at every
+    /// step, on the path of DNS answers. What that costs up front is the
+    /// tables' slot metadata (a byte a slot); the slots' pages are touched
+    /// only as they fill.
     pub fn with_timing(ttl_floor: Duration, grace: Duration) -> Self {
         DnsMemory {
             ttl_floor,
             grace,
-            by_name: papaya::HashMap::new(),
-            by_ip: papaya::HashMap::new(),
+            by_name: papaya::HashMap::with_capacity(DEFAULT_MAX_NAMES),
+            by_ip: papaya::HashMap::with_capacity(DEFAULT_MAX_NAMES),
             aliases: papaya::HashMap::new(),
             max_names: DEFAULT_MAX_NAMES,
             full: std::sync::atomic::AtomicBool::new(false),
@@ -193,6 +198,10 @@ impl DnsMemory {
     #[must_use]
     pub fn with_max_names(mut self, max: usize) -> Self {
         self.max_names = max;
+        if max < DEFAULT_MAX_NAMES {
+            self.by_name = papaya::HashMap::with_capacity(max);
+            self.by_ip = papaya::HashMap::with_capacity(max);
+        }
         self
     }
 
