@@ -91,7 +91,32 @@ pub fn parse_query(raw: &[u8]) -> Result<Query, Rejected> {
 }
 
 /// A name as the policy reads it: ASCII, lowercase, no trailing dot.
+/// Called several times per answer, so names made only of letters, digits,
+/// `_`, inner `-` and a leading `*` (which hickory writes unescaped) are
+/// built here directly; anything else goes through hickory's escaping.
 pub fn ascii_name(name: &Name) -> String {
+    let mut s = String::with_capacity(name.len());
+    for (i, label) in name.iter().enumerate() {
+        let plain = !label.is_empty()
+            && label.iter().enumerate().all(|(j, &b)| {
+                b.is_ascii_alphanumeric()
+                    || b == b'_'
+                    || (b == b'-' && j > 0)
+                    || (b == b'*' && j == 0)
+            });
+        if !plain {
+            return escaped_ascii_name(name);
+        }
+        if i > 0 {
+            s.push('.');
+        }
+        s.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    }
+    s
+}
+
+/// [`ascii_name`] through hickory's escaping (any label bytes).
+fn escaped_ascii_name(name: &Name) -> String {
     let mut s = name.to_lowercase().to_ascii();
     if s.ends_with('.') {
         s.pop();
@@ -298,5 +323,47 @@ pub fn fit_udp(reply: Vec<u8>, message: &Message, max: usize) -> Vec<u8> {
 pub fn set_id(raw: &mut [u8], id: u16) {
     if let Some(h) = raw.get_mut(..2) {
         h.copy_from_slice(&id.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The direct path gives exactly what hickory's escaping gives, for
+        /// plain names and for names with bytes it must escape.
+        #[test]
+        fn ascii_name_matches_hickory(
+            labels in proptest::collection::vec(
+                proptest::collection::vec(
+                    prop_oneof![
+                        8 => proptest::sample::select(b"abcXYZ019-_*".to_vec()),
+                        1 => any::<u8>(),
+                    ],
+                    1..12,
+                ),
+                0..5,
+            ),
+            fqdn in any::<bool>(),
+        ) {
+            let Ok(mut name) = Name::from_labels(labels) else {
+                return Ok(());
+            };
+            name.set_fqdn(fqdn);
+            prop_assert_eq!(ascii_name(&name), escaped_ascii_name(&name));
+        }
+    }
+
+    #[test]
+    fn ascii_name_examples() {
+        let n = |s: &str| Name::from_ascii(s).unwrap();
+        assert_eq!(ascii_name(&n("WWW.Example.COM.")), "www.example.com");
+        assert_eq!(ascii_name(&n("*.a_b.x-y")), "*.a_b.x-y");
+        assert_eq!(ascii_name(&Name::root()), "");
+        let odd = Name::from_labels(vec![b"-a".to_vec(), b"b*".to_vec()]).unwrap();
+        assert_eq!(ascii_name(&odd), escaped_ascii_name(&odd));
+        assert_ne!(ascii_name(&odd), "-a.b*");
     }
 }
