@@ -57,15 +57,20 @@ ensure_installed() {
   bindir >/dev/null || { say "postgresql installed but initdb not found"; exit 1; }
 }
 
+# A port no socket on this machine uses, below the kernel's ephemeral range
+# (a port inside it can be taken at any moment as the local end of an
+# outgoing connection: a connect test then says "free" and the bind fails).
 free_port() {
-  local port
-  for port in $(seq 55432 55532); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  for port in $(seq $((low - 7400)) $((low - 7300))); do
+    if [ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ] \
+      && ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return
     fi
   done
-  say "no free port in 55432-55532"
+  say "no free port in $((low - 7400))-$((low - 7300))"
   exit 1
 }
 
