@@ -2,14 +2,15 @@
 //! at most [`MAX_LOOPS`]) share the client socket. A loop reads a batch of
 //! client queries, answers at once what the proxy answers itself
 //! (malformed, denied), and sends allowed queries upstream on its own
-//! unconnected upstream socket (one per address family), keeping each in a
+//! socket connected to that upstream (one per upstream), keeping each in a
 //! table keyed by the random id it went out with until its answer, its
 //! timeout (then the next upstream, or SERVFAIL) or a send failure. No task
 //! per query and no lock: the table belongs to its loop. A truncated answer
 //! is fetched over TCP in a task of its own (rare).
 //!
-//! An upstream datagram is accepted only from the address the query was
-//! sent to, with the query's id and question (`upstream::is_reply_to`);
+//! An upstream datagram is accepted only on the socket connected to the
+//! upstream the query was sent to (the kernel drops datagrams from any
+//! other address), with the query's id and question (`upstream::is_reply_to`);
 //! anything else (strays, spoofs, late answers to queries that timed out)
 //! is dropped. Every audit record of a batch is queued before any of the
 //! batch's answers is sent: each record still precedes its answer, and the
@@ -29,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use super::DnsError;
 use super::message::{self, Query};
 use super::server::{Begun, DnsOptions, PURGE_EVERY, begin, conclude};
-use super::upstream::{Exchanged, Upstreams, is_reply_to, unconnected_udp};
+use super::upstream::{Exchanged, Upstreams, forwarding_udp, is_reply_to};
 use crate::engine::Engine;
 
 /// Forwarding loops per client socket, at most.
@@ -212,9 +213,10 @@ struct Forwarder {
     client: Arc<UdpSocket>,
     tasks: TaskTracker,
     upstreams: Upstreams,
-    /// Upstream sockets, made on first use: IPv4, IPv6.
-    up4: Option<UdpSocket>,
-    up6: Option<UdpSocket>,
+    /// A socket connected to each upstream (same order), made on first use:
+    /// no route lookup per datagram, and the kernel keeps out datagrams
+    /// from anyone else.
+    ups: Vec<Option<UdpSocket>>,
     pending: HashMap<u16, Pending>,
     /// (deadline, id, seq) in sending order: the timeout is the same for
     /// every query, so the earliest deadline is always in front.
@@ -232,8 +234,7 @@ impl Forwarder {
             client,
             tasks,
             upstreams,
-            up4: None,
-            up6: None,
+            ups: Vec::new(),
             pending: HashMap::with_capacity(cap),
             deadlines: VecDeque::new(),
             seq: 0,
@@ -263,12 +264,8 @@ impl Forwarder {
                     Ok(()) => self.read_queries(&opts, &mut buf).await,
                     Err(e) => tracing::debug!(error = %e, "DNS UDP socket not readable"),
                 },
-                r = readable(self.up4.as_ref()) => match r {
-                    Ok(()) => self.read_answers(false, &mut buf).await,
-                    Err(e) => tracing::debug!(error = %e, "DNS upstream socket not readable"),
-                },
-                r = readable(self.up6.as_ref()) => match r {
-                    Ok(()) => self.read_answers(true, &mut buf).await,
+                (i, r) = readable(&self.ups) => match r {
+                    Ok(()) => self.read_answers(i, &mut buf).await,
                     Err(e) => tracing::debug!(error = %e, "DNS upstream socket not readable"),
                 },
                 _ = sweep.tick(), if !self.deadlines.is_empty() => self.expire(Instant::now()).await,
@@ -315,12 +312,13 @@ impl Forwarder {
         self.send_outbox().await;
     }
 
-    /// Read up to a batch of upstream datagrams from one family's socket.
-    async fn read_answers(&mut self, v6: bool, buf: &mut [u8]) {
+    /// Read up to a batch of datagrams from upstream `i`'s socket.
+    async fn read_answers(&mut self, i: usize, buf: &mut [u8]) {
         for _ in 0..BATCH {
-            let sock = if v6 { &self.up6 } else { &self.up4 };
-            let Some(sock) = sock else { break };
-            let (n, from) = match sock.try_recv_from(buf) {
+            let Some(Some(sock)) = self.ups.get(i) else {
+                break;
+            };
+            let n = match sock.try_recv(buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -329,14 +327,15 @@ impl Forwarder {
                 }
             };
             if let Some(reply) = buf.get(..n) {
-                self.on_answer(reply, from);
+                self.on_answer(reply, i);
             }
         }
         self.send_outbox().await;
     }
 
-    /// An upstream datagram: the answer of a pending query, or ignored.
-    fn on_answer(&mut self, reply: &[u8], from: SocketAddr) {
+    /// A datagram from upstream `from`: the answer of a pending query, or
+    /// ignored.
+    fn on_answer(&mut self, reply: &[u8], from: usize) {
         let Some(&[hi, lo]) = reply.get(..2) else {
             return;
         };
@@ -345,7 +344,7 @@ impl Forwarder {
             return;
         };
         let asked = self.upstreams.addrs().get(p.upstream).copied();
-        if !asked.is_some_and(|a| same_peer(a, from)) || !is_reply_to(reply, &p.forward) {
+        if p.upstream != from || !is_reply_to(reply, &p.forward) {
             return;
         }
         let Some(p) = self.pending.remove(&id) else {
@@ -397,7 +396,7 @@ impl Forwarder {
         while let Some(&addr) = self.upstreams.addrs().get(p.upstream) {
             let id = self.free_id();
             message::set_id(&mut p.forward, id);
-            match self.send_upstream(addr, &p.forward).await {
+            match self.send_upstream(p.upstream, addr, &p.forward).await {
                 Ok(()) => {
                     self.seq += 1;
                     p.seq = self.seq;
@@ -427,15 +426,25 @@ impl Forwarder {
         }
     }
 
-    async fn send_upstream(&mut self, addr: SocketAddr, query: &[u8]) -> std::io::Result<()> {
-        let addr = canonical(addr);
-        let v6 = addr.is_ipv6();
-        let slot = if v6 { &mut self.up6 } else { &mut self.up4 };
+    /// Send `query` to upstream `i` (at `addr`) on its connected socket.
+    async fn send_upstream(
+        &mut self,
+        i: usize,
+        addr: SocketAddr,
+        query: &[u8],
+    ) -> std::io::Result<()> {
+        if self.ups.len() <= i {
+            self.ups.resize_with(i + 1, || None);
+        }
+        let mark = self.upstreams.mark();
+        let Some(slot) = self.ups.get_mut(i) else {
+            return Err(std::io::ErrorKind::NotFound.into());
+        };
         let sock = match slot {
             Some(s) => s,
-            None => slot.insert(unconnected_udp(v6, self.upstreams.mark())?),
+            None => slot.insert(forwarding_udp(canonical(addr), mark)?),
         };
-        sock.send_to(query, addr).await.map(|_| ())
+        sock.send(query).await.map(|_| ())
     }
 
     /// The upstream exchange of `p` is over: its record and answer join the
@@ -484,12 +493,20 @@ async fn send_answer(sock: &UdpSocket, reply: &[u8], client: SocketAddr) {
     }
 }
 
-/// Readiness of a socket that may not exist yet (then never ready).
-async fn readable(sock: Option<&UdpSocket>) -> std::io::Result<()> {
-    match sock {
-        Some(s) => s.readable().await,
-        None => std::future::pending().await,
-    }
+/// The first upstream socket with a datagram waiting (its index), or
+/// never when there is none.
+async fn readable(ups: &[Option<UdpSocket>]) -> (usize, std::io::Result<()>) {
+    std::future::poll_fn(|cx| {
+        for (i, s) in ups.iter().enumerate() {
+            if let Some(s) = s
+                && let std::task::Poll::Ready(r) = s.poll_recv_ready(cx)
+            {
+                return std::task::Poll::Ready((i, r));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// An IPv4-mapped IPv6 address is reached over IPv4.
@@ -501,11 +518,4 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
         },
         SocketAddr::V4(_) => addr,
     }
-}
-
-/// Whether a datagram from `from` comes from the upstream `asked` (IPv6
-/// flow labels and scope ids aside).
-fn same_peer(asked: SocketAddr, from: SocketAddr) -> bool {
-    let asked = canonical(asked);
-    asked.ip() == from.ip() && asked.port() == from.port()
 }

@@ -340,28 +340,14 @@ fn udp_socket(peer: SocketAddr, mark: Option<u32>) -> std::io::Result<UdpSocket>
     UdpSocket::from_std(s.into())
 }
 
-/// An unconnected UDP socket on a kernel-chosen port of the wildcard
-/// address of one family (IPv6 only for `v6`), for talking to several
-/// upstreams: the caller checks each datagram's source.
-pub(super) fn unconnected_udp(v6: bool, mark: Option<u32>) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let (domain, any): (Domain, SocketAddr) = if v6 {
-        (Domain::IPV6, (std::net::Ipv6Addr::UNSPECIFIED, 0).into())
-    } else {
-        (Domain::IPV4, (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
-    };
-    let s = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
-    if v6 {
-        s.set_only_v6(true)?;
-    }
-    if let Some(m) = mark {
-        s.set_mark(m)?;
-    }
+/// A UDP socket connected to `peer` with a large receive buffer, for the
+/// UDP server's forwarding loops (one per loop and upstream).
+pub(super) fn forwarding_udp(peer: SocketAddr, mark: Option<u32>) -> std::io::Result<UdpSocket> {
+    let s = udp_socket(peer, mark)?;
     // Answers to a whole batch of queries can arrive at once; the kernel
     // caps this at net.core.rmem_max.
-    let _ = s.set_recv_buffer_size(UPSTREAM_RCVBUF);
-    s.bind(&any.into())?;
-    UdpSocket::from_std(s.into())
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(UPSTREAM_RCVBUF);
+    Ok(s)
 }
 
 async fn tcp_connect(peer: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
