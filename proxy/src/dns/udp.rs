@@ -73,29 +73,29 @@ pub(super) async fn serve(
     // Each loop gets a socket of its own on the same address (SO_REUSEPORT:
     // the kernel spreads clients over them), so a datagram wakes one loop,
     // not all of them. Without twins the loops share the one socket.
-    let mut clients = Vec::with_capacity(loops);
+    let mut clients = vec![sock];
     if loops > 1 {
-        match reuseport_twins(&sock, loops - 1) {
+        match reuseport_twins(&clients[0], loops - 1) {
             Ok(twins) => clients.extend(twins),
-            Err(e) => tracing::debug!(error = %e, "DNS UDP loops share one socket"),
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS UDP loops share one socket");
+                for _ in 1..loops {
+                    match clients[0].try_clone() {
+                        Ok(c) => clients.push(c),
+                        Err(e) => {
+                            tracing::error!(error = %e, "DNS UDP socket not shared with a forwarding loop");
+                            break;
+                        }
+                    }
+                }
+            }
         }
     }
-    clients.insert(0, sock);
+    let cap = (opts.max_inflight / loops).clamp(1, MAX_PENDING);
     let mut done = Vec::with_capacity(loops);
-    for i in 0..loops {
-        let client = match clients
-            .get(i)
-            .map_or_else(|| clients[0].try_clone(), |s| s.try_clone())
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "DNS UDP socket not shared with a forwarding loop");
-                continue;
-            }
-        };
+    for (i, client) in clients.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let engine = Arc::clone(&engine);
-        let cap = (opts.max_inflight / loops).clamp(1, MAX_PENDING);
         let spawned = std::thread::Builder::new()
             .name(format!("egressd-dns{i}"))
             .spawn(move || {
@@ -111,7 +111,6 @@ pub(super) async fn serve(
             Err(e) => tracing::error!(error = %e, "DNS UDP forwarding thread not started"),
         }
     }
-    drop(clients);
     if done.is_empty() {
         tracing::error!("no DNS UDP forwarding loop runs: queries over UDP go unanswered");
     }
