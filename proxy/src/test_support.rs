@@ -26,14 +26,25 @@ pub(crate) struct TestEngine {
 impl TestEngine {
     /// `policy` (YAML) with `limits`; DNS lookups fail at once (port 9 refuses).
     pub fn new(policy: &str, limits: Limits) -> TestEngine {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(JournalConfig::new(dir.path())).unwrap();
-        let memory = Arc::new(DnsMemory::new());
-        let resolver = Resolver::with_timeout(
+        TestEngine::with_upstreams(
+            policy,
+            limits,
             vec!["127.0.0.1:9".parse().unwrap()],
             Duration::from_millis(300),
         )
-        .with_memory(Arc::clone(&memory));
+    }
+
+    /// [`TestEngine::new`] asking `upstreams` in turn, each for `timeout`.
+    pub fn with_upstreams(
+        policy: &str,
+        limits: Limits,
+        upstreams: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> TestEngine {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(JournalConfig::new(dir.path())).unwrap();
+        let memory = Arc::new(DnsMemory::new());
+        let resolver = Resolver::with_timeout(upstreams, timeout).with_memory(Arc::clone(&memory));
         let engine = Engine::new(EngineParts {
             policy: Policy::parse("p.yaml", policy).unwrap().policy,
             journal: journal.clone(),

@@ -551,6 +551,46 @@ async fn stray_datagrams_are_ignored_and_silence_times_out() {
     assert_eq!(up.exchange(CNAME_Q, false).await.unwrap().from, addr);
 }
 
+/// An upstream where nothing listens answers with ICMP "port unreachable":
+/// the UDP server moves the query to the next upstream at once instead of
+/// waiting out a minute-long timeout.
+#[tokio::test]
+async fn a_refusing_upstream_is_passed_over_at_once() {
+    let good = fake_upstream(Some(|q| vec![with_id(q, CNAME_R)])).await;
+    // A port nothing listens on: bound, then closed.
+    let closed = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let t = crate::test_support::TestEngine::with_upstreams(
+        "version: 1\nallow: [\"*.allowed.example\", \"*.cdn.example\"]\n",
+        crate::limits::Limits::default(),
+        vec![closed, good],
+        Duration::from_secs(60),
+    );
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let at = server.local_addr().unwrap();
+    let tasks = tokio_util::task::TaskTracker::new();
+    tokio::spawn(super::serve_udp(
+        std::sync::Arc::clone(&t.engine),
+        server,
+        tasks.clone(),
+    ));
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(CNAME_Q, at).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+        .await
+        .expect("no answer: the refusing upstream was waited out")
+        .unwrap();
+    let m = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert_eq!(m.id(), Message::from_vec(CNAME_Q).unwrap().id());
+    assert!(!m.answers().is_empty());
+    t.engine.stop_accepting().cancel();
+}
+
 #[tokio::test]
 async fn a_name_with_addresses_of_one_family_only_is_cached() {
     use std::sync::Arc;

@@ -267,7 +267,10 @@ impl Forwarder {
                     Ok(()) => self.read_answers(i, &mut buf).await,
                     Err(e) => tracing::debug!(error = %e, "DNS upstream socket not readable"),
                 },
-                _ = sweep.tick(), if !self.deadlines.is_empty() => self.expire(Instant::now()).await,
+                _ = sweep.tick(), if !self.deadlines.is_empty() => {
+                    self.check_refused().await;
+                    self.expire(Instant::now()).await;
+                }
                 _ = purge.tick(), if purges => self.engine.dns_memory().purge(Instant::now()),
                 () = stop.cancelled(), if !stopping => stopping = true,
             }
@@ -320,6 +323,14 @@ impl Forwarder {
             let n = match sock.try_recv(buf) {
                 Ok(r) => r,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    // An ICMP "port unreachable" came back: nothing listens
+                    // there, so no pending query of this upstream will be
+                    // answered. They go to the next upstream now rather
+                    // than at their timeout.
+                    self.refused(i, e).await;
+                    break;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "DNS upstream receive failed");
                     break;
@@ -362,6 +373,47 @@ impl Forwarder {
             tcp: false,
         };
         self.conclude(p, Ok(x));
+    }
+
+    /// An ICMP "port unreachable" shows as a pending error on the connected
+    /// socket (epoll says error, not readable, so no read sees it): looked
+    /// for at every sweep, so a refusing upstream is passed over within a
+    /// sweep period instead of at each query's timeout.
+    async fn check_refused(&mut self) {
+        for i in 0..self.ups.len() {
+            let err = match self.ups.get(i) {
+                Some(Some(s)) => s.take_error().ok().flatten(),
+                _ => None,
+            };
+            if let Some(e) = err.filter(|e| e.kind() == ErrorKind::ConnectionRefused) {
+                self.refused(i, e).await;
+            }
+        }
+    }
+
+    /// Upstream `i` refused: each query pending on it goes to the next one.
+    async fn refused(&mut self, i: usize, e: std::io::Error) {
+        let Some(&addr) = self.upstreams.addrs().get(i) else {
+            return;
+        };
+        tracing::debug!(upstream = %addr, error = %e, "DNS upstream refused");
+        let ids: Vec<u16> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.upstream == i)
+            .map(|(id, _)| *id)
+            .collect();
+        let now = Instant::now();
+        for id in ids {
+            if let Some(mut p) = self.pending.remove(&id) {
+                p.last = DnsError::Io {
+                    addr,
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                };
+                p.upstream += 1;
+                self.forward(p, now).await;
+            }
+        }
     }
 
     /// Queries whose upstream did not answer in time go to the next one.
