@@ -228,12 +228,13 @@ struct Forwarder {
 impl Forwarder {
     fn new(engine: Arc<Engine>, client: Arc<UdpSocket>, tasks: TaskTracker, cap: usize) -> Self {
         let upstreams = engine.resolver().upstreams().clone();
+        let ups = (0..upstreams.addrs().len()).map(|_| None).collect();
         Forwarder {
             engine,
             client,
             tasks,
             upstreams,
-            ups: Vec::new(),
+            ups,
             pending: HashMap::with_capacity(cap),
             deadlines: VecDeque::new(),
             seq: 0,
@@ -405,15 +406,19 @@ impl Forwarder {
             .collect();
         let now = Instant::now();
         for id in ids {
-            if let Some(mut p) = self.pending.remove(&id) {
-                p.last = DnsError::Io {
-                    addr,
-                    source: std::io::Error::new(e.kind(), e.to_string()),
-                };
-                p.upstream += 1;
-                self.forward(p, now).await;
+            if let Some(p) = self.pending.remove(&id) {
+                let source = std::io::Error::new(e.kind(), e.to_string());
+                self.next_upstream(p, DnsError::Io { addr, source }, now)
+                    .await;
             }
         }
+    }
+
+    /// `p`'s upstream failed with `why`: on to the next one.
+    async fn next_upstream(&mut self, mut p: Pending, why: DnsError, now: Instant) {
+        p.last = why;
+        p.upstream += 1;
+        self.forward(p, now).await;
     }
 
     /// Queries whose upstream did not answer in time go to the next one.
@@ -429,13 +434,15 @@ impl Forwarder {
             let Some(mut p) = self.pending.remove(&id) else {
                 continue;
             };
-            if let Some(&addr) = self.upstreams.addrs().get(p.upstream) {
-                let e = DnsError::Timeout(addr, self.upstreams.timeout());
-                tracing::debug!(upstream = %addr, error = %e, "DNS upstream failed");
-                p.last = e;
-            }
-            p.upstream += 1;
-            self.forward(p, now).await;
+            let why = match self.upstreams.addrs().get(p.upstream) {
+                Some(&addr) => {
+                    let e = DnsError::Timeout(addr, self.upstreams.timeout());
+                    tracing::debug!(upstream = %addr, error = %e, "DNS upstream failed");
+                    e
+                }
+                None => std::mem::replace(&mut p.last, DnsError::NoUpstream),
+            };
+            self.next_upstream(p, why, now).await;
         }
         self.send_outbox().await;
     }
@@ -484,9 +491,6 @@ impl Forwarder {
         addr: SocketAddr,
         query: &[u8],
     ) -> std::io::Result<()> {
-        if self.ups.len() <= i {
-            self.ups.resize_with(i + 1, || None);
-        }
         let mark = self.upstreams.mark();
         let Some(slot) = self.ups.get_mut(i) else {
             return Err(std::io::ErrorKind::NotFound.into());
