@@ -101,10 +101,7 @@ impl NameList {
     fn live(self: &Arc<Self>, now: Instant) -> Vec<Binding<Arc<str>>> {
         let mut out: Vec<Binding<Arc<str>>> = Vec::new();
         for b in self.iter().filter(|b| b.expires > now) {
-            match out.iter_mut().find(|o| o.value == b.value) {
-                Some(o) => o.expires = o.expires.max(b.expires),
-                None => out.push(b.clone()),
-            }
+            keep_latest(&mut out, b);
         }
         out.sort_by_key(|b| std::cmp::Reverse(b.expires));
         out.truncate(MAX_NAMES_PER_IP);
@@ -339,48 +336,8 @@ impl DnsMemory {
 
     /// Really remove every binding that is stale at `now`.
     pub fn purge(&self, now: Instant) {
-        fn prune<K, T: Clone>(map: &papaya::HashMap<K, Bindings<T>>, now: Instant)
-        where
-            K: std::hash::Hash + Eq + Clone,
-        {
-            let pinned = map.pin();
-            let mut partly: Vec<K> = Vec::new();
-            pinned.retain(|k, bs| {
-                let live = bs.iter().filter(|b| b.expires > now).count();
-                if live > 0 && live < bs.len() {
-                    partly.push(k.clone());
-                }
-                live > 0
-            });
-            for k in partly {
-                pinned.update(k, |bs| {
-                    bs.iter()
-                        .filter(|b| b.expires > now)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .into_boxed_slice()
-                });
-            }
-        }
         prune(&self.by_name, now);
-        let by_ip = self.by_ip.pin();
-        let mut partly: Vec<IpAddr> = Vec::new();
-        by_ip.retain(|ip, list| {
-            let live = list.iter().filter(|b| b.expires > now).count();
-            if live > 0 && live < list.len {
-                partly.push(*ip);
-            }
-            live > 0
-        });
-        for ip in partly {
-            by_ip.compute(ip, |entry| match entry {
-                Some((_, list)) => match NameList::build(&list.live(now)) {
-                    Some(fresh) => papaya::Operation::Insert(fresh),
-                    None => papaya::Operation::Remove,
-                },
-                None => papaya::Operation::Abort(()),
-            });
-        }
+        prune(&self.by_ip, now);
         self.aliases.pin().retain(|_, b| b.expires > now);
         self.full.store(false, std::sync::atomic::Ordering::Relaxed);
     }
@@ -437,10 +394,7 @@ fn merge<T: Clone + PartialEq>(
     let mut out: Vec<Binding<T>> = Vec::with_capacity(old.len() + fresh.len());
     out.extend(old.iter().filter(|b| b.expires > now).cloned());
     for b in fresh.iter().filter(|b| b.expires > now) {
-        match out.iter_mut().find(|o| o.value == b.value) {
-            Some(o) => o.expires = o.expires.max(b.expires),
-            None => out.push(b.clone()),
-        }
+        keep_latest(&mut out, b);
     }
     if out.len() == cap + 1 {
         // The common case at the cap: one binding in, the earliest out (of
@@ -459,6 +413,71 @@ fn merge<T: Clone + PartialEq>(
         out.truncate(cap);
     }
     out.into_boxed_slice()
+}
+
+/// What [`DnsMemory::purge`] needs of a stored value: how many of its
+/// entries are fresh at `now` (and of how many), and a copy of it with only
+/// those (`None` when none is left).
+trait Expiring: Sized {
+    fn fresh_of(&self, now: Instant) -> (usize, usize);
+    fn only_fresh(&self, now: Instant) -> Option<Self>;
+}
+
+impl<T: Clone> Expiring for Bindings<T> {
+    fn fresh_of(&self, now: Instant) -> (usize, usize) {
+        (self.iter().filter(|b| b.expires > now).count(), self.len())
+    }
+
+    fn only_fresh(&self, now: Instant) -> Option<Self> {
+        let fresh: Bindings<T> = self.iter().filter(|b| b.expires > now).cloned().collect();
+        (!fresh.is_empty()).then_some(fresh)
+    }
+}
+
+impl Expiring for Arc<NameList> {
+    fn fresh_of(&self, now: Instant) -> (usize, usize) {
+        (self.iter().filter(|b| b.expires > now).count(), self.len)
+    }
+
+    fn only_fresh(&self, now: Instant) -> Option<Self> {
+        NameList::build(&self.live(now))
+    }
+}
+
+/// Remove the entries of `map` with nothing fresh at `now`, and rebuild
+/// those with something stale.
+fn prune<K, V>(map: &papaya::HashMap<K, V>, now: Instant)
+where
+    K: std::hash::Hash + Eq + Clone,
+    V: Expiring,
+{
+    let pinned = map.pin();
+    let mut partly: Vec<K> = Vec::new();
+    pinned.retain(|k, v| {
+        let (fresh, of) = v.fresh_of(now);
+        if fresh > 0 && fresh < of {
+            partly.push(k.clone());
+        }
+        fresh > 0
+    });
+    for k in partly {
+        pinned.compute(k, |entry| match entry {
+            Some((_, v)) => match v.only_fresh(now) {
+                Some(fresh) => papaya::Operation::Insert(fresh),
+                None => papaya::Operation::Remove,
+            },
+            None => papaya::Operation::Abort(()),
+        });
+    }
+}
+
+/// `b` into `out`: a value already there keeps the later expiry, a new one
+/// is added.
+fn keep_latest<T: Clone + PartialEq>(out: &mut Vec<Binding<T>>, b: &Binding<T>) {
+    match out.iter_mut().find(|o| o.value == b.value) {
+        Some(o) => o.expires = o.expires.max(b.expires),
+        None => out.push(b.clone()),
+    }
 }
 
 /// Lowercase, one trailing dot removed; borrowed when already so. `None`
