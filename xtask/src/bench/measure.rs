@@ -375,9 +375,7 @@ impl Fleet<'_> {
             .into_iter()
             .map(|t| {
                 let r = match load(t) {
-                    Some(l) => self
-                        .member(t)
-                        .map(|m| (l, make(&m.running), Measured::default())),
+                    Some(l) => self.op(t, make).map(|op| (l, op, Measured::default())),
                     None => Err("no load for this pass".to_owned()),
                 };
                 (t, r)
