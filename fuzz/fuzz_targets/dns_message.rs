@@ -1,16 +1,38 @@
 //! DNS message handling on arbitrary bytes, both as a client's query (parse,
 //! own answers) and as an upstream's answer (CNAME chain, `ech` removal,
-//! re-encoding, UDP truncation): never panics.
+//! re-encoding, UDP truncation): never panics. And the fast path
+//! (`wire.rs`) reads nothing hickory reads differently: a query it takes
+//! is the query the hickory path reads; an answer it takes (the input's
+//! first byte says where the query ends and the answer begins) is what
+//! hickory reads.
 #![no_main]
 
 #[path = "../../proxy/src/dns/message.rs"]
 #[allow(dead_code, missing_docs)]
 mod message;
+#[path = "../../proxy/src/dns/wire.rs"]
+#[allow(dead_code, missing_docs)]
+mod wire;
 
 use hickory_proto::op::{Message, ResponseCode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    if wire::read_query(data).is_some() {
+        assert_eq!(message::parse_query(data), message::parse_query_parsed(data));
+    }
+    if let Some((&n, rest)) = data.split_first() {
+        let (q, reply) = rest.split_at(usize::from(n).min(rest.len()));
+        if let Ok(query) = message::parse_query(q)
+            && let Some(fast) = wire::read_answer(reply, query.question())
+        {
+            let m = Message::from_vec(reply).expect("hickory parses what the fast path took");
+            assert!(message::answers_question(&query, &m));
+            assert!(!m.truncated());
+            assert_eq!(u16::from(m.response_code()), u16::from(fast.rcode));
+            assert_eq!(message::facts(m.answers()), fast.facts);
+        }
+    }
     match message::parse_query(data) {
         Ok(q) => {
             let refused = message::own_answer(&q, ResponseCode::Refused);
@@ -29,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
             .first()
             .map(|q| message::ascii_name(q.name()))
             .unwrap_or_default();
-        let _ = message::learn(&qname, reply.answers());
+        let _ = message::learn(&qname, &message::facts(reply.answers()));
         if message::strip_ech(&mut reply) {
             if let Ok(wire) = reply.to_vec() {
                 let mut again = Message::from_vec(&wire).expect("re-encoded answer parses");

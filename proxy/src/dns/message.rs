@@ -1,16 +1,20 @@
-//! DNS messages as the proxy handles them (hickory-proto for the wire
-//! format): reading a client's query, the answers the proxy makes itself
-//! (REFUSED, NXDOMAIN, SERVFAIL, FORMERR, NOTIMP), what an upstream answer
-//! teaches (the CNAME chain from the query name and its addresses), removing
-//! `ech` from HTTPS/SVCB records, and fitting an answer into a client's UDP
+//! DNS messages as the proxy handles them: reading a client's query (the
+//! everyday shape straight from its bytes in [`super::wire`], anything else
+//! through hickory-proto), the answers the proxy makes itself (REFUSED,
+//! NXDOMAIN, SERVFAIL, FORMERR, NOTIMP), what an upstream answer teaches
+//! (the CNAME chain from the query name and its addresses), removing `ech`
+//! from HTTPS/SVCB records, and fitting an answer into a client's UDP
 //! payload size. Pure: no I/O.
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::HTTPS;
 use hickory_proto::rr::rdata::svcb::{Mandatory, SVCB, SvcParamKey, SvcParamValue};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
+
+use super::wire;
 
 /// DNS header length.
 pub const HEADER_LEN: usize = 12;
@@ -21,17 +25,33 @@ const OWN_EDNS_PAYLOAD: u16 = 1232;
 /// CNAME hops followed before giving up on a chain.
 const MAX_CHAIN: usize = 16;
 
-/// A client's query that the proxy can decide on.
-#[derive(Debug, Clone)]
+/// A client's query that the proxy can decide on: what deciding, answering
+/// it itself and checking the upstream's answer need.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
-    /// The parsed message.
-    pub message: Message,
+    /// The client's id.
+    pub id: u16,
+    /// Header bytes 2 and 3 as the client sent them (opcode and RD; CD).
+    flags: [u8; 2],
+    /// The question as on the wire, uncompressed: name, type, class.
+    question: Box<[u8]>,
     /// The question name: ASCII, lowercase, no trailing dot (empty for the root).
     pub name: String,
     /// The question's type.
     pub qtype: RecordType,
+    /// The question's class.
+    pub qclass: DNSClass,
+    /// Whether the query has an OPT record (EDNS).
+    pub edns: bool,
     /// The largest UDP answer the client accepts.
     pub udp_payload: usize,
+}
+
+impl Query {
+    /// The question as on the wire, uncompressed: name, type, class.
+    pub fn question(&self) -> &[u8] {
+        &self.question
+    }
 }
 
 /// Why a query is not decided on, and what (if anything) to answer.
@@ -47,6 +67,28 @@ pub struct Rejected {
 /// rejected: FORMERR (or NOTIMP for other opcodes) when a header can be
 /// answered, silence when not even that (or when it is a response).
 pub fn parse_query(raw: &[u8]) -> Result<Query, Rejected> {
+    if let Some(w) = wire::read_query(raw) {
+        return Ok(Query {
+            id: w.id,
+            flags: w.flags,
+            question: w.question.into(),
+            name: w.name,
+            qtype: RecordType::from(w.qtype),
+            qclass: DNSClass::IN,
+            edns: w.edns_payload.is_some(),
+            udp_payload: w
+                .edns_payload
+                .map_or(MIN_UDP_PAYLOAD, usize::from)
+                .max(MIN_UDP_PAYLOAD),
+        });
+    }
+    parse_query_parsed(raw)
+}
+
+/// [`parse_query`] through a hickory message: every query that is not of
+/// the everyday shape [`wire::read_query`] reads (which has at least
+/// [`HEADER_LEN`] bytes).
+pub fn parse_query_parsed(raw: &[u8]) -> Result<Query, Rejected> {
     let Some(header) = raw.get(..HEADER_LEN) else {
         return Err(Rejected {
             what: "DNS message shorter than its header",
@@ -59,10 +101,11 @@ pub fn parse_query(raw: &[u8]) -> Result<Query, Rejected> {
             reply: None,
         });
     }
-    let message = Message::from_vec(raw).map_err(|_| Rejected {
-        what: "DNS query cannot be parsed",
+    let formerr = |what| Rejected {
+        what,
         reply: Some(header_only_error(header, ResponseCode::FormErr)),
-    })?;
+    };
+    let message = Message::from_vec(raw).map_err(|_| formerr("DNS query cannot be parsed"))?;
     if message.op_code() != OpCode::Query {
         return Err(Rejected {
             what: "DNS opcode other than QUERY",
@@ -70,23 +113,25 @@ pub fn parse_query(raw: &[u8]) -> Result<Query, Rejected> {
         });
     }
     let [question] = message.queries() else {
-        return Err(Rejected {
-            what: "DNS query without exactly one question",
-            reply: Some(header_only_error(header, ResponseCode::FormErr)),
-        });
+        return Err(formerr("DNS query without exactly one question"));
     };
-    let name = ascii_name(question.name());
-    let qtype = question.query_type();
-    let udp_payload = message
-        .extensions()
-        .as_ref()
-        .map_or(MIN_UDP_PAYLOAD, |e| usize::from(e.max_payload()))
-        .max(MIN_UDP_PAYLOAD);
+    let mut wire = Vec::with_capacity(question.name().len() + 6);
+    question
+        .emit(&mut BinEncoder::new(&mut wire))
+        .map_err(|_| formerr("DNS query cannot be parsed"))?;
     Ok(Query {
-        message,
-        name,
-        qtype,
-        udp_payload,
+        id: message.id(),
+        flags: [header[2], header[3]],
+        question: wire.into(),
+        name: ascii_name(question.name()),
+        qtype: question.query_type(),
+        qclass: question.query_class(),
+        edns: message.extensions().is_some(),
+        udp_payload: message
+            .extensions()
+            .as_ref()
+            .map_or(MIN_UDP_PAYLOAD, |e| usize::from(e.max_payload()))
+            .max(MIN_UDP_PAYLOAD),
     })
 }
 
@@ -97,14 +142,7 @@ pub fn parse_query(raw: &[u8]) -> Result<Query, Rejected> {
 pub fn ascii_name(name: &Name) -> String {
     let mut s = String::with_capacity(name.len());
     for (i, label) in name.iter().enumerate() {
-        let plain = !label.is_empty()
-            && label.iter().enumerate().all(|(j, &b)| {
-                b.is_ascii_alphanumeric()
-                    || b == b'_'
-                    || (b == b'-' && j > 0)
-                    || (b == b'*' && j == 0)
-            });
-        if !plain {
+        if !wire::plain_label(label) {
             return escaped_ascii_name(name);
         }
         if i > 0 {
@@ -138,26 +176,26 @@ fn header_only_error(header: &[u8], rcode: ResponseCode) -> Vec<u8> {
 }
 
 /// The proxy's own answer to `query`: `rcode`, the question echoed, no
-/// records (REFUSED, NXDOMAIN, SERVFAIL).
+/// records (REFUSED, NXDOMAIN, SERVFAIL). Same id, opcode, RD and CD; RA
+/// set; an OPT record advertising [`OWN_EDNS_PAYLOAD`] when the query had
+/// one (it carries the rcode's high bits).
 pub fn own_answer(query: &Query, rcode: ResponseCode) -> Vec<u8> {
-    let q = &query.message;
-    let mut m = Message::error_msg(q.id(), q.op_code(), rcode);
-    m.set_recursion_desired(q.recursion_desired())
-        .set_recursion_available(true)
-        .set_checking_disabled(q.checking_disabled())
-        .add_queries(q.queries().iter().cloned());
-    if q.extensions().is_some() {
-        let mut edns = Edns::new();
-        edns.set_max_payload(OWN_EDNS_PAYLOAD);
-        m.set_edns(edns);
+    let code = u16::from(rcode);
+    let mut out = Vec::with_capacity(HEADER_LEN + query.question.len() + 11);
+    out.extend_from_slice(&query.id.to_be_bytes());
+    // QR=1, opcode and RD kept, AA=0, TC=0.
+    out.push(0x80 | (query.flags[0] & 0x79));
+    // RA=1, Z=0, AD=0, CD kept, the rcode's low bits.
+    out.push(0x80 | (query.flags[1] & 0x10) | (code & 0x0f) as u8);
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(query.edns)]);
+    out.extend_from_slice(&query.question);
+    if query.edns {
+        let [hi, lo] = OWN_EDNS_PAYLOAD.to_be_bytes();
+        // Root owner, type OPT, payload, TTL (rcode high bits, version 0,
+        // no flags), no options.
+        out.extend_from_slice(&[0, 0, 41, hi, lo, (code >> 4) as u8, 0, 0, 0, 0, 0]);
     }
-    // Encoding a message made of parsed parts cannot fail; if it ever did,
-    // a header-only answer still tells the client.
-    m.to_vec().unwrap_or_else(|_| {
-        let mut h = [0u8; HEADER_LEN];
-        h[..2].copy_from_slice(&q.id().to_be_bytes());
-        header_only_error(&h, rcode)
-    })
+    out
 }
 
 /// What an upstream answer teaches about the query name.
@@ -173,52 +211,57 @@ pub struct Learned {
     pub ttl: u32,
 }
 
-/// Follow the CNAME chain from `qname` through `answers` and collect the
-/// addresses its names were answered with.
-pub fn learn(qname: &str, answers: &[Record]) -> Learned {
-    let mut learned = Learned::default();
-    let mut chain: Vec<String> = vec![qname.to_owned()];
-    let mut current = qname.to_owned();
-    for _ in 0..MAX_CHAIN {
-        let next = answers.iter().find_map(|r| match r.data() {
-            RData::CNAME(c) if ascii_name(r.name()) == current => Some((ascii_name(&c.0), r.ttl())),
-            _ => None,
-        });
-        match next {
-            Some((target, ttl)) if !chain.contains(&target) => {
-                chain.push(target.clone());
-                learned.aliases.push((target.clone(), ttl));
-                current = target;
-            }
-            _ => break,
-        }
-    }
-    let mut ttl: Option<u32> = None;
-    let mut add = |ip: IpAddr, t: u32, learned: &mut Learned| {
-        if !learned.addresses.contains(&ip) {
-            learned.addresses.push(ip);
-        }
-        ttl = Some(ttl.map_or(t, |m| m.min(t)));
-    };
-    for r in answers {
-        if !chain.contains(&ascii_name(r.name())) {
-            continue;
-        }
+/// What one answer record says, as far as the proxy learns from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// A CNAME record: `owner` is an alias of `target`.
+    Alias {
+        /// The record's name (ASCII, lowercase, no trailing dot).
+        owner: String,
+        /// The canonical name it points to (same form).
+        target: String,
+        /// The record's TTL.
+        ttl: u32,
+    },
+    /// An address of `owner`: an A or AAAA record, or an address hint of an
+    /// HTTPS/SVCB record that serves its own name (target `.`).
+    Address {
+        /// The record's name (ASCII, lowercase, no trailing dot).
+        owner: String,
+        /// The address.
+        ip: IpAddr,
+        /// The record's TTL.
+        ttl: u32,
+    },
+}
+
+/// The facts of hickory records, in order (other records say nothing the
+/// proxy keeps).
+pub fn facts(records: &[Record]) -> Vec<Fact> {
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let ttl = r.ttl();
+        let address = |ip: IpAddr| Fact::Address {
+            owner: ascii_name(r.name()),
+            ip,
+            ttl,
+        };
         match r.data() {
-            RData::A(a) => add(IpAddr::V4(a.0), r.ttl(), &mut learned),
-            RData::AAAA(a) => add(IpAddr::V6(a.0), r.ttl(), &mut learned),
+            RData::CNAME(c) => out.push(Fact::Alias {
+                owner: ascii_name(r.name()),
+                target: ascii_name(&c.0),
+                ttl,
+            }),
+            RData::A(a) => out.push(address(IpAddr::V4(a.0))),
+            RData::AAAA(a) => out.push(address(IpAddr::V6(a.0))),
             RData::HTTPS(HTTPS(s)) | RData::SVCB(s) if s.target_name().is_root() => {
                 for (_, v) in s.svc_params() {
                     match v {
                         SvcParamValue::Ipv4Hint(h) => {
-                            for a in &h.0 {
-                                add(IpAddr::V4(a.0), r.ttl(), &mut learned);
-                            }
+                            out.extend(h.0.iter().map(|a| address(IpAddr::V4(a.0))));
                         }
                         SvcParamValue::Ipv6Hint(h) => {
-                            for a in &h.0 {
-                                add(IpAddr::V6(a.0), r.ttl(), &mut learned);
-                            }
+                            out.extend(h.0.iter().map(|a| address(IpAddr::V6(a.0))));
                         }
                         _ => {}
                     }
@@ -227,7 +270,41 @@ pub fn learn(qname: &str, answers: &[Record]) -> Learned {
             _ => {}
         }
     }
-    learned.ttl = ttl.unwrap_or(0);
+    out
+}
+
+/// Follow the CNAME chain from `qname` through the answer section's
+/// `facts` and collect the addresses its names were answered with.
+pub fn learn(qname: &str, facts: &[Fact]) -> Learned {
+    let mut learned = Learned::default();
+    let mut chain: Vec<&str> = vec![qname];
+    let mut current = qname;
+    for _ in 0..MAX_CHAIN {
+        let next = facts.iter().find_map(|f| match f {
+            Fact::Alias { owner, target, ttl } if owner == current => Some((target, *ttl)),
+            _ => None,
+        });
+        match next {
+            Some((target, ttl)) if !chain.contains(&target.as_str()) => {
+                chain.push(target);
+                learned.aliases.push((target.clone(), ttl));
+                current = target;
+            }
+            _ => break,
+        }
+    }
+    let mut min_ttl: Option<u32> = None;
+    for f in facts {
+        if let Fact::Address { owner, ip, ttl } = f
+            && chain.contains(&owner.as_str())
+        {
+            if !learned.addresses.contains(ip) {
+                learned.addresses.push(*ip);
+            }
+            min_ttl = Some(min_ttl.map_or(*ttl, |m| m.min(*ttl)));
+        }
+    }
+    learned.ttl = min_ttl.unwrap_or(0);
     learned
 }
 
@@ -290,11 +367,11 @@ fn without_ech(s: &SVCB) -> Option<SVCB> {
 /// class; the id is checked by the transport).
 pub fn answers_question(query: &Query, reply: &Message) -> bool {
     reply.message_type() == MessageType::Response
-        && match (query.message.queries(), reply.queries()) {
-            ([q], [r]) => {
-                q.query_type() == r.query_type()
-                    && q.query_class() == r.query_class()
-                    && ascii_name(q.name()) == ascii_name(r.name())
+        && match reply.queries() {
+            [r] => {
+                r.query_type() == query.qtype
+                    && r.query_class() == query.qclass
+                    && ascii_name(r.name()) == query.name
             }
             _ => false,
         }

@@ -2,7 +2,7 @@
 //! in `udp`), the proxy's client side towards the upstream resolvers
 //! (`upstream`, `resolver`), the memory of what the answers said (`memory`)
 //! and the wire-level handling of messages (`message`, hickory-proto for
-//! the format).
+//! the format; `wire`, the fast path for the everyday shapes).
 
 pub mod memory;
 pub mod message;
@@ -10,6 +10,7 @@ pub mod resolver;
 pub mod server;
 mod udp;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -15,7 +15,7 @@ use hickory_proto::rr::{Name, RecordType};
 
 use super::DnsError;
 use super::memory::{DnsMemory, normalise};
-use super::message::{ascii_name, learn};
+use super::message::{ascii_name, facts, learn};
 use super::upstream::{DEFAULT_TIMEOUT, Upstreams};
 
 /// The longest a lookup result is reused.
@@ -162,7 +162,7 @@ impl Resolver {
             ResponseCode::NoError | ResponseCode::NXDomain => {}
             rcode => return Err(DnsError::Rcode(x.from, rcode)),
         }
-        let learned = learn(key, reply.answers());
+        let learned = learn(key, &facts(reply.answers()));
         let wanted: Vec<IpAddr> = learned
             .addresses
             .into_iter()

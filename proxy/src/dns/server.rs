@@ -19,8 +19,9 @@ use tokio_util::task::TaskTracker;
 
 use super::DnsError;
 use super::memory::DnsMemory;
-use super::message::{self, Query};
+use super::message::{self, Fact, Query};
 use super::upstream::Exchanged;
+use super::wire;
 use crate::decide::enforce_outcome;
 use crate::engine::Engine;
 
@@ -287,8 +288,31 @@ fn decide(engine: &Engine, name: &str, now: Instant) -> (Decision, Option<Arc<st
 
 /// Check an upstream answer against the query, remember what it teaches,
 /// remove `ech`, give it the client's id and fit it to the client's
-/// transport.
+/// transport. An answer of the everyday shape ([`wire::read_answer`]) that
+/// fits is read from its bytes and relayed as it came; anything else goes
+/// through a hickory message.
 pub fn relay_answer(
+    x: Exchanged,
+    query: &Query,
+    memory: &DnsMemory,
+    now: Instant,
+    tcp: bool,
+) -> Result<Vec<u8>, DnsError> {
+    if (tcp || x.reply.len() <= query.udp_payload)
+        && let Some(answer) = wire::read_answer(&x.reply, query.question())
+    {
+        if answer.rcode == 0 {
+            remember(memory, &query.name, &answer.facts, now);
+        }
+        let mut reply = x.reply;
+        message::set_id(&mut reply, query.id);
+        return Ok(reply);
+    }
+    relay_parsed(x, query, memory, now, tcp)
+}
+
+/// [`relay_answer`] through a hickory message.
+pub fn relay_parsed(
     x: Exchanged,
     query: &Query,
     memory: &DnsMemory,
@@ -300,16 +324,15 @@ pub fn relay_answer(
         return Err(DnsError::BadReply(x.from));
     }
     if msg.response_code() == ResponseCode::NoError {
-        remember(memory, &query.name, &msg, now);
+        remember(memory, &query.name, &message::facts(msg.answers()), now);
     }
-    let client_id = query.message.id();
-    msg.set_id(client_id);
+    msg.set_id(query.id);
     let mut reply = if message::strip_ech(&mut msg) {
         msg.to_vec().map_err(|_| DnsError::BadReply(x.from))?
     } else {
         x.reply
     };
-    message::set_id(&mut reply, client_id);
+    message::set_id(&mut reply, query.id);
     Ok(if tcp {
         reply
     } else {
@@ -319,8 +342,8 @@ pub fn relay_answer(
 
 /// Remember the answer's addresses under the query name and each name of
 /// its CNAME chain, and the chain's names as aliases of the query name.
-fn remember(memory: &DnsMemory, qname: &str, msg: &Message, now: Instant) {
-    let learned = message::learn(qname, msg.answers());
+fn remember(memory: &DnsMemory, qname: &str, facts: &[Fact], now: Instant) {
+    let learned = message::learn(qname, facts);
     let ttl = Duration::from_secs(u64::from(learned.ttl));
     memory.remember(qname, &learned.addresses, ttl, now);
     for (alias, alias_ttl) in &learned.aliases {

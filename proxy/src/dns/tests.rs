@@ -124,7 +124,7 @@ fn own_answers_echo_the_question() {
 #[test]
 fn cname_chains_are_followed_and_strays_ignored() {
     let m = Message::from_vec(CNAME_R).unwrap();
-    let l = message::learn("www.allowed.example", m.answers());
+    let l = message::learn("www.allowed.example", &message::facts(m.answers()));
     assert_eq!(
         l.aliases,
         // Each alias lives as long as the CNAME record that points to it.
@@ -142,7 +142,7 @@ fn cname_chains_are_followed_and_strays_ignored() {
 #[test]
 fn cname_loops_end() {
     let m = Message::from_vec(LOOP_R).unwrap();
-    let l = message::learn("a.loop.example", m.answers());
+    let l = message::learn("a.loop.example", &message::facts(m.answers()));
     assert_eq!(l.aliases, vec![("b.loop.example".to_owned(), 60)]);
     assert_eq!(l.addresses, vec![ip("198.51.100.9")]);
 }
@@ -150,7 +150,7 @@ fn cname_loops_end() {
 #[test]
 fn https_address_hints_are_learned() {
     let m = Message::from_vec(HTTPS_ECH_R).unwrap();
-    let l = message::learn("ech.example", m.answers());
+    let l = message::learn("ech.example", &message::facts(m.answers()));
     assert_eq!(l.addresses, vec![ip("192.0.2.1"), ip("2001:db8::1")]);
 }
 
