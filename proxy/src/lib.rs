@@ -23,6 +23,7 @@ pub mod relay;
 pub mod reload;
 pub mod selftest;
 pub mod sni_listen;
+pub mod sockread;
 pub mod sudo;
 pub mod tamper;
 #[cfg(test)]

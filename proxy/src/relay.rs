@@ -11,7 +11,8 @@
 //! 256 KiB at a time (tokio's fixed 8 KiB copy buffer costs two thirds of
 //! the throughput, performance.md). Reads go into uninitialised capacity, so
 //! nothing is zero-filled, and a direction quiet for [`BUFFER_LINGER`] gives
-//! its own buffer back.
+//! its own buffer back. A short read ends a burst without one more `recv`
+//! ([`crate::sockread`]).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,7 +197,7 @@ async fn copy(
                 }
             }
             let space = buf.space();
-            let n = match reader.try_read_buf(space) {
+            let n = match crate::sockread::try_read(reader.as_ref(), space, usize::MAX) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if retry(&e) => continue,
@@ -284,7 +285,7 @@ mod scratch {
             if scratch.capacity() < BUFFER_SIZE {
                 *scratch = Vec::with_capacity(BUFFER_SIZE);
             }
-            let n = match reader.try_read_buf(scratch) {
+            let n = match crate::sockread::try_read(reader.as_ref(), scratch, BUFFER_SIZE) {
                 Ok(0) => return Ok(Passed::End),
                 Ok(n) => n,
                 Err(e) if retry(&e) => return Ok(Passed::Nothing),

@@ -1,7 +1,8 @@
 //! What the listeners' in-process tests share (transparent, CONNECT, SNI,
 //! and the ClientHello parser): an engine over a throwaway journal whose
 //! resolver's upstream refuses at once, one exchange with a listener, the
-//! decision record read back, and ClientHellos built byte by byte.
+//! decision record read back, ClientHellos built byte by byte, and a
+//! connected pair of loopback sockets (the relay and socket-read tests).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,11 +11,19 @@ use std::time::Duration;
 use egressd_audit::{Journal, JournalConfig, Kind, Record};
 use egressd_policy::Policy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::dns::{DnsMemory, Resolver};
 use crate::engine::{Engine, EngineParts};
 use crate::limits::Limits;
+
+/// A connected pair of loopback sockets.
+pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (b, _) = l.accept().await.unwrap();
+    (a, b)
+}
 
 /// The real engine and its journal in a temporary directory.
 pub(crate) struct TestEngine {

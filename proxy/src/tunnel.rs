@@ -12,7 +12,7 @@ use std::time::Duration;
 use egressd_audit::{HostSource, Record};
 use egressd_policy::{Decision, Reason};
 use socket2::SockRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
 
@@ -102,8 +102,8 @@ async fn read_first_bytes(client: &mut TcpStream, engine: &Engine, initial: Vec<
         let old_len = buf.len();
         // Read into spare capacity: nothing is zero-filled.
         buf.reserve(room);
-        let mut limited = (&mut *client).take(room as u64);
-        let read = tokio::time::timeout_at(deadline, limited.read_buf(&mut buf)).await;
+        let read =
+            tokio::time::timeout_at(deadline, crate::sockread::read(client, &mut buf, room)).await;
         match read {
             Ok(Ok(n)) => {
                 if n == 0 {

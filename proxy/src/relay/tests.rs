@@ -1,18 +1,11 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{BUFFER_SIZE, Buffer, Ending, INITIAL_BUFFER_SIZE, relay};
 
-/// A connected pair of sockets.
-async fn pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-    let (b, _) = l.accept().await.unwrap();
-    (a, b)
-}
+use crate::test_support::tcp_pair as pair;
 
 #[tokio::test]
 async fn moves_bytes_both_ways_and_passes_half_close_on() {
