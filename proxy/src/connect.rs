@@ -228,7 +228,6 @@ fn status_for(reason: Reason) -> &'static str {
 
 async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    let _ = client.set_nodelay(true);
     let Some(_permit) = engine.try_tunnel() else {
         let d = Decision::engine_deny(Reason::LimitExceeded);
         tunnel::audit_decision(&engine, &d, |r| {

@@ -319,9 +319,8 @@ struct Bound {
     metrics: Option<TcpListener>,
 }
 
-async fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    crate::tunnel::listen(addr)
         .with_context(|| format!("cannot listen on {addr} for the {what}; choose another address"))
 }
 
@@ -363,12 +362,12 @@ async fn bind_tcp_group(
 ) -> anyhow::Result<Vec<TcpListener>> {
     // An ephemeral primary port may be taken on a companion address: retry.
     for attempt in 0..8 {
-        let first = bind_tcp(primary, what).await?;
+        let first = bind_tcp(primary, what)?;
         let port = first.local_addr()?.port();
         let mut all = vec![first];
         let mut collided = false;
         for a in companions(SocketAddr::new(primary.ip(), port), kernel) {
-            match TcpListener::bind(a).await {
+            match crate::tunnel::listen(a) {
                 Ok(l) => all.push(l),
                 Err(e) if optional_v6(a, &e) => {
                     tracing::warn!(%a, "no IPv6 loopback: IPv6 connections cannot be redirected")
@@ -456,15 +455,15 @@ async fn bind(plan: &Plan) -> anyhow::Result<Bound> {
         None => Vec::new(),
     };
     let explicit = match plan.explicit {
-        Some(a) => Some(bind_tcp(a, "CONNECT proxy").await?),
+        Some(a) => Some(bind_tcp(a, "CONNECT proxy")?),
         None => None,
     };
     let mut sni = Vec::with_capacity(plan.sni.len());
     for &a in &plan.sni {
-        sni.push(bind_tcp(a, "SNI listener").await?);
+        sni.push(bind_tcp(a, "SNI listener")?);
     }
     let metrics = match plan.metrics {
-        Some(a) => Some(bind_tcp(a, "metrics endpoint").await?),
+        Some(a) => Some(bind_tcp(a, "metrics endpoint")?),
         None => None,
     };
     let (dns_udp, dns_tcp) = match plan.dns {

@@ -77,7 +77,6 @@ async fn open_tunnel(
     peer: SocketAddr,
     upstream_port: u16,
 ) -> Option<tunnel::OpenTunnel> {
-    let _ = client.set_nodelay(true);
     let peeked = tunnel::peek(&mut client, engine, Vec::new()).await;
     let name = match &peeked.first {
         FirstBytes::Named {

@@ -233,6 +233,22 @@ pub async fn audit_decision(
     rec
 }
 
+/// A listener for tunnels on `addr`, made as `TcpListener::bind` makes one
+/// (SO_REUSEADDR, a backlog of 1024), with `TCP_NODELAY` set before it
+/// listens: every accepted socket inherits it, so replies are relayed as
+/// they come with no call per connection.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Accepts on `listener` until the engine stops accepting; every connection
 /// is handled by `handle` in its own task (tracked by `tasks`, so shutdown can
 /// wait for it). `listener_name` names the listener in logs.
@@ -337,4 +353,41 @@ pub async fn run(
         Some(other) => Some(format!("ended: {}", other.as_str())),
     };
     engine.audit(closing).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::net::TcpStream;
+    use tokio::sync::mpsc;
+
+    use super::{accept_loop, listen};
+    use crate::limits::Limits;
+    use crate::test_support::TestEngine;
+
+    /// Every connection accepted on a [`listen`]er has TCP_NODELAY, with no
+    /// call per connection.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let t = TestEngine::new("version: 1\n", Limits::default());
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let engine = Arc::clone(&t.engine);
+        let tasks = tokio_util::task::TaskTracker::new();
+        tokio::spawn(async move {
+            accept_loop(&engine, listener, tasks, "test", |stream, _| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(stream.nodelay().unwrap());
+                }
+            })
+            .await;
+        });
+        for _ in 0..3 {
+            let _client = TcpStream::connect(addr).await.unwrap();
+            assert!(rx.recv().await.unwrap(), "accepted without TCP_NODELAY");
+        }
+    }
 }
