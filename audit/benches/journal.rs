@@ -27,24 +27,30 @@ fn typical() -> Record {
         },
     );
     let mut r = Record::new("gh-runner-ubuntu-24-04-x64-017", Kind::Tcp, &d);
-    r.job = Some(JobTags {
-        repository: Some("acme/web-frontend".into()),
-        workflow: Some("CI".into()),
-        run_id: Some("11873465201".into()),
-        run_attempt: Some("1".into()),
-        job: Some("build".into()),
-    });
+    r.job = Some(
+        JobTags {
+            repository: Some("acme/web-frontend".into()),
+            workflow: Some("CI".into()),
+            run_id: Some("11873465201".into()),
+            run_attempt: Some("1".into()),
+            job: Some("build".into()),
+        }
+        .into(),
+    );
     r.host = Some("objects.githubusercontent.com".into());
     r.host_source = HostSource::Sni;
     r.dst = Some("198.51.100.133:443".parse().expect("valid address"));
     r.src = Some("10.1.0.2:51234".parse().expect("valid address"));
-    r.process = Some(Process {
-        pid: Some(48213),
-        comm: Some("git-remote-http".into()),
-        exe: Some("/usr/lib/git-core/git-remote-http".into()),
-        cgroup: Some("/system.slice/actions.runner.service".into()),
-        container: None,
-    });
+    r.process = Some(
+        Process {
+            pid: Some(48213),
+            comm: Some("git-remote-http".into()),
+            exe: Some("/usr/lib/git-core/git-remote-http".into()),
+            cgroup: Some("/system.slice/actions.runner.service".into()),
+            container: None,
+        }
+        .into(),
+    );
     r
 }
 

@@ -71,19 +71,25 @@ pub fn dns(verdict: Verdict, name: &str) -> Record {
 
 /// `r` made by process `comm`.
 pub fn by(mut r: Record, comm: &str) -> Record {
-    r.process = Some(Process {
-        pid: Some(4242),
-        comm: Some(comm.to_owned()),
-        ..Process::default()
-    });
+    r.process = Some(
+        Process {
+            pid: Some(4242),
+            comm: Some(comm.to_owned()),
+            ..Process::default()
+        }
+        .into(),
+    );
     r
 }
 
 /// `r` in a job of `repo`.
 pub fn in_repo(mut r: Record, repo: &str) -> Record {
-    r.job = Some(JobTags {
-        repository: Some(repo.to_owned()),
-        ..JobTags::default()
-    });
+    r.job = Some(
+        JobTags {
+            repository: Some(repo.to_owned()),
+            ..JobTags::default()
+        }
+        .into(),
+    );
     r
 }

@@ -2,6 +2,7 @@
 //! journal it is written to, and the ways records leave it (export, job
 //! summary, policy suggestions, shipping). Knows nothing of sockets.
 
+pub mod addr_format;
 pub mod export;
 pub mod filter;
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! pin the exact bytes; changing them needs a new `v`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use egressd_policy::{Decision, Reason, Verdict};
 use serde::{Deserialize, Serialize};
@@ -103,7 +104,7 @@ pub struct Record {
     pub runner: String,
     /// The job active at the time, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<JobTags>,
+    pub job: Option<Arc<JobTags>>,
     /// Traffic kind.
     pub kind: Kind,
     /// What happened to the traffic.
@@ -121,14 +122,22 @@ pub struct Record {
     /// Where `host` came from.
     pub host_source: HostSource,
     /// `ip:port` actually (or would have been) connected to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::addr_format::serialize"
+    )]
     pub dst: Option<SocketAddr>,
     /// `ip:port` of the client socket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::addr_format::serialize"
+    )]
     pub src: Option<SocketAddr>,
     /// The process, as far as the kernel told us.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process: Option<Process>,
+    pub process: Option<Box<Process>>,
     /// Closing record of an allowed TCP connection: bytes client -> upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_up: Option<u64>,

@@ -386,7 +386,7 @@ fn fill(
     r.host_source = d.host_source;
     r.dst = dst;
     r.src = Some(src);
-    r.process = process;
+    r.process = process.map(Box::new);
 }
 
 /// Inside an allowed tunnel: the name the client's first bytes carry must be

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActiveJob {
     /// Tags written into every record; `None` between jobs.
-    pub tags: Option<JobTags>,
+    pub tags: Option<Arc<JobTags>>,
     /// The runner labels the job asked for (they select policy overrides).
     pub labels: Vec<String>,
 }
@@ -237,7 +237,7 @@ impl Engine {
             && rec.process.is_none()
             && let Some(client) = rec.src
         {
-            rec.process = self.dns_process(client);
+            rec.process = self.dns_process(client).map(Box::new);
         }
         if let Err(e) = self.journal.append(rec).await {
             tracing::error!(error = %e, "audit record not written");

@@ -216,9 +216,9 @@ async fn record_deny(engine: &Engine, origins: &EbpfOrigins, ev: &DenyEvent) {
                     .flatten()
                     .unwrap_or(0);
             let comm = proc_comm(pid).unwrap_or_default();
-            origins.process(pid, &comm, ev.cgroup_id)
+            Box::new(origins.process(pid, &comm, ev.cgroup_id))
         }
-        _ => origins.process(ev.pid, &ev.comm, ev.cgroup_id),
+        _ => Box::new(origins.process(ev.pid, &ev.comm, ev.cgroup_id)),
     });
     rec.detail = Some(deny_detail(ev));
     engine.metrics().decision(&Decision::engine_deny(reason));

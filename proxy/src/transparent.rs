@@ -90,7 +90,7 @@ async fn deny_now(
         r.src = Some(peer);
         if let Some(o) = origin {
             r.dst = Some(o.dst);
-            r.process = o.process;
+            r.process = o.process.map(Box::new);
         }
         r.detail = Some(detail);
     })
@@ -127,7 +127,7 @@ async fn open_tunnel(
         r.host_source = decided.host_source;
         r.dst = Some(origin.dst);
         r.src = Some(peer);
-        r.process = origin.process.clone();
+        r.process = origin.process.clone().map(Box::new);
     })
     .await;
     if !decided.decision.is_allow() {

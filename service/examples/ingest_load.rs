@@ -38,13 +38,16 @@ fn batch(runner: usize, size: usize) -> String {
         r.host_source = HostSource::Sni;
         r.dst = "198.51.100.7:443".parse().ok();
         r.src = "10.0.0.2:40000".parse().ok();
-        r.job = Some(JobTags {
-            repository: Some(format!("acme/repo-{}", runner % 10)),
-            workflow: Some("ci".into()),
-            run_id: Some("1234567".into()),
-            run_attempt: Some("1".into()),
-            job: Some("build".into()),
-        });
+        r.job = Some(
+            JobTags {
+                repository: Some(format!("acme/repo-{}", runner % 10)),
+                workflow: Some("ci".into()),
+                run_id: Some("1234567".into()),
+                run_attempt: Some("1".into()),
+                job: Some("build".into()),
+            }
+            .into(),
+        );
         r.bytes_up = Some(1234);
         r.bytes_down = Some(56789);
         r.duration_ms = Some(42);

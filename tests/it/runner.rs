@@ -620,7 +620,7 @@ fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
     let job1: Vec<Record> = boot
         .records()
         .into_iter()
-        .filter(|r| r.job.as_ref() == Some(&t1))
+        .filter(|r| r.job.as_deref() == Some(&t1))
         .collect();
     assert!(
         job1.iter().any(|r| r.decision == Verdict::Deny),
@@ -672,7 +672,7 @@ fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
     let recs = boot.records();
     let job2: Vec<&Record> = recs
         .iter()
-        .filter(|r| r.job.as_ref() == Some(&t2))
+        .filter(|r| r.job.as_deref() == Some(&t2))
         .collect();
     let over = job2
         .iter()
@@ -687,7 +687,7 @@ fn runner_lifecycle_tags_summarises_and_leaves_nothing() {
             .any(|r| r.dst.map(|d| d.to_string()) == Some(format!("{ALLOWED}:8080"))),
         "traffic between jobs carries no job tags"
     );
-    assert!(!recs.iter().any(|r| r.job.as_ref() == Some(&t1)
+    assert!(!recs.iter().any(|r| r.job.as_deref() == Some(&t1)
         && r.dst.map(|d| d.to_string()) == Some(format!("{OVERRIDE_ONLY}:8080"))
         && r.decision == Verdict::Allow));
 

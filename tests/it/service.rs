@@ -296,10 +296,13 @@ fn record(runner: &str, repository: &str, verdict: Verdict, ts: Option<&str>) ->
         r.ts = ts.parse().unwrap();
     }
     r.host = Some("github.com".into());
-    r.job = Some(egressd_audit::JobTags {
-        repository: Some(repository.into()),
-        ..Default::default()
-    });
+    r.job = Some(
+        egressd_audit::JobTags {
+            repository: Some(repository.into()),
+            ..Default::default()
+        }
+        .into(),
+    );
     r
 }
 
@@ -835,18 +838,22 @@ fn export_records() -> Vec<Record> {
     full.host = Some("wëird,\"host\"".into());
     full.dst = Some("[2001:db8::1]:443".parse().unwrap());
     full.src = Some("10.1.0.2:40312".parse().unwrap());
-    full.process = Some(egressd_audit::Process {
-        pid: Some(4242),
-        comm: Some("c,u\"rl".into()),
-        exe: Some("/usr/bin/curl".into()),
-        cgroup: Some("/system.slice/runner.service".into()),
-        container: None,
-    });
+    full.process = Some(
+        egressd_audit::Process {
+            pid: Some(4242),
+            comm: Some("c,u\"rl".into()),
+            exe: Some("/usr/bin/curl".into()),
+            cgroup: Some("/system.slice/runner.service".into()),
+            container: None,
+        }
+        .into(),
+    );
     full.bytes_up = Some(517);
     full.bytes_down = Some(4096);
     full.duration_ms = Some(250);
     full.detail = Some("two\nlines\ttab \\ and \u{1}".into());
     if let Some(job) = &mut full.job {
+        let job = std::sync::Arc::make_mut(job);
         job.workflow = Some("CI".into());
         job.run_id = Some("1234567890".into());
         job.run_attempt = Some("1".into());

@@ -12,9 +12,12 @@ fn rec(at: &str, verdict: Verdict, host: Option<&str>, dst: &str, repo: Option<&
     r.ts = ts(at);
     r.host = host.map(str::to_owned);
     r.dst = Some(dst.parse().unwrap());
-    r.job = repo.map(|repo| JobTags {
-        repository: Some(repo.to_owned()),
-        ..JobTags::default()
+    r.job = repo.map(|repo| {
+        JobTags {
+            repository: Some(repo.to_owned()),
+            ..JobTags::default()
+        }
+        .into()
     });
     r
 }

@@ -61,12 +61,12 @@ fn cases() -> Vec<(&'static str, Record)> {
         Reason::RuleAllow,
         "allow[3]",
     );
-    tcp_closing.job = Some(job());
+    tcp_closing.job = Some(job().into());
     tcp_closing.host = Some("github.com".into());
     tcp_closing.host_source = HostSource::Sni;
     tcp_closing.dst = Some("198.51.100.10:443".parse().unwrap());
     tcp_closing.src = Some("10.1.0.2:40312".parse().unwrap());
-    tcp_closing.process = Some(curl());
+    tcp_closing.process = Some(curl().into());
     tcp_closing.bytes_up = Some(517);
     tcp_closing.bytes_down = Some(4096);
     tcp_closing.duration_ms = Some(250);
@@ -93,16 +93,19 @@ fn cases() -> Vec<(&'static str, Record)> {
         &egressd_policy::RuleId::Builtin(AddrClass::Metadata).to_string(),
     );
     audit_mode.enforce_would = Some(Verdict::Deny);
-    audit_mode.job = Some(job());
+    audit_mode.job = Some(job().into());
     audit_mode.dst = Some("169.254.169.254:80".parse().unwrap());
     audit_mode.src = Some("[2001:db8::2]:40000".parse().unwrap());
-    audit_mode.process = Some(Process {
-        pid: Some(99),
-        comm: Some("python3".into()),
-        exe: None,
-        cgroup: Some("/ci/job-1".into()),
-        container: Some("3f2a9c".into()),
-    });
+    audit_mode.process = Some(
+        Process {
+            pid: Some(99),
+            comm: Some("python3".into()),
+            exe: None,
+            cgroup: Some("/ci/job-1".into()),
+            container: Some("3f2a9c".into()),
+        }
+        .into(),
+    );
 
     let mut event = base(
         "01JDQ6Z3K7CCCCCCCCCCCCCCCC",

@@ -158,7 +158,7 @@ impl JobService {
             }
             *current = Some(job);
             self.engine.set_job(ActiveJob {
-                tags: Some(tags.clone()),
+                tags: Some(Arc::new(tags.clone())),
                 labels: all_labels,
             });
         }
@@ -251,7 +251,7 @@ fn job_records(
     let mut out = Vec::new();
     for rec in records {
         match rec {
-            Ok(r) if r.ts >= started && r.job.as_ref() == Some(tags) => out.push(r),
+            Ok(r) if r.ts >= started && r.job.as_deref() == Some(tags) => out.push(r),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "skipped while summarising the job"),
         }

@@ -176,7 +176,8 @@ impl Reader<'_> {
     /// bytes before the segment being read, which lies wholly before the
     /// segment that pointed to it (so every jump goes back: no loop).
     fn name(&mut self, pointers: bool) -> Option<String> {
-        let mut out = String::new();
+        // Room for an everyday name without growing.
+        let mut out = String::with_capacity(64);
         let mut pos = self.at;
         let mut segment = self.at;
         let mut limit = self.msg.len();

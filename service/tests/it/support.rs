@@ -240,13 +240,16 @@ pub fn record(runner: &str, repository: &str, host: &str, verdict: Verdict, ts: 
     r.host = Some(host.to_owned());
     r.host_source = egressd_audit::HostSource::Sni;
     r.dst = Some("198.51.100.7:443".parse().unwrap());
-    r.job = Some(JobTags {
-        repository: Some(repository.to_owned()),
-        workflow: Some("ci".into()),
-        run_id: Some("42".into()),
-        run_attempt: Some("1".into()),
-        job: Some("build".into()),
-    });
+    r.job = Some(
+        JobTags {
+            repository: Some(repository.to_owned()),
+            workflow: Some("ci".into()),
+            run_id: Some("42".into()),
+            run_attempt: Some("1".into()),
+            job: Some("build".into()),
+        }
+        .into(),
+    );
     r
 }
 
