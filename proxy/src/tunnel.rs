@@ -262,10 +262,14 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // Made once: a cancellation future made per connection would register
+    // with the token and leave it again for every connection.
+    let stop = engine.stop_accepting().cancelled();
+    tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = engine.stop_accepting().cancelled() => break,
+            () = &mut stop => break,
         };
         match accepted {
             Ok((stream, peer)) => {

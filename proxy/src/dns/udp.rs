@@ -254,13 +254,19 @@ impl Forwarder {
         purge.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut stopping = false;
+        // Made once: a cancellation future made per turn would register
+        // with the token and leave it again at every turn.
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if stopping && self.pending.is_empty() {
                 return;
             }
             let room = !stopping && self.pending.len() < self.cap;
             tokio::select! {
-                r = self.client.readable(), if room => match r {
+                // The socket's own waker slot, not a waiter list entry made
+                // and dropped at every turn.
+                r = std::future::poll_fn(|cx| self.client.poll_recv_ready(cx)), if room => match r {
                     Ok(()) => self.read_queries(&opts, &mut buf).await,
                     Err(e) => tracing::debug!(error = %e, "DNS UDP socket not readable"),
                 },
@@ -273,7 +279,7 @@ impl Forwarder {
                     self.expire(Instant::now()).await;
                 }
                 _ = purge.tick(), if purges => self.engine.dns_memory().purge(Instant::now()),
-                () = stop.cancelled(), if !stopping => stopping = true,
+                () = &mut cancelled, if !stopping => stopping = true,
             }
         }
     }
