@@ -371,7 +371,7 @@ async fn open_tunnel(
         client,
         upstream,
         replay: peeked.bytes,
-        record,
+        record: Box::new(record),
     })
 }
 

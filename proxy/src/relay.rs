@@ -111,11 +111,14 @@ pub async fn relay(
 
     let count_up = |n| on_bytes(n, 0);
     let count_down = |n| on_bytes(0, n);
-    let up_dir = copy(client_r, upstream_w, &up, start, &count_up);
-    let down_dir = copy(upstream_r, client_w, &down, start, &count_down);
     // Either direction failing ends the tunnel at once; a clean close of one
-    // direction (half-close) waits for the other.
+    // direction (half-close) waits for the other. The directions are made
+    // inside the block that runs them: made outside and moved in, each would
+    // take its room twice in this future (an async block keeps what it
+    // captured beside its own locals), in every open tunnel's task.
     let both = async {
+        let up_dir = copy(client_r, upstream_w, &up, start, &count_up);
+        let down_dir = copy(upstream_r, client_w, &down, start, &count_down);
         tokio::pin!(up_dir, down_dir);
         tokio::select! {
             r = &mut up_dir => match r {

@@ -128,7 +128,7 @@ async fn open_tunnel(
                 client,
                 upstream,
                 replay: peeked.bytes,
-                record,
+                record: Box::new(record),
             })
         }
     }

@@ -139,7 +139,7 @@ async fn open_tunnel(
             client,
             upstream,
             replay: peeked.bytes,
-            record,
+            record: Box::new(record),
         }),
         Err(e) => {
             let mut failed = record;

@@ -294,41 +294,25 @@ pub struct OpenTunnel {
     pub upstream: TcpStream,
     /// The client's first bytes, to replay to the upstream.
     pub replay: Vec<u8>,
-    /// The decision record (the closing record is cut from it).
-    pub record: Record,
+    /// The decision record (the closing record is cut from it), boxed: it
+    /// is kept for the tunnel's whole life, in every open tunnel's task.
+    pub record: Box<Record>,
 }
 
-/// [`run`] for an [`OpenTunnel`].
+/// Replay the tunnel's first bytes to the upstream (and free them), relay
+/// both ways until the tunnel ends, then write the closing record derived
+/// from the decision record. One layer of future over the relay: an idle
+/// tunnel's task is about the relay's state.
 pub async fn run_open(engine: Arc<Engine>, open: OpenTunnel, started: Instant) {
-    run(
-        engine,
-        open.client,
-        open.upstream,
-        open.replay,
-        open.record,
-        started,
-    )
-    .await;
-}
-
-/// Replay `replay` to the upstream, relay both ways until the tunnel ends,
-/// then write the closing record derived from `decision_record`.
-///
-/// Pass the peeked bytes by value (`peek.bytes`, a `Vec<u8>`): they are
-/// freed as soon as they are replayed, so a long idle tunnel does not keep
-/// them. A borrowed slice works too, but then the caller holds the bytes for
-/// the tunnel's whole life.
-pub async fn run(
-    engine: Arc<Engine>,
-    client: TcpStream,
-    mut upstream: TcpStream,
-    replay: impl AsRef<[u8]>,
-    decision_record: Record,
-    started: Instant,
-) {
+    let OpenTunnel {
+        client,
+        mut upstream,
+        replay,
+        record: decision_record,
+    } = open;
     let _open = engine.metrics().connection_opened();
-    let replayed = upstream.write_all(replay.as_ref()).await;
-    let replay_len = replay.as_ref().len() as u64;
+    let replayed = upstream.write_all(&replay).await;
+    let replay_len = replay.len() as u64;
     drop(replay);
     let (up_extra, transferred) = if let Err(e) = replayed {
         tracing::debug!(error = %e, "upstream closed before the first bytes were replayed");
@@ -345,7 +329,7 @@ pub async fn run(
         (replay_len, Some(t))
     };
     engine.metrics().bytes(up_extra, 0);
-    let mut closing = decision_record;
+    let mut closing = *decision_record;
     closing.id = egressd_audit::id::next();
     closing.ts = egressd_audit::time_format::now();
     closing.bytes_up = Some(up_extra + transferred.map_or(0, |t| t.up));
