@@ -216,7 +216,9 @@ struct Forwarder {
     /// no route lookup per datagram, and the kernel keeps out datagrams
     /// from anyone else.
     ups: Vec<Option<UdpSocket>>,
-    pending: HashMap<u16, Pending>,
+    /// Boxed: a pending query (its record included) is moved in and out of
+    /// the table and through the conclusion; a box moves as a pointer.
+    pending: HashMap<u16, Box<Pending>>,
     /// (deadline, id, seq) in sending order: the timeout is the same for
     /// every query, so the earliest deadline is always in front.
     deadlines: VecDeque<(Instant, u16, u64)>,
@@ -305,7 +307,7 @@ impl Forwarder {
                     reply: reply.map(|r| (r, client)),
                 }),
                 Begun::Forward { query, rec } => {
-                    let pending = Pending {
+                    let pending = Box::new(Pending {
                         client,
                         query,
                         forward: raw.to_vec(),
@@ -313,7 +315,7 @@ impl Forwarder {
                         upstream: 0,
                         seq: 0,
                         last: DnsError::NoUpstream,
-                    };
+                    });
                     self.forward(pending, Instant::now()).await;
                 }
             }
@@ -421,7 +423,7 @@ impl Forwarder {
     }
 
     /// `p`'s upstream failed with `why`: on to the next one.
-    async fn next_upstream(&mut self, mut p: Pending, why: DnsError, now: Instant) {
+    async fn next_upstream(&mut self, mut p: Box<Pending>, why: DnsError, now: Instant) {
         p.last = why;
         p.upstream += 1;
         self.forward(p, now).await;
@@ -455,7 +457,7 @@ impl Forwarder {
 
     /// Send `p` to its upstream (or the first later one that takes it) and
     /// keep it pending; SERVFAIL when no upstream is left.
-    async fn forward(&mut self, mut p: Pending, now: Instant) {
+    async fn forward(&mut self, mut p: Box<Pending>, now: Instant) {
         let timeout = self.upstreams.timeout();
         while let Some(&addr) = self.upstreams.addrs().get(p.upstream) {
             let id = self.free_id();
@@ -510,15 +512,18 @@ impl Forwarder {
 
     /// The upstream exchange of `p` is over: its record and answer join the
     /// outbox.
-    fn conclude(&mut self, p: Pending, outcome: Result<Exchanged, DnsError>) {
-        let (rec, reply) = conclude(&self.engine, &p.query, p.rec, outcome, false);
+    fn conclude(&mut self, p: Box<Pending>, outcome: Result<Exchanged, DnsError>) {
+        let Pending {
+            client, query, rec, ..
+        } = *p;
+        let (rec, reply) = conclude(&self.engine, &query, rec, outcome, false);
         self.outbox.push(Outgoing {
             rec,
-            reply: Some((reply, p.client)),
+            reply: Some((reply, client)),
         });
     }
 
-    fn over_tcp(&self, p: Pending) {
+    fn over_tcp(&self, p: Box<Pending>) {
         let engine = Arc::clone(&self.engine);
         let client = Arc::clone(&self.client);
         let upstreams = self.upstreams.clone();
