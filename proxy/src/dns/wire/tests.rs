@@ -407,3 +407,42 @@ fn the_echoed_question_matches_but_for_the_case_of_its_name() {
     let other_name = reply(&|r| r[13] = b'b');
     assert!(read_answer(&other_name, query.question()).is_none());
 }
+
+/// Answers written by another library (dnspython, `../fixtures/`): the
+/// everyday ones take the fast path and read as hickory reads them; those
+/// with HTTPS/SVCB records go the hickory way.
+#[test]
+fn dnspython_answers() {
+    let pair = |q: &[u8], r: &[u8]| {
+        let query = parse_query(q).unwrap();
+        (query, r.to_vec())
+    };
+    for (q, r) in [
+        (
+            &include_bytes!("../fixtures/cname_chain.query.bin")[..],
+            &include_bytes!("../fixtures/cname_chain.reply.bin")[..],
+        ),
+        (
+            include_bytes!("../fixtures/cname_loop.query.bin"),
+            include_bytes!("../fixtures/cname_loop.reply.bin"),
+        ),
+    ] {
+        let (query, reply) = pair(q, r);
+        let fast = read_answer(&reply, query.question()).expect("everyday answer taken");
+        agrees_with_hickory(&reply, &query, &fast);
+        assert!(!fast.facts.is_empty());
+    }
+    for (q, r) in [
+        (
+            &include_bytes!("../fixtures/https_ech.query.bin")[..],
+            &include_bytes!("../fixtures/https_ech.reply.bin")[..],
+        ),
+        (
+            include_bytes!("../fixtures/svcb_no_ech.query.bin"),
+            include_bytes!("../fixtures/svcb_no_ech.reply.bin"),
+        ),
+    ] {
+        let (query, reply) = pair(q, r);
+        assert!(read_answer(&reply, query.question()).is_none());
+    }
+}
