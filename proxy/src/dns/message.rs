@@ -76,10 +76,7 @@ pub fn parse_query(raw: &[u8]) -> Result<Query, Rejected> {
             qtype: RecordType::from(w.qtype),
             qclass: DNSClass::IN,
             edns: w.edns_payload.is_some(),
-            udp_payload: w
-                .edns_payload
-                .map_or(MIN_UDP_PAYLOAD, usize::from)
-                .max(MIN_UDP_PAYLOAD),
+            udp_payload: udp_payload(w.edns_payload),
         });
     }
     parse_query_parsed(raw)
@@ -127,12 +124,16 @@ pub fn parse_query_parsed(raw: &[u8]) -> Result<Query, Rejected> {
         qtype: question.query_type(),
         qclass: question.query_class(),
         edns: message.extensions().is_some(),
-        udp_payload: message
-            .extensions()
-            .as_ref()
-            .map_or(MIN_UDP_PAYLOAD, |e| usize::from(e.max_payload()))
-            .max(MIN_UDP_PAYLOAD),
+        udp_payload: udp_payload(message.extensions().as_ref().map(|e| e.max_payload())),
     })
+}
+
+/// The largest UDP answer a client accepts: its EDNS payload size, never
+/// below what every client takes.
+fn udp_payload(edns_payload: Option<u16>) -> usize {
+    edns_payload
+        .map_or(MIN_UDP_PAYLOAD, usize::from)
+        .max(MIN_UDP_PAYLOAD)
 }
 
 /// A name as the policy reads it: ASCII, lowercase, no trailing dot.

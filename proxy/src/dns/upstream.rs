@@ -297,11 +297,7 @@ pub(super) fn is_reply_to(reply: &[u8], query: &[u8]) -> bool {
         && match (question(query), question(reply)) {
             (None, _) => true,
             (Some(_), None) => reply[2] & 0x02 != 0,
-            (Some(asked), Some(answered)) => {
-                let (a_name, a_rest) = asked.split_at(asked.len() - 4);
-                let (r_name, r_rest) = answered.split_at(answered.len() - 4);
-                a_name.eq_ignore_ascii_case(r_name) && a_rest == r_rest
-            }
+            (Some(asked), Some(answered)) => super::wire::same_question(asked, answered),
         }
 }
 

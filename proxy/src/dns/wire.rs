@@ -77,7 +77,11 @@ pub fn read_query(raw: &[u8]) -> Option<QueryWire<'_>> {
         return None;
     }
     let question = raw.get(HEADER_LEN..r.at)?;
-    let edns_payload = if ar == 1 { Some(r.opt()?) } else { None };
+    let edns_payload = if ar == 1 {
+        Some(r.opt_record()?.0)
+    } else {
+        None
+    };
     (r.at == raw.len()).then_some(QueryWire {
         id: u16::from_be_bytes([h[0], h[1]]),
         flags: [h[2], h[3]],
@@ -111,11 +115,7 @@ pub fn read_answer(reply: &[u8], question: &[u8]) -> Option<AnswerWire> {
         return None;
     }
     let qend = HEADER_LEN + question.len();
-    let echoed = reply.get(HEADER_LEN..qend)?;
-    let split = question.len().checked_sub(4)?;
-    let (q_name, q_rest) = question.split_at(split);
-    let (e_name, e_rest) = echoed.split_at(split);
-    if !q_name.eq_ignore_ascii_case(e_name) || q_rest != e_rest {
+    if !same_question(question, reply.get(HEADER_LEN..qend)?) {
         return None;
     }
     let mut r = Reader {
@@ -133,7 +133,9 @@ pub fn read_answer(reply: &[u8], question: &[u8]) -> Option<AnswerWire> {
     for _ in 0..ar {
         if r.msg.get(r.at..r.at + 3) == Some(&[0, 0, TYPE_OPT as u8][..]) && !opt {
             opt = true;
-            if r.opt_answer()? != 0 {
+            // An extended rcode (high bits in the TTL's first byte) goes
+            // the hickory way.
+            if r.opt_record()?.1 >> 24 != 0 {
                 return None;
             }
         } else {
@@ -144,6 +146,18 @@ pub fn read_answer(reply: &[u8], question: &[u8]) -> Option<AnswerWire> {
         rcode: h[3] & 0x0f,
         facts,
     })
+}
+
+/// Whether two questions as on the wire (uncompressed name, type, class)
+/// are the same: the name without regard to ASCII case (its length bytes,
+/// all below 64, compare exactly), type and class exactly.
+pub fn same_question(asked: &[u8], answered: &[u8]) -> bool {
+    let (Some(a), Some(b)) = (asked.len().checked_sub(4), answered.len().checked_sub(4)) else {
+        return false;
+    };
+    let (a_name, a_rest) = asked.split_at(a);
+    let (b_name, b_rest) = answered.split_at(b);
+    a_name.eq_ignore_ascii_case(b_name) && a_rest == b_rest
 }
 
 /// The four section counts of a header.
@@ -261,20 +275,9 @@ impl Reader<'_> {
         Some(fact)
     }
 
-    /// A query's OPT record: root owner, type OPT, options that hickory
-    /// keeps opaque. Returns the payload size (the class).
-    fn opt(&mut self) -> Option<u16> {
-        let (payload, _) = self.opt_record()?;
-        Some(payload)
-    }
-
-    /// An answer's OPT record; returns the extended rcode's high bits.
-    fn opt_answer(&mut self) -> Option<u8> {
-        let (_, ttl) = self.opt_record()?;
-        Some(ttl.to_be_bytes()[0])
-    }
-
-    /// An OPT record: (class, ttl).
+    /// An OPT record: root owner, type OPT, options that hickory keeps
+    /// opaque. Returns (class, TTL): the payload size, and the extended
+    /// rcode's high bits, version and flags.
     fn opt_record(&mut self) -> Option<(u16, u32)> {
         if self.msg.get(self.at) != Some(&0) {
             return None;
