@@ -16,14 +16,15 @@ use super::message::{self, parse_query};
 use super::server::relay_answer;
 use super::upstream::{Exchanged, Upstreams, parse_resolv_conf};
 
-const HTTPS_ECH_Q: &[u8] = include_bytes!("fixtures/https_ech.query.bin");
-const HTTPS_ECH_R: &[u8] = include_bytes!("fixtures/https_ech.reply.bin");
-const SVCB_Q: &[u8] = include_bytes!("fixtures/svcb_no_ech.query.bin");
-const SVCB_R: &[u8] = include_bytes!("fixtures/svcb_no_ech.reply.bin");
-const CNAME_Q: &[u8] = include_bytes!("fixtures/cname_chain.query.bin");
-const CNAME_R: &[u8] = include_bytes!("fixtures/cname_chain.reply.bin");
-const LOOP_R: &[u8] = include_bytes!("fixtures/cname_loop.reply.bin");
-const AAAA_R: &[u8] = include_bytes!("fixtures/aaaa.reply.bin");
+pub(super) const HTTPS_ECH_Q: &[u8] = include_bytes!("fixtures/https_ech.query.bin");
+pub(super) const HTTPS_ECH_R: &[u8] = include_bytes!("fixtures/https_ech.reply.bin");
+pub(super) const SVCB_Q: &[u8] = include_bytes!("fixtures/svcb_no_ech.query.bin");
+pub(super) const SVCB_R: &[u8] = include_bytes!("fixtures/svcb_no_ech.reply.bin");
+pub(super) const CNAME_Q: &[u8] = include_bytes!("fixtures/cname_chain.query.bin");
+pub(super) const CNAME_R: &[u8] = include_bytes!("fixtures/cname_chain.reply.bin");
+pub(super) const LOOP_Q: &[u8] = include_bytes!("fixtures/cname_loop.query.bin");
+pub(super) const LOOP_R: &[u8] = include_bytes!("fixtures/cname_loop.reply.bin");
+pub(super) const AAAA_R: &[u8] = include_bytes!("fixtures/aaaa.reply.bin");
 
 const UPSTREAM: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
 
@@ -31,7 +32,8 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn exchanged(reply: &[u8]) -> Exchanged {
+/// An upstream exchange that brought `reply` over UDP.
+pub(super) fn exchanged(reply: &[u8]) -> Exchanged {
     Exchanged {
         reply: reply.to_vec(),
         from: UPSTREAM,
