@@ -6,6 +6,7 @@
 
 pub mod memory;
 pub mod message;
+mod mmsg;
 pub mod resolver;
 pub mod server;
 mod udp;

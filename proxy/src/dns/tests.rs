@@ -553,22 +553,20 @@ async fn stray_datagrams_are_ignored_and_silence_times_out() {
     assert_eq!(up.exchange(CNAME_Q, false).await.unwrap().from, addr);
 }
 
-/// An upstream where nothing listens answers with ICMP "port unreachable":
-/// the UDP server moves the query to the next upstream at once instead of
-/// waiting out a minute-long timeout.
-#[tokio::test]
-async fn a_refusing_upstream_is_passed_over_at_once() {
-    let good = fake_upstream(Some(|q| vec![with_id(q, CNAME_R)])).await;
-    // A port nothing listens on: bound, then closed.
-    let closed = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+/// A UDP DNS server on loopback over `upstreams` (a minute's timeout
+/// each), allowing the fixtures' names: the engine, the server's address and
+/// the tracker its shutdown waits on.
+async fn udp_server(
+    upstreams: Vec<SocketAddr>,
+) -> (
+    crate::test_support::TestEngine,
+    SocketAddr,
+    tokio_util::task::TaskTracker,
+) {
     let t = crate::test_support::TestEngine::with_upstreams(
         "version: 1\nallow: [\"*.allowed.example\", \"*.cdn.example\"]\n",
         crate::limits::Limits::default(),
-        vec![closed, good],
+        upstreams,
         Duration::from_secs(60),
     );
     let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -579,6 +577,24 @@ async fn a_refusing_upstream_is_passed_over_at_once() {
         server,
         tasks.clone(),
     ));
+    (t, at, tasks)
+}
+
+/// An upstream where nothing listens answers with ICMP "port unreachable":
+/// the UDP server moves the query to the next upstream at once instead of
+/// waiting out a minute-long timeout. The connected socket reports a
+/// refusal at a later send or read: queries sent in the same batch as a
+/// refused one, or after it, move on at once too.
+#[tokio::test]
+async fn a_refusing_upstream_is_passed_over_at_once() {
+    let good = fake_upstream(Some(|q| vec![with_id(q, CNAME_R)])).await;
+    // A port nothing listens on: bound, then closed.
+    let closed = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (t, at, _tasks) = udp_server(vec![closed, good]).await;
     let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.send_to(CNAME_Q, at).await.unwrap();
     let mut buf = vec![0u8; 4096];
@@ -590,6 +606,13 @@ async fn a_refusing_upstream_is_passed_over_at_once() {
     assert_eq!(m.response_code(), ResponseCode::NoError);
     assert_eq!(m.id(), Message::from_vec(CNAME_Q).unwrap().id());
     assert!(!m.answers().is_empty());
+    // More single queries, then bursts sent in one or more batches.
+    for (round, count) in [1u16, 1, 2 * super::mmsg::MAX as u16, 5]
+        .into_iter()
+        .enumerate()
+    {
+        burst(&client, at, 1000 + round as u16 * 1000, count).await;
+    }
     t.engine.stop_accepting().cancel();
 }
 
@@ -664,4 +687,59 @@ fn the_memory_holds_at_most_its_cap_of_names_until_a_purge_makes_room() {
     memory.purge(later);
     memory.remember("n4.example", &[ip("198.51.100.4")], ttl, later);
     assert!(memory.binds_at("n4.example", ip("198.51.100.4"), later));
+}
+
+/// More queries than one batch (one `recvmmsg`, one `sendmmsg`), from
+/// several clients, on a runtime big enough for two forwarding loops (the
+/// kernel spreads the clients over the loops' sockets): every query is
+/// answered once, with its own id, to the client that asked. One client's
+/// burst at a time: all of them at once would overflow the sockets'
+/// default receive buffers, which is loss, not what this tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bursts_larger_than_a_batch_are_answered_whole_by_every_loop() {
+    let upstream = fake_upstream(Some(|q| vec![with_id(q, CNAME_R)])).await;
+    let (t, at, tasks) = udp_server(vec![upstream]).await;
+    const CLIENTS: u16 = 8;
+    const EACH: u16 = 3 * super::mmsg::MAX as u16;
+    for c in 0..CLIENTS {
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        burst(&client, at, c * 1000, EACH).await;
+    }
+    t.engine.stop_accepting().cancel();
+    tasks.close();
+    tasks.wait().await;
+    t.journal.flush().await.unwrap();
+    let dns = egressd_audit::reader::read_dir(t.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|r| r.kind == egressd_audit::Kind::Dns)
+        .count();
+    assert_eq!(dns, usize::from(CLIENTS * EACH), "one record per query");
+}
+
+/// Sends `count` copies of the CNAME fixture query from `client` to `at`,
+/// with ids from `first` on, and checks that each is answered once, NOERROR
+/// with answers, within 10 s.
+async fn burst(client: &tokio::net::UdpSocket, at: SocketAddr, first: u16, count: u16) {
+    use std::collections::HashSet;
+
+    let ids = first..first + count;
+    for id in ids.clone() {
+        let mut q = CNAME_Q.to_vec();
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        client.send_to(&q, at).await.unwrap();
+    }
+    let mut seen = HashSet::new();
+    let mut buf = vec![0u8; 4096];
+    while seen.len() < usize::from(count) {
+        let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("ids {ids:?}: {} of {count} answered", seen.len()))
+            .unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.response_code(), ResponseCode::NoError, "id {}", m.id());
+        assert!(!m.answers().is_empty(), "id {}", m.id());
+        assert!(ids.contains(&m.id()), "id {} not asked ({ids:?})", m.id());
+        assert!(seen.insert(m.id()), "id {} answered twice", m.id());
+    }
 }
