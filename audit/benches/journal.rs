@@ -70,6 +70,23 @@ fn bench(c: &mut Criterion) {
     let min_len = serde_json::to_string(&minimal).expect("serialisable").len() + 1;
     eprintln!("bytes per record (DNS deny, no job or process): {min_len}");
 
+    // The journal's line writer against serde_json on the same record.
+    let mut lines = c.benchmark_group("record_line");
+    let mut buf = Vec::with_capacity(1024);
+    lines.bench_function("serde_json", |b| {
+        b.iter(|| {
+            buf.clear();
+            serde_json::to_writer(&mut buf, std::hint::black_box(&sample)).expect("serialisable");
+        })
+    });
+    lines.bench_function("json_line", |b| {
+        b.iter(|| {
+            buf.clear();
+            egressd_audit::json_line::write(std::hint::black_box(&sample), &mut buf);
+        })
+    });
+    lines.finish();
+
     let tmp = tempfile::tempdir().expect("temporary directory");
     let dir = tmp.path().join("journal");
     let cfg = JournalConfig {

@@ -28,6 +28,13 @@ pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok
     }
 }
 
+/// Append `a` (`a.b.c.d:port`) to `out`.
+pub fn append_v4(a: &SocketAddrV4, out: &mut Vec<u8>) {
+    let mut buf = [0u8; V4_MAX];
+    let n = write_v4(a, &mut buf);
+    out.extend_from_slice(&buf[..n]);
+}
+
 /// Write `a` into `buf`; returns the length.
 fn write_v4(a: &SocketAddrV4, buf: &mut [u8; V4_MAX]) -> usize {
     let mut n = 0;

@@ -4,7 +4,7 @@
 //! Invariants (the reader and the shipper rely on them):
 //! - Callers never touch the disk. [`Journal::append`] only waits for room in
 //!   a bounded queue; a full queue is back-pressure, never a drop.
-//! - One writer thread serialises, writes, and `fdatasync`s at most every
+//! - One writer thread serialises (`json_line`), writes, and `fdatasync`s at most every
 //!   `flush_interval` (or at once for [`Journal::flush`]), so many records
 //!   share one sync.
 //! - Every record is one `\n`-terminated line. Segment `N + 1` is created only
@@ -410,13 +410,7 @@ impl Writer {
         // the scratch buffer too.
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        if let Err(e) = serde_json::to_writer(&mut line, rec) {
-            // Serialising a `Record` into memory cannot fail: no maps with
-            // non-string keys, no custom serialisers that error.
-            tracing::error!(error = %e, id = %rec.id, "cannot serialise an audit record");
-            self.line = line;
-            return;
-        }
+        crate::json_line::write(rec, &mut line);
         line.push(b'\n');
         let len = line.len() as u64;
         if self.seg_len > 0 && self.seg_len + len > self.cfg.segment_bytes {

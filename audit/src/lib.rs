@@ -9,6 +9,7 @@ pub mod filter;
 mod fixture;
 pub mod id;
 pub mod journal;
+pub mod json_line;
 pub mod reader;
 pub mod record;
 pub mod segment;

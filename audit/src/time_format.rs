@@ -22,6 +22,13 @@ pub fn truncate_to_micros(ts: jiff::Timestamp) -> jiff::Timestamp {
 static PRINTER: jiff::fmt::temporal::DateTimePrinter =
     jiff::fmt::temporal::DateTimePrinter::new().precision(Some(6));
 
+/// Append `ts` as RFC 3339 UTC with microseconds to `out` (the journal's
+/// line writer; the same text as [`serialize`]).
+pub fn print(ts: &jiff::Timestamp, out: &mut Vec<u8>) {
+    // Printing a timestamp into a Vec cannot fail.
+    let _ = PRINTER.print_timestamp(ts, out);
+}
+
 /// Serialise a timestamp as RFC 3339 UTC with microseconds.
 pub fn serialize<S: Serializer>(ts: &jiff::Timestamp, s: S) -> Result<S::Ok, S::Error> {
     let mut out = String::with_capacity(32);

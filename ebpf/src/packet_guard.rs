@@ -319,8 +319,9 @@ pub(crate) fn remove_pins(
             .is_some_and(|n| n.starts_with(PIN_PREFIX) && which(n))
         {
             let path = entry.path();
-            std::fs::remove_file(&path).map_err(|e| EbpfError::io("removing pin", &path, e))?;
-            removed.push(path);
+            if crate::pin::remove_pin(&path)? {
+                removed.push(path);
+            }
         }
     }
     Ok(removed)

@@ -52,14 +52,21 @@ pub(crate) fn pin_all(
     Ok(pinned)
 }
 
-/// Removes one pin if present; returns whether there was one. A link whose last
-/// reference was the pin is detached by the kernel.
-fn remove_pin(path: &Path) -> Result<bool, EbpfError> {
-    match std::fs::remove_file(path) {
+/// Removes one pin if present; returns whether there was one. A link whose
+/// last reference was the pin is detached by the time this returns: the
+/// link is opened first and closed after the pin is gone, so the last
+/// reference goes with this process's close, which detaches at once (the
+/// pin's own last reference would be freed later, by a kernel worker, and
+/// the link would still show as attached for a moment).
+pub(crate) fn remove_pin(path: &Path) -> Result<bool, EbpfError> {
+    let link = PinnedLink::from_pin(path).ok();
+    let removed = match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(EbpfError::io("removing pin", path, e)),
-    }
+    };
+    drop(link);
+    removed
 }
 
 /// Removes every pin egressd made under `pin_dir` (and the directory if it is then
@@ -72,10 +79,8 @@ pub fn cleanup(pin_dir: &Path) -> Result<Vec<PathBuf>, EbpfError> {
     }
     for name in PROGRAMS {
         let path = pin_dir.join(name);
-        // Opening the pin first tells a link from a stray file; both are removed.
-        let is_link = PinnedLink::from_pin(&path).is_ok();
         if remove_pin(&path)? {
-            tracing::info!(pin = %path.display(), is_link, "removed pin");
+            tracing::info!(pin = %path.display(), "removed pin");
             removed.push(path);
         }
     }
