@@ -310,13 +310,18 @@ impl Forwarder {
             let got = self.client.try_io(tokio::io::Interest::READABLE, || {
                 mmsg::recv(self.client.as_fd(), buf, room.min(BATCH))
             });
-            match got {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => tracing::debug!(error = %e, "DNS UDP receive failed"),
-            }
+            // Only what this call read: `try_io` may say WouldBlock without
+            // reading, and `buf` still holds the previous batch.
+            let read = match got {
+                Ok(k) => k,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS UDP receive failed");
+                    0
+                }
+            };
             let now = Instant::now();
-            for i in 0..buf.len() {
+            for i in 0..read {
                 let Some((raw, Some(client))) = buf.get(i) else {
                     continue;
                 };
@@ -354,8 +359,8 @@ impl Forwarder {
             mmsg::recv(sock.as_fd(), buf, BATCH)
         });
         match got {
-            Ok(_) => {
-                for k in 0..buf.len() {
+            Ok(read) => {
+                for k in 0..read {
                     if let Some((reply, _)) = buf.get(k) {
                         self.on_answer(reply, i);
                     }
