@@ -208,7 +208,12 @@ impl DnsMemory {
     fn is_full_for(&self, name: &str) -> bool {
         let full = (self.by_name.len() >= self.max_names && !self.by_name.pin().contains_key(name))
             || self.by_ip.len() >= self.max_names;
-        if full && !self.full.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        // Read before written: while full, every answer comes here, and a
+        // swap would write the flag's cache line each time.
+        if full
+            && !self.full.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.full.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(
                 max = self.max_names,
                 "DNS memory full: new names are not remembered until stale ones are purged"
