@@ -38,36 +38,20 @@ pub fn append_v4(a: &SocketAddrV4, out: &mut Vec<u8>) {
 /// Write `a` into `buf`; returns the length.
 fn write_v4(a: &SocketAddrV4, buf: &mut [u8; V4_MAX]) -> usize {
     let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    let mut digits = itoa::Buffer::new();
     for (i, octet) in a.ip().octets().into_iter().enumerate() {
         if i > 0 {
-            buf[n] = b'.';
-            n += 1;
+            put(b".");
         }
-        n += write_decimal(u32::from(octet), &mut buf[n..]);
+        put(digits.format(octet).as_bytes());
     }
-    buf[n] = b':';
-    n += 1;
-    n + write_decimal(u32::from(a.port()), &mut buf[n..])
-}
-
-/// Write `v` (at most 65535) in decimal at the start of `out`; returns the
-/// number of digits.
-fn write_decimal(v: u32, out: &mut [u8]) -> usize {
-    let mut digits = [0u8; 5];
-    let mut len = 0;
-    let mut rest = v;
-    loop {
-        digits[len] = b'0' + (rest % 10) as u8;
-        len += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for (slot, d) in out.iter_mut().zip(digits[..len].iter().rev()) {
-        *slot = *d;
-    }
-    len
+    put(b":");
+    put(digits.format(a.port()).as_bytes());
+    n
 }
 
 #[cfg(test)]

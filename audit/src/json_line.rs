@@ -12,7 +12,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 
-use crate::record::{HostSource, JobTags, Kind, Process, Record};
+use crate::record::{JobTags, Process, Record};
 
 /// Appends `rec` as one compact JSON object (no newline) to `out`.
 pub fn write(rec: &Record, out: &mut Vec<u8>) {
@@ -28,7 +28,7 @@ pub fn write(rec: &Record, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"job\":");
         job_tags(out, job);
     }
-    name(out, b",\"kind\":", kind(rec.kind));
+    name(out, b",\"kind\":", rec.kind.as_str());
     name(out, b",\"decision\":", rec.decision.as_str());
     if let Some(v) = rec.enforce_would {
         name(out, b",\"enforce_would\":", v.as_str());
@@ -36,7 +36,7 @@ pub fn write(rec: &Record, out: &mut Vec<u8>) {
     name(out, b",\"reason\":", rec.reason.as_str());
     text(out, b",\"rule\":", Some(&rec.rule));
     text(out, b",\"host\":", rec.host.as_deref());
-    name(out, b",\"host_source\":", host_source(rec.host_source));
+    name(out, b",\"host_source\":", rec.host_source.as_str());
     for (key, a) in [(&b",\"dst\":"[..], &rec.dst), (b",\"src\":", &rec.src)] {
         if let Some(a) = a {
             out.extend_from_slice(key);
@@ -75,30 +75,6 @@ fn text(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
     if let Some(v) = value {
         out.extend_from_slice(key);
         string(out, v);
-    }
-}
-
-/// The serde name of a [`Kind`] (snake_case).
-fn kind(k: Kind) -> &'static str {
-    match k {
-        Kind::Tcp => "tcp",
-        Kind::Dns => "dns",
-        Kind::Udp => "udp",
-        Kind::Icmp => "icmp",
-        Kind::Raw => "raw",
-        Kind::Event => "event",
-    }
-}
-
-/// The serde name of a [`HostSource`] (snake_case).
-fn host_source(h: HostSource) -> &'static str {
-    match h {
-        HostSource::Sni => "sni",
-        HostSource::HttpHost => "http_host",
-        HostSource::Connect => "connect",
-        HostSource::DnsQuery => "dns_query",
-        HostSource::DnsCache => "dns_cache",
-        HostSource::None => "none",
     }
 }
 
@@ -207,6 +183,8 @@ mod tests {
     use std::sync::Arc;
 
     use egressd_policy::{Reason, Verdict};
+
+    use crate::record::{HostSource, Kind};
     use proptest::prelude::*;
 
     use super::*;
@@ -277,22 +255,6 @@ mod tests {
     }
 
     fn record() -> impl Strategy<Value = Record> {
-        let kinds = [
-            Kind::Tcp,
-            Kind::Dns,
-            Kind::Udp,
-            Kind::Icmp,
-            Kind::Raw,
-            Kind::Event,
-        ];
-        let sources = [
-            HostSource::Sni,
-            HostSource::HttpHost,
-            HostSource::Connect,
-            HostSource::DnsQuery,
-            HostSource::DnsCache,
-            HostSource::None,
-        ];
         let head = (
             any::<u8>(),
             any::<u128>(),
@@ -300,7 +262,7 @@ mod tests {
             -62_135_596_800_000_000i64..253_402_300_799_000_000,
             text(),
             job(),
-            proptest::sample::select(kinds.to_vec()),
+            proptest::sample::select(Kind::ALL.to_vec()),
             verdict(),
             proptest::option::of(verdict()),
             proptest::sample::select(Reason::ALL.to_vec()),
@@ -308,7 +270,7 @@ mod tests {
         );
         let tail = (
             opt_text(),
-            proptest::sample::select(sources.to_vec()),
+            proptest::sample::select(HostSource::ALL.to_vec()),
             addr(),
             addr(),
             process(),

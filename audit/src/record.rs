@@ -30,6 +30,30 @@ pub enum Kind {
     Event,
 }
 
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 6] = [
+        Kind::Tcp,
+        Kind::Dns,
+        Kind::Udp,
+        Kind::Icmp,
+        Kind::Raw,
+        Kind::Event,
+    ];
+
+    /// The stable serialised string (`tcp`, `dns`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Dns => "dns",
+            Kind::Udp => "udp",
+            Kind::Icmp => "icmp",
+            Kind::Raw => "raw",
+            Kind::Event => "event",
+        }
+    }
+}
+
 /// Where the record's `host` came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,6 +70,30 @@ pub enum HostSource {
     DnsCache,
     /// No name known.
     None,
+}
+
+impl HostSource {
+    /// Every source.
+    pub const ALL: [HostSource; 6] = [
+        HostSource::Sni,
+        HostSource::HttpHost,
+        HostSource::Connect,
+        HostSource::DnsQuery,
+        HostSource::DnsCache,
+        HostSource::None,
+    ];
+
+    /// The stable serialised string (`sni`, `http_host`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HostSource::Sni => "sni",
+            HostSource::HttpHost => "http_host",
+            HostSource::Connect => "connect",
+            HostSource::DnsQuery => "dns_query",
+            HostSource::DnsCache => "dns_cache",
+            HostSource::None => "none",
+        }
+    }
 }
 
 /// The job active on the runner when the decision was made.
@@ -195,6 +243,23 @@ impl Record {
     /// counts); every other record is exactly one decision.
     pub fn is_closing(&self) -> bool {
         self.bytes_up.is_some() || self.duration_ms.is_some()
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::{HostSource, Kind};
+
+    /// `as_str` (the journal's line writer, the CSV export) says what serde
+    /// says, for every variant.
+    #[test]
+    fn as_str_is_the_serialised_name() {
+        for k in Kind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str(), "{k:?}");
+        }
+        for h in HostSource::ALL {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.as_str(), "{h:?}");
+        }
     }
 }
 
