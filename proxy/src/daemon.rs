@@ -96,6 +96,11 @@ pub struct Options {
     /// a temporary directory removed afterwards].
     #[arg(long, value_name = "DIR")]
     pub audit_dir: Option<PathBuf>,
+    /// Largest the audit journal may grow (e.g. 512MiB, 4GiB); past it the
+    /// oldest segments are removed, each removal logged and recorded as an
+    /// event. Segments not yet shipped are kept up to twice this.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub audit_max_size: u64,
     /// Created (with the bound addresses, as JSON) once every listener is
     /// bound and every kernel hook attached (boot: after the self-test);
     /// removed on exit.
@@ -149,6 +154,41 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `4096`, `512KiB`, `64MiB`, `1GiB`, `2TiB` (binary units; `K`, `M`, `G`,
+/// `T` mean the same), at least one journal segment.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 512MiB or 4GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; use KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let segment = egressd_audit::JournalConfig::new("").segment_bytes;
+    if bytes < segment {
+        return Err(format!(
+            "{s:?} is smaller than one journal segment ({} MiB); give at least {}MiB",
+            segment >> 20,
+            segment >> 20
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Where the kernel hooks go.
 #[derive(Debug, Clone)]
 pub struct KernelPlan {
@@ -191,6 +231,8 @@ pub struct Plan {
     pub filter_loopback: bool,
     /// The journal directory.
     pub audit_dir: PathBuf,
+    /// The journal's size budget in bytes.
+    pub audit_max_bytes: u64,
 }
 
 /// Per-command defaults [`plan`] applies.
@@ -297,6 +339,7 @@ pub fn plan(
         limits,
         filter_loopback: opts.filter_loopback,
         audit_dir: opts.audit_dir.clone().unwrap_or(defaults.audit_dir),
+        audit_max_bytes: opts.audit_max_size,
     })
 }
 
@@ -563,8 +606,11 @@ impl std::fmt::Debug for RunningDaemon {
 /// Open the journal, bind, build the engine, attach the kernel hooks, serve.
 /// Must run inside the tokio runtime that will drive it.
 pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
-    let journal = egressd_audit::Journal::open(egressd_audit::JournalConfig::new(&plan.audit_dir))
-        .context("cannot open the audit journal")?;
+    let journal = egressd_audit::Journal::open(egressd_audit::JournalConfig {
+        max_total_bytes: plan.audit_max_bytes,
+        ..egressd_audit::JournalConfig::new(&plan.audit_dir)
+    })
+    .context("cannot open the audit journal")?;
     let bound = bind(&plan).await?;
     let mark = plan.kernel.as_ref().map(|_| bypass_mark());
     let dns_memory = Arc::new(DnsMemory::new());
@@ -834,6 +880,24 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_hold_one_segment() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64mib"), Ok(64 << 20));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size(&(32u64 << 20).to_string()), Ok(32 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        let small = parse_size("1MiB").unwrap_err();
+        assert!(small.contains("at least 16MiB"), "{small}");
+        assert!(parse_size("1GB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").is_err());
+        assert!(
+            parse_size("99999999999TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]

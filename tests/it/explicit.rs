@@ -120,6 +120,43 @@ async fn an_allowed_name_is_reached_and_audited_with_its_rule() {
     assert!(closing.bytes_down.unwrap_or(0) > 0, "{closing:?}");
 }
 
+/// `--audit-max-size` sets the journal's budget: a budget is taken and the
+/// journal records under it; one smaller than a segment is a usage error
+/// (exit 2) saying what to give instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_budget_is_an_option_and_a_too_small_one_is_refused() {
+    let w = World::new().await;
+    let proxy = w
+        .proxy(&policy("enforce"))
+        .args(["--audit-max-size", "64MiB"])
+        .start();
+    let out = w
+        .curl(&proxy, &format!("https://a.test:{}/", w.a.port()))
+        .await;
+    assert!(out.status.success(), "{out:?}");
+    proxy.wait_record("the allowed CONNECT", |r| {
+        is_tcp_decision(r) && r.decision == Verdict::Allow
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, policy("enforce")).unwrap();
+    let out = std::process::Command::new(crate::support::egressd_bin())
+        .args(["run", "--no-ebpf", "--audit-max-size", "1MiB", "--policy"])
+        .arg(&policy_file)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--audit-max-size") && stderr.contains("at least 16MiB"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("audit").exists(), "nothing started");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_name_gets_403_naming_the_reason_and_rule() {
     let w = World::new().await;

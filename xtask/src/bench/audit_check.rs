@@ -13,6 +13,9 @@ pub struct AuditCount {
     pub closing: u64,
     /// Lines that are not a JSON object (a torn tail, at most one per segment).
     pub unreadable: u64,
+    /// `journal_segment_removed` events: the journal outgrew its size budget
+    /// and dropped whole segments, so the counts above are short by design.
+    pub segments_removed: u64,
 }
 
 /// Counts every JSON Lines record under `dir` (recursively).
@@ -31,6 +34,12 @@ pub fn count(dir: &Path) -> std::io::Result<AuditCount> {
             };
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(serde_json::Value::Object(o))
+                        if o.get("reason").and_then(|r| r.as_str())
+                            == Some("journal_segment_removed") =>
+                    {
+                        c.segments_removed += 1;
+                    }
                     Ok(serde_json::Value::Object(o))
                         if o.contains_key("v") && o.contains_key("decision") =>
                     {
@@ -60,18 +69,30 @@ pub struct AuditCheck {
 }
 
 impl AuditCheck {
-    /// Records missing (0 when the journal is complete).
+    /// Records missing (0 when the journal is complete). A journal that
+    /// removed segments cannot be checked: it counts as at least one missing.
     pub fn missing(&self) -> u64 {
-        self.expected_decisions.saturating_sub(self.found.decisions)
-            + self.expected_closing.saturating_sub(self.found.closing)
+        let short = self.expected_decisions.saturating_sub(self.found.decisions)
+            + self.expected_closing.saturating_sub(self.found.closing);
+        if self.found.segments_removed > 0 {
+            short.max(1)
+        } else {
+            short
+        }
     }
 
     /// One table cell.
     pub fn cell(&self) -> String {
         let m = self.missing();
         let status = if m == 0 { "ok" } else { "**MISSING**" };
+        let removed = match self.found.segments_removed {
+            0 => String::new(),
+            n => format!(
+                " ({n} segments removed: the journal outgrew --audit-max-size; raise it for the bench)"
+            ),
+        };
         format!(
-            "{status}: {}/{} decisions, {}/{} closing",
+            "{status}: {}/{} decisions, {}/{} closing{removed}",
             self.found.decisions,
             self.expected_decisions,
             self.found.closing,
@@ -100,5 +121,28 @@ mod tests {
             found: c,
         };
         assert_eq!(check.missing(), 1);
+    }
+
+    #[test]
+    fn a_journal_that_removed_segments_fails_the_check_even_when_counts_match() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("seg-2.jsonl"),
+            "{\"v\":1,\"decision\":\"deny\",\"reason\":\"journal_segment_removed\"}\n{\"v\":1,\"decision\":\"allow\"}\n",
+        )
+        .unwrap();
+        let c = count(dir.path()).unwrap();
+        assert_eq!((c.decisions, c.segments_removed), (1, 1));
+        let check = AuditCheck {
+            expected_decisions: 1,
+            expected_closing: 0,
+            found: c,
+        };
+        assert_eq!(check.missing(), 1);
+        assert!(
+            check.cell().contains("1 segments removed"),
+            "{}",
+            check.cell()
+        );
     }
 }

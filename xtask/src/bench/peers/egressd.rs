@@ -31,7 +31,13 @@ pub struct Features {
     pub cgroup: bool,
     /// `--workers N`, if egressd has a worker knob.
     pub workers: bool,
+    /// `--audit-max-size SIZE` (the journal's size budget).
+    pub audit_max_size: bool,
 }
+
+/// The journal budget egressd gets in the bench: far above what any run
+/// writes (a full W4 writes about 2 GB), so no segment is ever removed.
+const BENCH_AUDIT_MAX: &str = "256GiB";
 
 impl Features {
     /// What is missing for `role`, if anything.
@@ -82,6 +88,7 @@ impl Egressd {
             filter_loopback: has("--filter-loopback"),
             cgroup: has("--cgroup"),
             workers: has("--workers"),
+            audit_max_size: has("--audit-max-size"),
         };
         Self { bin, features }
     }
@@ -120,6 +127,11 @@ impl Egressd {
         cmd.arg("--dns-upstream").arg(dns_upstream.to_string());
         if f.workers {
             cmd.args(["--workers", "2"]);
+        }
+        if f.audit_max_size {
+            // The default 1 GiB would drop a full W4 run's oldest segments,
+            // and the audit check needs every record of the run.
+            cmd.args(["--audit-max-size", BENCH_AUDIT_MAX]);
         }
         if f.explicit {
             cmd.arg("--explicit").arg(explicit.to_string());
