@@ -71,6 +71,51 @@ fn best_peer(
     }
 }
 
+/// egressd against the best peer (by median peak) repetition by repetition:
+/// the passes interleave targets within each repetition, so each pair ran
+/// seconds apart on the same machine state, and their ratio is free of the
+/// slower drift (other tenants, CPU frequency) that moves a ratio of medians
+/// between runs. `None` without egressd, a peer or matching repetitions.
+fn paired_note(results: &[(Target, Outcome)], unit: &str) -> Option<String> {
+    let (peer, pm) = results
+        .iter()
+        .filter(|(t, _)| t.is_peer())
+        .filter_map(|(t, r)| r.as_ref().ok().map(|m| (*t, m)))
+        .max_by(|a, b| median(&a.1.rates).total_cmp(&median(&b.1.rates)))?;
+    let em = of(results, Target::Egressd)?;
+    let pairs = |a: &[f64], b: &[f64], flip: bool| -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .filter(|(x, y)| **x > 0.0 && **y > 0.0)
+            .map(|(x, y)| if flip { y / x } else { x / y })
+            .collect()
+    };
+    let rates = pairs(&em.rates, &pm.rates, false);
+    if rates.is_empty() || em.rates.len() != pm.rates.len() {
+        return None;
+    }
+    let cpu = pairs(&em.cpu_per_op, &pm.cpu_per_op, true);
+    let range = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        });
+        format!("{:.2}x ({lo:.2}-{hi:.2})", median(v))
+    };
+    let mut note = format!(
+        "egressd against {} (the best peer) repetition by repetition, {} pairs run seconds apart: {unit} {}",
+        peer.name(),
+        rates.len(),
+        range(&rates)
+    );
+    if cpu.len() == rates.len() {
+        note.push_str(&format!(
+            ", CPU per op {} (above 1: egressd uses less)",
+            range(&cpu)
+        ));
+    }
+    Some(note)
+}
+
 fn of(results: &[(Target, Outcome)], t: Target) -> Option<&Measured> {
     results
         .iter()
@@ -167,6 +212,7 @@ fn rate_workload<O: Op>(
         }
         table.rows.push(row);
     }
+    table.notes.extend(paired_note(&peaks, "conn/s"));
     table.notes.push(format!(
         "peak: {clients} clients back to back, {reps} x {:?}, median (min-max); latency: open loop at {rate:.0} conn/s (half the relay's peak; half a target's own peak when that is lower, see 'latency at'), from the scheduled start (coordinated omission corrected), median of the repetitions' p50/p99; added = minus direct; audit records: both passes of one egressd process",
         b.settings.dur
@@ -482,6 +528,7 @@ pub fn w4(b: &Bench) -> Table {
         }
         t.rows.push(row);
     }
+    t.notes.extend(paired_note(&peaks, "qps"));
     t.notes.push(format!(
         "direct = the bench upstream itself (its losses are reported as its own, not as errors of the run); peak: 64 clients back to back, {} x {:?}; latency: open loop at {rate:.0} qps (half the lowest resolver peak) for all, {} x {:?}; loss: open loop at 80% of each target's own peak, {} x {:?}, 1 s timeout; every target runs all three passes in one process (audit records: all passes); dnsmasq is single-threaded (no worker knob); answer caches cannot help (every name is new)",
         b.settings.reps,
@@ -829,4 +876,57 @@ pub fn w7(b: &Bench) -> Table {
     ));
     t.notes.push("eBPF rows (root only): the kernel hooks leave loopback alone, so the destination is an echo server in a network namespace of the bench behind a veth pair (198.51.100.226); the client is a separate process in a fresh child cgroup, first with nothing attached (the direct row for this path), then with `egressd run --cgroup <child> --filter-loopback` attached; the client sends no name, so egressd decides on a CIDR rule for that address; with eBPF, egressd connects upstream after the client's first bytes, so its decision and upstream connect show in 'first echo', not in connect()".to_owned());
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(rates: &[f64], cpu: &[f64]) -> Outcome {
+        Ok(Measured {
+            rates: rates.to_vec(),
+            cpu_per_op: cpu.to_vec(),
+            ..Measured::default()
+        })
+    }
+
+    #[test]
+    fn paired_note_compares_egressd_with_the_best_peer_rep_by_rep() {
+        let results = vec![
+            (Target::Direct, measured(&[500.0, 500.0, 500.0], &[])),
+            (
+                Target::Haproxy,
+                measured(&[90.0, 90.0, 90.0], &[10.0, 10.0, 10.0]),
+            ),
+            // The best peer by median; its second repetition ran on a slow
+            // machine, and so did egressd's.
+            (
+                Target::Nginx,
+                measured(&[100.0, 50.0, 100.0], &[10.0, 20.0, 10.0]),
+            ),
+            (
+                Target::Egressd,
+                measured(&[110.0, 60.0, 90.0], &[8.0, 16.0, 10.0]),
+            ),
+        ];
+        let note = paired_note(&results, "conn/s").unwrap();
+        assert!(
+            note.starts_with("egressd against nginx (the best peer)"),
+            "{note}"
+        );
+        assert!(note.contains("3 pairs"), "{note}");
+        assert!(note.contains("conn/s 1.10x (0.90-1.20)"), "{note}");
+        assert!(note.contains("CPU per op 1.25x (1.00-1.25)"), "{note}");
+    }
+
+    #[test]
+    fn paired_note_needs_egressd_and_a_peer() {
+        let only_peer = vec![(Target::Nginx, measured(&[1.0], &[1.0]))];
+        assert!(paired_note(&only_peer, "qps").is_none());
+        let failed_egressd = vec![
+            (Target::Nginx, measured(&[1.0], &[1.0])),
+            (Target::Egressd, Err("not built".to_owned())),
+        ];
+        assert!(paired_note(&failed_egressd, "qps").is_none());
+    }
 }
