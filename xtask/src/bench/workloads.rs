@@ -8,7 +8,7 @@ use super::allowlist::Allowlist;
 use super::loadgen::Op;
 use super::loadgen::dns::DnsQuery;
 use super::loadgen::tunnel::{self, Bulk, ConnectEcho, Hellos, TlsEcho, TunnelSetup, Via};
-use super::measure::{Audits, Bench, Load, Measured, Outcome};
+use super::measure::{Audits, Bench, Fleet, Load, Measured, Outcome};
 use super::peers::{Role, Running, Target};
 use super::redirect;
 use super::report::{Table, median, ratio, spread};
@@ -398,6 +398,106 @@ pub fn w3(b: &Bench, hellos: &Hellos, total: u64) -> Table {
 /// than the quick run's 3 repetitions can resolve).
 const W5_MIN_REPS: usize = 5;
 
+/// Bisection steps of W4's search for the highest rate without loss.
+const LOSSLESS_STEPS: usize = 5;
+/// The search's bracket, as fractions of the target's own closed-loop peak.
+const LOSSLESS_LOW: f64 = 0.4;
+const LOSSLESS_HIGH: f64 = 1.1;
+
+/// One target's search for its highest rate without loss.
+#[derive(Debug, Clone, Copy)]
+struct Lossless {
+    /// The bracket still to bisect.
+    lo: f64,
+    hi: f64,
+    /// The highest rate at which a step lost nothing.
+    passed: Option<f64>,
+    /// The lowest rate tried (what a target that never passed is below).
+    lowest: f64,
+}
+
+impl Lossless {
+    /// A search between [`LOSSLESS_LOW`] and [`LOSSLESS_HIGH`] of `peak`.
+    fn new(peak: f64) -> Self {
+        Lossless {
+            lo: peak * LOSSLESS_LOW,
+            hi: peak * LOSSLESS_HIGH,
+            passed: None,
+            lowest: peak * LOSSLESS_HIGH,
+        }
+    }
+
+    /// The rate of the next step: the middle of the bracket.
+    fn next_rate(&self) -> f64 {
+        (self.lo + self.hi) / 2.0
+    }
+
+    /// A step at `rate` lost queries (`lost`) or not.
+    fn record(&mut self, rate: f64, lost: bool) {
+        self.lowest = self.lowest.min(rate);
+        if lost {
+            self.hi = rate;
+        } else {
+            self.lo = rate;
+            self.passed = Some(self.passed.map_or(rate, |p| p.max(rate)));
+        }
+    }
+
+    /// `"48123 (1.05x)"`, or `"< 20000"` when no step passed.
+    fn cell(&self, best_peer: Option<f64>) -> String {
+        match self.passed {
+            Some(r) => format!("{r:.0} ({})", ratio(r, best_peer)),
+            None => format!("< {:.0}", self.lowest),
+        }
+    }
+}
+
+/// Bisects, for every target with a peak, the open-loop rate between
+/// [`LOSSLESS_LOW`] and [`LOSSLESS_HIGH`] of that peak: a step with no lost
+/// or wrong answer raises the floor, any loss lowers the ceiling. Every step
+/// is one pass over all the targets, so a drift of the machine touches them
+/// alike.
+fn lossless_search<O: Op>(
+    fleet: &mut Fleet<'_>,
+    peaks: &[(Target, Outcome)],
+    timeout: Duration,
+    make: &dyn Fn(&Running) -> Arc<O>,
+) -> Vec<(Target, Lossless)> {
+    let mut searches: Vec<(Target, Lossless)> = peaks
+        .iter()
+        .filter_map(|(tg, r)| r.as_ref().ok().map(|m| (*tg, median(&m.rates))))
+        .filter(|(_, peak)| *peak > 0.0)
+        .map(|(tg, peak)| (tg, Lossless::new(peak)))
+        .collect();
+    for step in 0..LOSSLESS_STEPS {
+        let rates: Vec<(Target, f64)> = searches
+            .iter()
+            .map(|(tg, s)| (*tg, s.next_rate()))
+            .collect();
+        let results = fleet.pass(
+            &format!("without loss, step {}", step + 1),
+            1,
+            &|tg| {
+                rates
+                    .iter()
+                    .find(|(x, _)| *x == tg)
+                    .map(|(_, rate)| Load::Open { rate: *rate })
+            },
+            timeout,
+            make,
+        );
+        for ((tg, search), (_, rate)) in searches.iter_mut().zip(&rates) {
+            // A step that did not run counts as lost: nothing was shown.
+            let lost = results
+                .iter()
+                .find(|(x, _)| x == tg)
+                .is_none_or(|(_, r)| r.as_ref().map_or(true, |m| m.errors > 0));
+            search.record(*rate, lost);
+        }
+    }
+    searches
+}
+
 /// W4: DNS, 70% allowed names, UDP.
 pub fn w4(b: &Bench) -> Table {
     let mut t = Table::new(
@@ -410,6 +510,7 @@ pub fn w4(b: &Bench) -> Table {
             "added p50 us",
             "added p99 us",
             "loss at 80% of own peak",
+            "qps without loss",
             "CPU us/query",
             "RSS MiB",
             "errors (peak / latency)",
@@ -468,9 +569,15 @@ pub fn w4(b: &Bench) -> Table {
         timeout,
         &make,
     );
+    let lossless = lossless_search(&mut fleet, &peaks, timeout, &make);
     let audits = fleet.stop();
     let direct = of(&peaks, Target::Direct).map(|m| median(&m.rates));
     let best = best_peer(&peaks, |m| median(&m.rates), true);
+    let best_lossless = lossless
+        .iter()
+        .filter(|(tg, _)| tg.is_peer())
+        .filter_map(|(_, s)| s.passed)
+        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
     let d50 = of(&lats, Target::Direct)
         .map(|m| median(&m.p50))
         .unwrap_or(0.0);
@@ -505,6 +612,10 @@ pub fn w4(b: &Bench) -> Table {
                     format!("{:+.0}", median(&l.p99) - d99),
                     loss.as_ref()
                         .map_or("-".to_owned(), |m| format!("{} of {}", m.errors, m.ops)),
+                    lossless
+                        .iter()
+                        .find(|(x, _)| x == tg)
+                        .map_or("-".to_owned(), |(_, s)| s.cell(best_lossless)),
                     if *tg == Target::Direct {
                         "-".to_owned()
                     } else {
@@ -523,12 +634,18 @@ pub fn w4(b: &Bench) -> Table {
             }
             (Err(e), _) | (_, Err(e)) => {
                 row.push(format!("not run: {e}"));
-                row.extend(std::iter::repeat_n(String::new(), 9));
+                row.extend(std::iter::repeat_n(String::new(), 10));
             }
         }
         t.rows.push(row);
     }
     t.notes.extend(paired_note(&peaks, "qps"));
+    t.notes.push(format!(
+        "qps without loss (performance.md's W4 measure): for each target a bisection over open-loop rates between {:.0}% and {:.0}% of its own peak, {LOSSLESS_STEPS} steps of one {:?} repetition each (the targets interleaved step by step); a step passes when every query got its right answer within the timeout; the cell is the highest passing rate and its ratio to the best peer's (\"< N\": even the lowest step lost queries)",
+        LOSSLESS_LOW * 100.0,
+        LOSSLESS_HIGH * 100.0,
+        b.settings.dur
+    ));
     t.notes.push(format!(
         "direct = the bench upstream itself (its losses are reported as its own, not as errors of the run); peak: 64 clients back to back, {} x {:?}; latency: open loop at {rate:.0} qps (half the lowest resolver peak) for all, {} x {:?}; loss: open loop at 80% of each target's own peak, {} x {:?}, 1 s timeout; every target runs all three passes in one process (audit records: all passes); dnsmasq is single-threaded (no worker knob); answer caches cannot help (every name is new)",
         b.settings.reps,
@@ -917,6 +1034,29 @@ mod tests {
         assert!(note.contains("3 pairs"), "{note}");
         assert!(note.contains("conn/s 1.10x (0.90-1.20)"), "{note}");
         assert!(note.contains("CPU per op 1.25x (1.00-1.25)"), "{note}");
+    }
+
+    #[test]
+    fn the_lossless_search_closes_in_on_the_highest_rate_without_loss() {
+        // A target that loses queries above 700 qps, with a peak of 1,000:
+        // the bracket starts at 400-1,100.
+        let mut s = Lossless::new(1000.0);
+        for _ in 0..LOSSLESS_STEPS {
+            let rate = s.next_rate();
+            s.record(rate, rate > 700.0);
+        }
+        let found = s.passed.unwrap();
+        assert!(found <= 700.0 && found > 700.0 - 700.0 / 32.0, "{s:?}");
+        assert_eq!(s.cell(Some(found / 2.0)), format!("{found:.0} (2.00x)"));
+
+        // One that loses at every step is below the lowest rate tried.
+        let mut never = Lossless::new(1000.0);
+        for _ in 0..LOSSLESS_STEPS {
+            never.record(never.next_rate(), true);
+        }
+        assert_eq!(never.passed, None);
+        assert!(never.lowest < 450.0, "{never:?}");
+        assert_eq!(never.cell(None), format!("< {:.0}", never.lowest));
     }
 
     #[test]

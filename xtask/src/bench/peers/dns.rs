@@ -15,6 +15,13 @@ use hickory_proto::rr::{Name, RecordType};
 use super::{Allowlist, Target, write};
 use crate::bench::process::Guard;
 
+/// Socket buffer size (bytes) the resolvers that have the knob get for
+/// their UDP sockets: what egressd asks for its own (dnsdist's listeners via
+/// `setUDPSocketBufferSizes`, unbound's `so-rcvbuf`/`so-sndbuf`; dnsmasq
+/// has none). Without it their default 208 KiB dropped bursts that
+/// egressd's 4 MiB absorbed.
+const BUF: usize = 4 << 20;
+
 pub fn start(
     target: Target,
     dir: &Path,
@@ -47,7 +54,7 @@ pub fn start(
                  access-control: 127.0.0.0/8 allow\n  do-ip6: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n\
                  pidfile: \"{d}/unbound.pid\"\n  logfile: \"{d}/unbound.log\"\n  use-syslog: no\n  log-queries: yes\n  verbosity: 0\n\
                  module-config: \"iterator\"\n  do-not-query-localhost: no\n  num-queries-per-thread: 4096\n  outgoing-range: 8192\n\
-                 msg-cache-size: 4m\n  rrset-cache-size: 4m\n  local-zone: \".\" refuse\n",
+                 msg-cache-size: 4m\n  rrset-cache-size: 4m\n  local-zone: \".\" refuse\n  so-rcvbuf: {BUF}\n  so-sndbuf: {BUF}\n",
                 port = listen.port()
             );
             for z in &zones {
@@ -67,7 +74,7 @@ pub fn start(
         }
         Target::Dnsdist => {
             let mut cfg = format!(
-                "setSecurityPollSuffix(\"\")\nsetLocal(\"{listen}\", {{reusePort=true}})\naddLocal(\"{listen}\", {{reusePort=true}})\n\
+                "setSecurityPollSuffix(\"\")\nsetUDPSocketBufferSizes({BUF}, {BUF})\nsetLocal(\"{listen}\", {{reusePort=true}})\naddLocal(\"{listen}\", {{reusePort=true}})\n\
                  newServer({{address=\"{up}\", checkName=\"bench.test.\", checkInterval=60}})\nallowed = newSuffixMatchNode()\n"
             );
             for z in &zones {
