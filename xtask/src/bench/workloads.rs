@@ -54,21 +54,31 @@ fn audit_cell(audits: &Audits, t: Target) -> (String, bool) {
     }
 }
 
+/// The peer whose `f` is best (the highest when `higher`, else the lowest),
+/// with its measurements; peers that did not run or give NaN are skipped.
+fn best_peer_run(
+    results: &[(Target, Outcome)],
+    f: impl Fn(&Measured) -> f64,
+    higher: bool,
+) -> Option<(Target, &Measured)> {
+    results
+        .iter()
+        .filter(|(t, _)| t.is_peer())
+        .filter_map(|(t, r)| r.as_ref().ok().map(|m| (*t, m)))
+        .filter(|(_, m)| !f(m).is_nan())
+        .max_by(|a, b| {
+            let order = f(a.1).total_cmp(&f(b.1));
+            if higher { order } else { order.reverse() }
+        })
+}
+
+/// The best peer's value of `f` (see [`best_peer_run`]).
 fn best_peer(
     results: &[(Target, Outcome)],
     f: impl Fn(&Measured) -> f64,
     higher: bool,
 ) -> Option<f64> {
-    let vals = results
-        .iter()
-        .filter(|(t, _)| t.is_peer())
-        .filter_map(|(_, r)| r.as_ref().ok())
-        .map(&f);
-    if higher {
-        vals.fold(None, |a, v| Some(a.map_or(v, |a: f64| a.max(v))))
-    } else {
-        vals.fold(None, |a, v| Some(a.map_or(v, |a: f64| a.min(v))))
-    }
+    best_peer_run(results, &f, higher).map(|(_, m)| f(m))
 }
 
 /// egressd against the best peer (by median peak) repetition by repetition:
@@ -77,11 +87,7 @@ fn best_peer(
 /// slower drift (other tenants, CPU frequency) that moves a ratio of medians
 /// between runs. `None` without egressd, a peer or matching repetitions.
 fn paired_note(results: &[(Target, Outcome)], unit: &str) -> Option<String> {
-    let (peer, pm) = results
-        .iter()
-        .filter(|(t, _)| t.is_peer())
-        .filter_map(|(t, r)| r.as_ref().ok().map(|m| (*t, m)))
-        .max_by(|a, b| median(&a.1.rates).total_cmp(&median(&b.1.rates)))?;
+    let (peer, pm) = best_peer_run(results, |m| median(&m.rates), true)?;
     let em = of(results, Target::Egressd)?;
     let pairs = |a: &[f64], b: &[f64], flip: bool| -> Vec<f64> {
         a.iter()
@@ -1057,6 +1063,24 @@ mod tests {
         assert_eq!(never.passed, None);
         assert!(never.lowest < 450.0, "{never:?}");
         assert_eq!(never.cell(None), format!("< {:.0}", never.lowest));
+    }
+
+    #[test]
+    fn best_peer_takes_the_highest_or_the_lowest_and_skips_non_peers() {
+        let results = vec![
+            (Target::Egressd, measured(&[900.0], &[])),
+            (Target::Haproxy, measured(&[90.0], &[])),
+            (Target::Nginx, measured(&[100.0], &[])),
+            (Target::Squid, Err("not installed".to_owned())),
+        ];
+        let rate = |m: &Measured| median(&m.rates);
+        assert_eq!(best_peer(&results, rate, true), Some(100.0));
+        assert_eq!(best_peer(&results, rate, false), Some(90.0));
+        assert_eq!(
+            best_peer_run(&results, rate, true).map(|(t, _)| t),
+            Some(Target::Nginx)
+        );
+        assert_eq!(best_peer(&results[..1], rate, true), None);
     }
 
     #[test]
