@@ -235,10 +235,11 @@ impl Journal {
     /// Queue `rec` for writing. Waits only for room in the queue (never for
     /// the disk); never drops.
     pub async fn append(&self, rec: Record) -> Result<(), JournalError> {
-        self.tx
-            .send(Msg::Record(rec))
-            .await
-            .map_err(|_| JournalError::Closed)
+        // Room first, then the record: waiting in `send` would keep a second
+        // copy of the record inside its future, in every caller's future.
+        let room = self.tx.reserve().await.map_err(|_| JournalError::Closed)?;
+        room.send(Msg::Record(rec));
+        Ok(())
     }
 
     /// [`Journal::append`] for threads that are not async tasks (a plain

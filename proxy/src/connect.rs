@@ -229,16 +229,21 @@ fn status_for(reason: Reason) -> &'static str {
 async fn handle(engine: Arc<Engine>, mut client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let Some(_permit) = engine.try_tunnel() else {
-        let d = Decision::engine_deny(Reason::LimitExceeded);
-        tunnel::audit_decision(&engine, &d, |r| {
-            r.src = Some(peer);
-            r.detail = Some(format!(
-                "more than {} tunnels open",
-                engine.limits().max_tunnels
-            ));
+        // Boxed, as the setup below: inline, this rare path's futures would
+        // take room in every open tunnel's task.
+        Box::pin(async {
+            let d = Decision::engine_deny(Reason::LimitExceeded);
+            tunnel::audit_decision(&engine, &d, |r| {
+                r.src = Some(peer);
+                r.detail = Some(format!(
+                    "more than {} tunnels open",
+                    engine.limits().max_tunnels
+                ));
+            })
+            .await;
+            refuse(&mut client, status_for(d.reason), &d, None).await;
         })
         .await;
-        refuse(&mut client, status_for(d.reason), &d, None).await;
         return;
     };
     // The setup (request head, resolution, connect, peek, decisions) runs in

@@ -808,7 +808,7 @@ impl RunningDaemon {
                 open = self.tasks.len(),
                 "grace period over: cutting open tunnels"
             );
-            engine.cut_tunnels().cancel();
+            engine.cut_tunnels().raise();
             // Cut tunnels write their closing records; peeks end by their timeouts.
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
         }

@@ -16,6 +16,7 @@ use egressd_policy::{Decision, JobContext, Policy};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::cut::CutSignal;
 use crate::dns::{DnsMemory, Resolver};
 use crate::kernel::ProcessLookup;
 use crate::limits::Limits;
@@ -76,7 +77,7 @@ pub struct Engine {
     upstream_mark: Option<u32>,
     filter_loopback: bool,
     stop_accepting: CancellationToken,
-    cut_tunnels: CancellationToken,
+    cut_tunnels: CutSignal,
     /// Deny everything (`policy_unavailable`) while no trustworthy policy is
     /// active (boot degraded).
     fail_closed: AtomicBool,
@@ -111,7 +112,7 @@ impl Engine {
             upstream_mark: parts.upstream_mark,
             filter_loopback: parts.filter_loopback,
             stop_accepting: CancellationToken::new(),
-            cut_tunnels: CancellationToken::new(),
+            cut_tunnels: CutSignal::new(),
             fail_closed: AtomicBool::new(false),
             process_lookup: ArcSwapOption::empty(),
         })
@@ -216,8 +217,8 @@ impl Engine {
         &self.stop_accepting
     }
 
-    /// Cancelled when open tunnels must be cut (the shutdown grace is over).
-    pub fn cut_tunnels(&self) -> &CancellationToken {
+    /// Raised when open tunnels must be cut (the shutdown grace is over).
+    pub fn cut_tunnels(&self) -> &CutSignal {
         &self.cut_tunnels
     }
 

@@ -6,6 +6,7 @@ pub mod cgroup_child;
 pub mod cmd;
 pub mod connect;
 pub mod control;
+pub mod cut;
 pub mod daemon;
 pub mod decide;
 pub mod dial;

@@ -50,12 +50,14 @@ pub async fn serve(
 async fn handle(engine: Arc<Engine>, client: TcpStream, peer: SocketAddr, upstream_port: u16) {
     let started = Instant::now();
     let Some(_permit) = engine.try_tunnel() else {
-        deny_unnamed(
+        // Boxed, as the setup below: inline, this rare path's future would
+        // take room in every open tunnel's task.
+        Box::pin(deny_unnamed(
             &engine,
             peer,
             Reason::LimitExceeded,
             format!("more than {} tunnels open", engine.limits().max_tunnels),
-        )
+        ))
         .await;
         tunnel::reset(client);
         return;

@@ -45,26 +45,28 @@ async fn handle(
 ) {
     let started = Instant::now();
     let origin = source.lookup(&client, peer, local);
+    // The denies here are boxed, as the setup below: inline, their futures
+    // would take room in every open tunnel's task.
     let Some(_permit) = engine.try_tunnel() else {
-        deny_now(
+        Box::pin(deny_now(
             &engine,
             peer,
             origin,
             Reason::LimitExceeded,
             format!("more than {} tunnels open", engine.limits().max_tunnels),
-        )
+        ))
         .await;
         tunnel::reset(client);
         return;
     };
     let Some(origin) = origin else {
-        deny_now(
+        Box::pin(deny_now(
             &engine,
             peer,
             None,
             Reason::OriginalDstUnknown,
             format!("{} knows no original destination", source.name()),
-        )
+        ))
         .await;
         tunnel::reset(client);
         return;

@@ -322,7 +322,7 @@ pub async fn run_open(engine: Arc<Engine>, open: OpenTunnel, started: Instant) {
             client,
             upstream,
             engine.limits().idle_timeout,
-            engine.cut_tunnels().clone(),
+            engine.cut_tunnels(),
             &|up, down| engine.metrics().bytes(up, down),
         )
         .await;
@@ -340,7 +340,10 @@ pub async fn run_open(engine: Arc<Engine>, open: OpenTunnel, started: Instant) {
         Some(Ending::Closed) => None,
         Some(other) => Some(format!("ended: {}", other.as_str())),
     };
-    engine.audit(closing).await;
+    // Boxed: queueing a record is a future of about a kilobyte (the record
+    // and the wait for room in the journal's queue), which would otherwise
+    // take room in every open tunnel's task for its whole life.
+    Box::pin(engine.audit(closing)).await;
 }
 
 #[cfg(test)]

@@ -469,6 +469,71 @@ async fn sigterm_flushes_the_journal_removes_the_ready_file_and_exits_0() {
     assert!(recs.iter().any(|r| r.is_closing() && r.dst == Some(dst)));
 }
 
+/// A tunnel still open when the shutdown grace period (5 s) is over is cut:
+/// the client sees its end, the closing record says why and counts what
+/// moved, and egressd exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_open_past_the_shutdown_grace_is_cut_and_its_closing_record_says_so() {
+    // Neither TLS nor HTTP: decided by the address at once.
+    const PING: &[u8; 4] = b"\x00png";
+    let w = World::new().await;
+    let mut proxy = w.proxy(&policy("enforce")).start();
+    // A server on the address allow[2] allows that echoes once, then holds
+    // the connection open and silent until its client goes away.
+    let server = tokio::net::TcpListener::bind(SocketAddr::new(IP_ONLY.into(), 0))
+        .await
+        .unwrap();
+    let dst = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = server.accept().await else {
+            return;
+        };
+        let mut ping = [0u8; 4];
+        if s.read_exact(&mut ping).await.is_ok() && s.write_all(&ping).await.is_ok() {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        }
+    });
+    let (mut tunnel, head) = raw_connect(proxy.explicit(), &dst.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    tunnel.write_all(PING).await.unwrap();
+    let mut pong = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_exact(&mut pong))
+        .await
+        .expect("the echo comes back through the tunnel")
+        .unwrap();
+    assert_eq!(&pong, PING);
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = proxy.terminate();
+        (status, proxy)
+    });
+    // The proxy cuts the tunnel: the client reads its end (or a reset).
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(25), tunnel.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel is cut when the grace period is over");
+    assert!(rest.is_empty(), "nothing more was sent: {rest:?} ({end:?})");
+    let (status, proxy) = status.await.unwrap();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        proxy.log_text()
+    );
+    let closing = proxy
+        .records()
+        .into_iter()
+        .find(|r| r.is_closing() && r.dst == Some(dst))
+        .unwrap_or_else(|| panic!("no closing record for {dst}:\n{}", proxy.log_text()));
+    assert_eq!(
+        closing.detail.as_deref(),
+        Some("ended: shutdown"),
+        "{closing:?}"
+    );
+    assert_eq!(closing.rule, "allow[2]");
+    assert_eq!((closing.bytes_up, closing.bytes_down), (Some(4), Some(4)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_decisions() {
     let w = World::new().await;
