@@ -299,7 +299,7 @@ pub fn plan(
             "with --no-ebpf there is nothing to serve: give --explicit ADDR and/or --sni-listen ADDR:PORT (and/or --listen, --dns-listen)".into(),
         ));
     }
-    if opts.max_tunnels == 0 || opts.max_tunnels > tokio::sync::Semaphore::MAX_PERMITS {
+    if opts.max_tunnels == 0 {
         return Err(usage("--max-tunnels must be at least 1".into()));
     }
     let upstreams = if opts.dns_upstream.is_empty() {

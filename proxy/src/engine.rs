@@ -8,12 +8,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use egressd_audit::{JobTags, Journal, Kind, Process, Record};
 use egressd_policy::{Decision, JobContext, Policy};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::cut::CutSignal;
@@ -73,7 +72,8 @@ pub struct Engine {
     runner: String,
     metrics: Metrics,
     limits: Limits,
-    tunnels: Arc<Semaphore>,
+    /// Tunnels open (or being set up), against `limits.max_tunnels`.
+    tunnels: Arc<AtomicUsize>,
     upstream_mark: Option<u32>,
     filter_loopback: bool,
     stop_accepting: CancellationToken,
@@ -96,6 +96,21 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// One tunnel's place in the `max_tunnels` budget, given back when dropped.
+/// A counter, not a semaphore: nobody waits for a place (a connection over
+/// the budget is refused at once), and a semaphore's release takes a lock
+/// shared by every tunnel.
+#[derive(Debug)]
+pub struct TunnelSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Engine {
     /// Assemble the engine.
     pub fn new(parts: EngineParts) -> Arc<Engine> {
@@ -107,7 +122,7 @@ impl Engine {
             resolver: parts.resolver,
             runner: parts.runner,
             metrics: Metrics::default(),
-            tunnels: Arc::new(Semaphore::new(parts.limits.max_tunnels)),
+            tunnels: Arc::new(AtomicUsize::new(0)),
             limits: parts.limits,
             upstream_mark: parts.upstream_mark,
             filter_loopback: parts.filter_loopback,
@@ -208,8 +223,16 @@ impl Engine {
     }
 
     /// Take a slot of the tunnel budget; `None` when `max_tunnels` are in use.
-    pub fn try_tunnel(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.tunnels).try_acquire_owned().ok()
+    pub fn try_tunnel(&self) -> Option<TunnelSlot> {
+        let max = self.limits.max_tunnels;
+        self.tunnels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()?;
+        Some(TunnelSlot {
+            open: Arc::clone(&self.tunnels),
+        })
     }
 
     /// Cancelled when listeners must stop accepting (shutdown begins).
@@ -243,5 +266,34 @@ impl Engine {
         if let Err(e) = self.journal.append(rec).await {
             tracing::error!(error = %e, "audit record not written");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::limits::Limits;
+    use crate::test_support::TestEngine;
+
+    #[test]
+    fn the_tunnel_budget_refuses_over_max_and_takes_back_what_is_dropped() {
+        let t = TestEngine::new(
+            "version: 1\n",
+            Limits {
+                max_tunnels: 2,
+                ..Limits::default()
+            },
+        );
+        let e = &t.engine;
+        let a = e.try_tunnel().expect("first of two");
+        let b = e.try_tunnel().expect("second of two");
+        assert!(e.try_tunnel().is_none(), "a third over max_tunnels 2");
+        drop(a);
+        let c = e.try_tunnel().expect("the dropped slot is free again");
+        assert!(e.try_tunnel().is_none());
+        drop((b, c));
+        assert!(
+            e.try_tunnel().is_some() && e.try_tunnel().is_some(),
+            "both back"
+        );
     }
 }
