@@ -1,5 +1,5 @@
 //! W7's destination for the eBPF row: a network namespace of this run behind
-//! a veth pair, with an echo server inside. The kernel hooks leave loopback
+//! a veth pair, with echo servers inside. The kernel hooks leave loopback
 //! destinations alone, so a redirected connect must go somewhere else; this
 //! namespace is that somewhere, and nothing leaves the machine.
 //!
@@ -30,10 +30,14 @@ const LOCK: &str = "/run/lock/egressd-bench-netlab.lock";
 pub struct NetLab {
     ns: String,
     link: String,
-    /// The echo server in the namespace (skips a leading TLS record, like the
-    /// loopback one).
-    pub echo: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
+    /// Two echo servers in the namespace (each skips a leading TLS record,
+    /// like the loopback one), on two ports: one per row. A row's closed
+    /// connections stay in TIME_WAIT on the host for a minute, and a full
+    /// row leaves 12,500 of them towards its port; a later row sharing that
+    /// port would have to find its source ports among them (on this
+    /// machine's 28,232 ephemeral ports that took milliseconds per connect).
+    pub echoes: [SocketAddr; 2],
+    servers: Vec<tokio::task::JoinHandle<()>>,
     /// The lock file, flock()ed; released when closed (after the fields above).
     _lock: std::fs::File,
 }
@@ -56,8 +60,8 @@ impl NetLab {
         let mut lab = Self {
             ns,
             link,
-            echo: SocketAddr::from((SERVER, 0)),
-            server: rt.spawn(async {}),
+            echoes: [SocketAddr::from((SERVER, 0)); 2],
+            servers: Vec::new(),
             _lock: lock,
         };
         let (ns, link) = (lab.ns.clone(), lab.link.clone());
@@ -80,21 +84,25 @@ impl NetLab {
         if !route.contains(&format!("dev {link} ")) {
             bail!("{SERVER} is not routed through {link} (another route covers it?): {route}");
         }
-        let listener = bind_in(&ns)?;
-        lab.echo = listener.local_addr()?;
-        lab.server = rt.spawn(async move {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => super::backend::echo_server(l).await,
-                Err(e) => tracing::error!(error = %e, "namespace echo server"),
-            }
-        });
+        for i in 0..lab.echoes.len() {
+            let listener = bind_in(&ns)?;
+            lab.echoes[i] = listener.local_addr()?;
+            lab.servers.push(rt.spawn(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => super::backend::echo_server(l).await,
+                    Err(e) => tracing::error!(error = %e, "namespace echo server"),
+                }
+            }));
+        }
         Ok(lab)
     }
 }
 
 impl Drop for NetLab {
     fn drop(&mut self) {
-        self.server.abort();
+        for server in &self.servers {
+            server.abort();
+        }
         let _ = ip(&["link", "del", &self.link]);
         let _ = ip(&["netns", "del", &self.ns]);
     }

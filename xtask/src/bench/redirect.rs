@@ -3,7 +3,7 @@
 //!
 //! The kernel hooks filter a cgroup's processes and leave loopback
 //! destinations alone, so (as root) the harness builds a network namespace
-//! with an echo server ([`NetLab`]), creates a uniquely named child cgroup
+//! with echo servers ([`NetLab`]), creates a uniquely named child cgroup
 //! ([`ChildCgroup`]), and re-executes itself as a client process
 //! (`bench --w7-client SPEC`, hidden) that moves into that cgroup before it
 //! opens a socket. The client runs first without egressd (the direct row),
@@ -149,8 +149,10 @@ pub fn measure(b: &Bench) -> Result<Rows, String> {
     // cgroup (killing any client left), then the namespace.
     let lab = NetLab::up(&b.backend).map_err(fail)?;
     let cg = ChildCgroup::create().map_err(fail)?;
-    let direct = run_client(b, &cg, lab.echo, "direct").map_err(fail);
-    let egressd = with_egressd(b, egressd, &cg, lab.echo).map_err(fail);
+    // Each row its own echo port: no row finds the last one's TIME_WAITs.
+    let [direct_echo, egressd_echo] = lab.echoes;
+    let direct = run_client(b, &cg, direct_echo, "direct").map_err(fail);
+    let egressd = with_egressd(b, egressd, &cg, egressd_echo).map_err(fail);
     Ok(Rows { direct, egressd })
 }
 
