@@ -997,7 +997,7 @@ pub fn w7(b: &Bench) -> Table {
         b.settings.reps,
         b.settings.dur
     ));
-    t.notes.push("eBPF rows (root only): the kernel hooks leave loopback alone, so the destination is an echo server in a network namespace of the bench behind a veth pair (198.51.100.226); the client is a separate process in a fresh child cgroup, first with nothing attached (the direct row for this path), then with `egressd run --cgroup <child> --filter-loopback` attached; the client sends no name, so egressd decides on a CIDR rule for that address; with eBPF, egressd connects upstream after the client's first bytes, so its decision and upstream connect show in 'first echo', not in connect()".to_owned());
+    t.notes.push("eBPF rows (root only): the kernel hooks leave loopback alone, so the destination is an echo server in a network namespace of the bench behind a veth pair (198.51.100.226), on a port of each row's own (a row's connections stay in TIME_WAIT for a minute); the client is a separate process in a fresh child cgroup, first with nothing attached (the direct row for this path), then with `egressd run --cgroup <child> --filter-loopback` attached; the client sends no name, so egressd decides on a CIDR rule for that address; with eBPF, egressd connects upstream after the client's first bytes, so its decision and upstream connect show in 'first echo', not in connect()".to_owned());
     t
 }
 
