@@ -501,7 +501,7 @@ impl Writer {
             let detail = match lost {
                 None => {
                     let detail = format!(
-                        "removed {name} ({} bytes): the journal in {dir} exceeded max_total_bytes {max}",
+                        "removed {name} ({} bytes): the journal in {dir} went over its size budget of {max} bytes (set with --audit-max-size)",
                         oldest.len
                     );
                     tracing::warn!(segment = oldest.seq, bytes = oldest.len, "{detail}");
@@ -514,7 +514,8 @@ impl Writer {
                     };
                     let detail = format!(
                         "removed {name} ({} bytes) with {count} records not yet shipped: the journal in {dir} \
-                         exceeded {UNSHIPPED_FACTOR} x max_total_bytes {max} while the shipper could not deliver",
+                         went over {UNSHIPPED_FACTOR} x its size budget of {max} bytes (set with --audit-max-size) \
+                         while the shipper could not deliver",
                         oldest.len
                     );
                     tracing::error!(

@@ -116,7 +116,7 @@ fn cases() -> Vec<(&'static str, Record)> {
         "engine",
     );
     event.detail = Some(
-        "removed audit-00000000000000000001.jsonl (16777216 bytes): the journal in /var/lib/egressd/audit exceeded max_total_bytes 1073741824".into(),
+        "removed audit-00000000000000000001.jsonl (16777216 bytes): the journal in /var/lib/egressd/audit went over its size budget of 1073741824 bytes (set with --audit-max-size)".into(),
     );
 
     let mut ipv6_no_name = base(

@@ -352,6 +352,7 @@ async fn unshipped_segments_are_kept_up_to_the_hard_bound_and_losses_counted() {
     for (seq, detail) in &removed {
         let n =
             unshipped_count(detail).unwrap_or_else(|| panic!("no unshipped count in {detail:?}"));
+        assert!(detail.contains("(set with --audit-max-size)"), "{detail}");
         if *seq == 1 {
             assert_eq!(n, 6, "segment 1 held six unshipped records: {detail}");
         }
@@ -406,5 +407,10 @@ async fn shipped_segments_are_removed_at_the_normal_bound() {
     assert!(!removed.is_empty());
     for (_, detail) in removed {
         assert!(!detail.contains("not yet shipped"), "{detail}");
+        // Says which budget and which option sets it.
+        assert!(
+            detail.contains("size budget of 8192 bytes (set with --audit-max-size)"),
+            "{detail}"
+        );
     }
 }
