@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::allowlist::Allowlist;
 use super::audit_check::{self, AuditCheck};
 use super::loadgen::{self, Op};
+use super::machine;
 use super::peers::{self, Env, Role, Running, Target};
 
 /// Run lengths.
@@ -68,6 +69,9 @@ pub struct Bench {
     pub only: Option<Vec<Target>>,
     /// Wall time of every finished phase, in order.
     pub timings: RefCell<Vec<(String, Duration)>>,
+    /// Per pass, the CPU time the hypervisor took during each target's
+    /// repetitions; the running workload's table takes them as notes.
+    pub steal_notes: RefCell<Vec<String>>,
 }
 
 /// Closed or open loop.
@@ -118,6 +122,8 @@ pub struct Measured {
     pub allowed: u64,
     /// The first error messages.
     pub samples: Vec<String>,
+    /// Share of the CPU time the hypervisor took, per repetition.
+    pub steal: Vec<f64>,
 }
 
 impl Measured {
@@ -323,6 +329,7 @@ impl Bench {
         m: &mut Measured,
     ) -> anyhow::Result<()> {
         let first = self.next_op.get();
+        let cpu0 = machine::CpuTimes::now();
         let u0 = running.usage();
         let r = match load {
             Load::Closed { clients, max_ops } => loadgen::closed_loop(
@@ -344,6 +351,12 @@ impl Bench {
             )?,
         };
         let u1 = running.usage();
+        if let Some(s) = cpu0
+            .zip(machine::CpuTimes::now())
+            .and_then(|(a, b)| machine::Shares::between(a, b))
+        {
+            m.steal.push(s.steal);
+        }
         self.next_op
             .set(first + r.allowed + r.denied + r.errors + 1);
         m.add(r, u1.cpu_us.saturating_sub(u0.cpu_us));
@@ -390,6 +403,27 @@ impl Fleet<'_> {
                     *run = Err(e);
                 }
             }
+        }
+        let stolen: Vec<String> = runs
+            .iter()
+            .filter_map(|(t, run)| run.as_ref().ok().map(|(_, _, m)| (t, m)))
+            .filter(|(_, m)| !m.steal.is_empty())
+            .map(|(t, m)| {
+                let max = m.steal.iter().copied().fold(0.0, f64::max);
+                format!(
+                    "{} {:.1}% ({:.1}%)",
+                    t.name(),
+                    super::report::median(&m.steal) * 100.0,
+                    max * 100.0
+                )
+            })
+            .collect();
+        if !stolen.is_empty() {
+            self.bench.steal_notes.borrow_mut().push(format!(
+                "{} {name}: CPU time taken by the hypervisor during each target's repetitions, median (max): {}",
+                self.tag,
+                stolen.join(", ")
+            ));
         }
         runs.into_iter()
             .map(|(t, run)| {

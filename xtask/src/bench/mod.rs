@@ -12,6 +12,7 @@ mod backend;
 mod cgroup;
 mod install;
 mod loadgen;
+mod machine;
 mod measure;
 mod netlab;
 mod peers;
@@ -166,6 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         next_op: Cell::new(0),
         timings: RefCell::new(Vec::new()),
+        steal_notes: RefCell::new(Vec::new()),
     };
     let hellos = loadgen::tunnel::Hellos::new(&pki)?;
     let connector = tokio_rustls::TlsConnector::from(pki.client.clone());
@@ -179,8 +181,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut per_workload = Vec::new();
     for w in &wanted {
         let phase_start = Instant::now();
+        let cpu_before = machine::CpuTimes::now();
         let phase = bench.phase(w);
-        let table = match w.as_str() {
+        let mut table = match w.as_str() {
             "W1" => workloads::w1(&bench),
             "W2" => workloads::w2(&bench, &connector),
             "W3" => workloads::w3(&bench, &hellos, bulk_bytes),
@@ -191,6 +194,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             other => bail!("unknown workload {other:?}: use W1..W7"),
         };
         drop(phase);
+        let shares = cpu_before
+            .zip(machine::CpuTimes::now())
+            .and_then(|(b, a)| machine::Shares::between(b, a));
+        if let Some(shares) = shares {
+            if shares.disturbed() {
+                tracing::warn!(
+                    "{w}: the hypervisor took {:.1}% of the CPU time: read this table's ratios with care",
+                    shares.steal * 100.0
+                );
+            }
+            table.notes.push(shares.note());
+        }
+        table.notes.extend(bench.steal_notes.take());
         per_workload.push(format!("{w} {:.0} s", phase_start.elapsed().as_secs_f64()));
         eprintln!("{}", table.markdown());
         tables.push(table);
