@@ -378,7 +378,7 @@ struct Boot {
 }
 
 impl Boot {
-    fn start(policy_args: &[&str], extra: &[&str]) -> Boot {
+    fn start(policy_args: &[impl AsRef<str>], extra: &[&str]) -> Boot {
         let dir = tempfile::tempdir().unwrap();
         let jobs = JobCgroup::create();
         let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
@@ -387,11 +387,10 @@ impl Boot {
         notify.set_nonblocking(true).unwrap();
         let mut cmd = Command::new(crate::support::egressd_bin());
         cmd.arg("boot")
-            .args(
-                policy_args
-                    .iter()
-                    .map(|a| a.replace("$DIR", &dir.path().display().to_string())),
-            )
+            .args(policy_args.iter().map(|a| {
+                a.as_ref()
+                    .replace("$DIR", &dir.path().display().to_string())
+            }))
             .arg("--cgroup")
             .arg(jobs.path())
             .arg("--control-socket")
@@ -812,28 +811,9 @@ fn boot_fetches_the_org_policy_from_the_service_and_falls_back_to_its_copy() {
         return;
     };
     let _t = Topology::up();
-    let org = super::service::org("boot");
-    let cfg = super::service::Config::new(&[&org]);
-    std::fs::write(cfg.policies().join(format!("{org}.yaml")), POLICY).unwrap();
-    let secrets = tempfile::tempdir().unwrap();
-    let token_file = secrets.path().join("token");
-    std::fs::write(&token_file, super::service::token(&org)).unwrap();
-    let cache = secrets.path().join("last-known-good.yaml");
-    let addr = super::service::free_addr();
-    let bin = crate::support::egressd_bin();
-    let mut serve = super::service::Serve::start(&bin, &cfg, &db, addr, &[]);
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(serve.wait_ready());
-    let url = format!("http://{addr}/v1/orgs/{org}/policy");
-    let args = [
-        "--policy-url",
-        url.as_str(),
-        "--token-file",
-        token_file.to_str().unwrap(),
-        "--policy-cache",
-        cache.to_str().unwrap(),
-    ];
+    let svc = OrgService::start(&db, "boot");
+    let cache = svc.cache.clone();
+    let args = svc.boot_args();
 
     let mut boot = Boot::start(&args, &[]);
     let ready = boot.ready();
@@ -856,7 +836,7 @@ fn boot_fetches_the_org_policy_from_the_service_and_falls_back_to_its_copy() {
     assert!(boot.terminate().success());
     drop(boot);
 
-    serve.kill();
+    svc.serve.kill();
     let mut boot = Boot::start(&args, &[]);
     let ready = boot.ready();
     assert_eq!(ready["state"], "enforcing", "{ready}");
@@ -875,6 +855,147 @@ fn boot_fetches_the_org_policy_from_the_service_and_falls_back_to_its_copy() {
     let (code, _) = boot.curl_from_job(DENIED);
     assert_ne!(code, 0, "the cached policy still denies {DENIED}");
     assert!(boot.terminate().success());
+}
+
+/// A real `egressd serve` (PostgreSQL-backed) holding [`POLICY`] for a fresh
+/// org, with what `boot --policy-url` needs to fetch it.
+struct OrgService {
+    serve: super::service::Serve,
+    org: String,
+    addr: std::net::SocketAddr,
+    token_file: PathBuf,
+    /// Where boot keeps its last-known-good copy.
+    cache: PathBuf,
+    _cfg: super::service::Config,
+    _secrets: tempfile::TempDir,
+}
+
+impl OrgService {
+    fn start(db: &str, prefix: &str) -> OrgService {
+        let org = super::service::org(prefix);
+        let cfg = super::service::Config::new(&[&org]);
+        std::fs::write(cfg.policies().join(format!("{org}.yaml")), POLICY).unwrap();
+        let secrets = tempfile::tempdir().unwrap();
+        let token_file = secrets.path().join("token");
+        std::fs::write(&token_file, super::service::token(&org)).unwrap();
+        let addr = super::service::free_addr();
+        let bin = crate::support::egressd_bin();
+        let mut serve = super::service::Serve::start(&bin, &cfg, db, addr, &[]);
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(serve.wait_ready());
+        OrgService {
+            serve,
+            addr,
+            token_file,
+            cache: secrets.path().join("last-known-good.yaml"),
+            org,
+            _cfg: cfg,
+            _secrets: secrets,
+        }
+    }
+
+    /// `--policy-url URL --token-file FILE --policy-cache FILE`.
+    fn boot_args(&self) -> Vec<String> {
+        vec![
+            "--policy-url".into(),
+            format!("http://{}/v1/orgs/{}/policy", self.addr, self.org),
+            "--token-file".into(),
+            self.token_file.display().to_string(),
+            "--policy-cache".into(),
+            self.cache.display().to_string(),
+        ]
+    }
+
+    /// The ids of every record the service holds for the org, sorted.
+    fn shipped_ids(&self) -> Vec<String> {
+        let token = super::service::token(&self.org);
+        let reply = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(super::service::request(
+                self.addr,
+                "GET",
+                "/v1/audit",
+                Some(&token),
+                &[],
+                b"",
+            ))
+            .unwrap();
+        let mut ids = super::service::export_ids(&reply);
+        ids.sort();
+        ids
+    }
+}
+
+fn sorted_ids<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<String> {
+    let mut ids: Vec<String> = records.into_iter().map(|r| r.id.to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// `boot --policy-url ... --ship`: `job end` returns only once the job's
+/// records are at the policy service, and SIGTERM ships the rest: every
+/// record of the boot reaches the service, once.
+#[test]
+fn boot_ships_every_record_to_the_policy_service() {
+    if !kit::privileged() {
+        return;
+    }
+    let Some(db) = super::service::database_url() else {
+        return;
+    };
+    let _t = Topology::up();
+    let svc = OrgService::start(&db, "ship");
+    let mut boot = Boot::start(&svc.boot_args(), &["--ship"]);
+    assert_eq!(boot.ready()["state"], "enforcing", "{}", boot.ready());
+
+    let env = github_env("octo/app", "301", "ship");
+    assert!(
+        boot.job(&["start"], &env).status.success(),
+        "{}",
+        boot.log()
+    );
+    assert_eq!(
+        boot.curl_from_job(ALLOWED),
+        (0, kit::SERVER_BODY.to_owned())
+    );
+    let (code, _) = boot.curl_from_job(DENIED);
+    assert_ne!(code, 0);
+    wait_for(&boot, "closing the allowed connection", |r| {
+        r.dst.map(|d| d.to_string()) == Some(format!("{ALLOWED}:8080")) && r.bytes_up.is_some()
+    });
+    wait_for(&boot, "for the denied connection", |r| {
+        r.dst.map(|d| d.to_string()) == Some(format!("{DENIED}:8080"))
+    });
+    let ended = boot.job(&["end"], &env);
+    assert!(
+        ended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ended.stderr)
+    );
+    let t = tags("octo/app", "301", "ship");
+    let job: Vec<Record> = boot
+        .records()
+        .into_iter()
+        .filter(|r| r.job.as_deref() == Some(&t))
+        .collect();
+    assert!(job.len() >= 3, "decisions and a closing record: {job:#?}");
+    let shipped = svc.shipped_ids();
+    for id in sorted_ids(&job) {
+        assert!(
+            shipped.contains(&id),
+            "`job end` returned before record {id} reached the service\n{}",
+            boot.log()
+        );
+    }
+
+    assert!(boot.terminate().success(), "{}", boot.log());
+    let local = boot.records();
+    assert_eq!(
+        svc.shipped_ids(),
+        sorted_ids(&local),
+        "every record of the boot reached the service, once"
+    );
 }
 
 #[test]

@@ -172,7 +172,7 @@ impl Drop for Serve {
 }
 
 /// An HTTP/1.1 reply.
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -196,7 +196,7 @@ impl Reply {
 }
 
 /// One request on a fresh connection (`Connection: close`), with a bound.
-async fn request(
+pub(crate) async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -313,7 +313,7 @@ fn jsonl(records: &[Record]) -> String {
         .collect()
 }
 
-fn export_ids(reply: &Reply) -> Vec<String> {
+pub(crate) fn export_ids(reply: &Reply) -> Vec<String> {
     reply
         .text()
         .lines()
