@@ -66,6 +66,11 @@ impl Shares {
         })
     }
 
+    /// From `before` (a [`CpuTimes::now`]) until now.
+    pub fn since(before: Option<CpuTimes>) -> Option<Shares> {
+        Shares::between(before?, CpuTimes::now()?)
+    }
+
     /// Whether enough was stolen to read the ratios with care.
     pub fn disturbed(&self) -> bool {
         self.steal > STEAL_WARN

@@ -351,10 +351,7 @@ impl Bench {
             )?,
         };
         let u1 = running.usage();
-        if let Some(s) = cpu0
-            .zip(machine::CpuTimes::now())
-            .and_then(|(a, b)| machine::Shares::between(a, b))
-        {
+        if let Some(s) = machine::Shares::since(cpu0) {
             m.steal.push(s.steal);
         }
         self.next_op
@@ -404,25 +401,31 @@ impl Fleet<'_> {
                 }
             }
         }
-        let stolen: Vec<String> = runs
+        // Named per target only when a repetition was disturbed: the
+        // workload's note gives the share over the whole workload.
+        let measured: Vec<(Target, &Measured)> = runs
             .iter()
-            .filter_map(|(t, run)| run.as_ref().ok().map(|(_, _, m)| (t, m)))
-            .filter(|(_, m)| !m.steal.is_empty())
-            .map(|(t, m)| {
-                let max = m.steal.iter().copied().fold(0.0, f64::max);
-                format!(
-                    "{} {:.1}% ({:.1}%)",
-                    t.name(),
-                    super::report::median(&m.steal) * 100.0,
-                    max * 100.0
-                )
-            })
+            .filter_map(|(t, run)| run.as_ref().ok().map(|(_, _, m)| (*t, m)))
             .collect();
-        if !stolen.is_empty() {
+        let max = |m: &Measured| m.steal.iter().copied().fold(0.0, f64::max);
+        if measured.iter().any(|(_, m)| max(m) > machine::STEAL_WARN) {
+            let each: Vec<String> = measured
+                .iter()
+                .filter(|(_, m)| !m.steal.is_empty())
+                .map(|(t, m)| {
+                    format!(
+                        "{} {:.1}% ({:.1}%)",
+                        t.name(),
+                        super::report::median(&m.steal) * 100.0,
+                        max(m) * 100.0
+                    )
+                })
+                .collect();
             self.bench.steal_notes.borrow_mut().push(format!(
-                "{} {name}: CPU time taken by the hypervisor during each target's repetitions, median (max): {}",
+                "{} {name}: a repetition had more than {:.0}% of its CPU time taken by the hypervisor; per target, median (max): {}",
                 self.tag,
-                stolen.join(", ")
+                machine::STEAL_WARN * 100.0,
+                each.join(", ")
             ));
         }
         runs.into_iter()

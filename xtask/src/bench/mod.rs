@@ -194,10 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             other => bail!("unknown workload {other:?}: use W1..W7"),
         };
         drop(phase);
-        let shares = cpu_before
-            .zip(machine::CpuTimes::now())
-            .and_then(|(b, a)| machine::Shares::between(b, a));
-        if let Some(shares) = shares {
+        if let Some(shares) = machine::Shares::since(cpu_before) {
             if shares.disturbed() {
                 tracing::warn!(
                     "{w}: the hypervisor took {:.1}% of the CPU time: read this table's ratios with care",
