@@ -921,6 +921,7 @@ impl OrgService {
                 b"",
             ))
             .unwrap();
+        assert_eq!(reply.status, 200, "the service's export: {}", reply.text());
         let mut ids = super::service::export_ids(&reply);
         ids.sort();
         ids
