@@ -418,3 +418,49 @@ fn exec_refuses_no_ebpf_as_bad_usage() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-ebpf"));
 }
+
+#[test]
+fn exec_mounts_bpffs_for_its_pins_where_none_is_mounted() {
+    if !kit::privileged() {
+        return;
+    }
+    let t = Topology::up();
+    let dir = tempfile::tempdir().unwrap();
+    // A private mount namespace without bpffs at /sys/fs/bpf (as on hosts
+    // that leave it an empty read-only directory); the bpffs egressd mounts
+    // there lives and dies with that namespace.
+    let inner = exec_cmd(
+        &t,
+        dir.path(),
+        "grep ' /sys/fs/bpf ' /proc/self/mountinfo > \"$T/mounts\"; ls /sys/fs/bpf > \"$T/pins\"",
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "while grep -q ' /sys/fs/bpf ' /proc/self/mountinfo; do umount /sys/fs/bpf || exit 97; done; \
+             exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    let mounts = std::fs::read_to_string(dir.path().join("mounts")).unwrap();
+    assert!(mounts.contains(" - bpf "), "bpffs mounted: {mounts}");
+    let pins = std::fs::read_to_string(dir.path().join("pins")).unwrap();
+    assert!(
+        pins.lines().any(|l| l.starts_with("egressd-exec-")),
+        "the pins were there while the command ran: {pins}"
+    );
+    assert!(
+        stderr.contains("mounted a bpf filesystem for the pins"),
+        "{stderr}"
+    );
+}
