@@ -1,6 +1,7 @@
 //! The audit record, schema version 1 (`../shared/design/audit.md`): one JSON
 //! object per line. Field names and codes are a public interface: golden tests
-//! pin the exact bytes; changing them needs a new `v`.
+//! pin the exact bytes; changing them needs a new `v`. An optional field may
+//! be added within v1 (readers ignore fields they do not know): `port`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -236,16 +236,35 @@ fn summary_is_a_markdown_table() {
         ),
         "{md}"
     );
+    // Denies first, each with why and how to allow it; then what audit mode
+    // would have denied. The one allowed record is a closing record: no
+    // decision, so no allowed section.
+    let denied = md.find("#### Denied: 2 decisions\n").expect(&md);
+    let would = md
+        .find("#### Would be denied in enforce mode (audit mode let it through): 1 decision\n")
+        .expect(&md);
+    assert!(denied < would, "{md}");
+    assert!(!md.contains("#### Allowed"), "{md}");
     assert!(
-        md.contains("| Host or IP | Port | Allowed | Denied | Would deny | Processes | Rule |"),
+        md[denied..would].contains(
+            "| evil.example | dns | 1 |  | no rule allows this name (its DNS query was refused) | add `host: \"evil.example\"` to `allow:` (YAML below) |"
+        ),
         "{md}"
     );
     assert!(
-        md.contains("| evil.example | dns | 0 | 1 | 0 |  | default |"),
+        md[denied..would].contains(
+            "| 2001:db8::7 | 22 | 1 |  | no host name in the connection, and no rule allows this address | add `ip: \"2001:db8::7\"` with `ports: [22]`"
+        ),
         "{md}"
     );
     assert!(
-        md.contains("| 2001:db8::7 | 22 | 0 | 1 | 0 |  | default |"),
+        md[would..].contains(
+            "| 169.254.169.254 | 80 | 1 | python3 | cloud metadata endpoint | cannot: blocked by the built-in rule `builtin:metadata` |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("```yaml\nallow:\n  - ip: \"2001:db8::7\"\n    ports: [22]\n  # seen in DNS queries only: add `ports:` to narrow it\n  - host: \"evil.example\"\n```"),
         "{md}"
     );
     assert!(md.contains("segment(s) were removed"), "{md}");
