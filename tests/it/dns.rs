@@ -128,6 +128,7 @@ async fn allowed_names_are_answered_and_audited() {
     assert_eq!(rec.rule, "allow[0]");
     assert_eq!(rec.host_source, HostSource::DnsQuery);
     assert_eq!(rec.dst, Some(w.dns.addr()));
+    assert_eq!(rec.port, None, "with a dst, the port is dst's");
     assert!(rec.src.is_some_and(|s| s.ip().is_loopback()));
     assert_eq!(rec.runner, "e2e-runner");
     let records = w.stop();
@@ -153,6 +154,8 @@ async fn denied_names_are_refused_and_never_forwarded() {
     assert_eq!(unlisted.reason, Reason::DnsRefused);
     assert_eq!(unlisted.rule, "default");
     assert_eq!(unlisted.dst, None);
+    // No upstream answered: the record still says it was a question to port 53.
+    assert_eq!((denied.port, unlisted.port), (Some(53), Some(53)));
     assert!(
         w.dns.queries().is_empty(),
         "denied names reached the upstream: {:?}",

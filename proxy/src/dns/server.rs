@@ -218,6 +218,11 @@ pub async fn answer(
     }
 }
 
+/// The port of a DNS question, on the records of queries no upstream
+/// answered (a refused name, a malformed query): the job asked the DNS
+/// service, whichever address the query was redirected to.
+const DNS_PORT: u16 = 53;
+
 /// What a query needs after the policy has decided on it.
 pub(super) enum Begun {
     /// The proxy answers it itself (malformed, denied): write `rec`, then
@@ -246,6 +251,7 @@ pub(super) fn begin(engine: &Engine, opts: &DnsOptions, raw: &[u8], client: Sock
             engine.metrics().dns_query(&decision);
             let mut rec = engine.record(Kind::Dns, &decision);
             rec.src = Some(client);
+            rec.set_destination(None, DNS_PORT);
             rec.detail = Some(rejected.what.to_owned());
             return Begun::Own {
                 rec,
@@ -257,6 +263,7 @@ pub(super) fn begin(engine: &Engine, opts: &DnsOptions, raw: &[u8], client: Sock
     engine.metrics().dns_query(&decision);
     let mut rec = engine.record(Kind::Dns, &decision);
     rec.src = Some(client);
+    rec.set_destination(None, DNS_PORT);
     rec.host = Some(if query.name.is_empty() {
         ".".to_owned()
     } else {
@@ -294,7 +301,7 @@ pub(super) fn conclude(
     });
     let reply = match reply {
         Ok((reply, dst)) => {
-            rec.dst = Some(dst);
+            rec.set_destination(Some(dst), DNS_PORT);
             reply
         }
         Err(e) => {
