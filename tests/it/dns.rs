@@ -357,6 +357,7 @@ async fn bytes_that_are_not_dns_over_tcp_are_closed_and_audited() {
     });
     assert_eq!(rec.reason, Reason::MalformedRequest);
     assert_eq!(rec.decision, Verdict::Deny);
+    assert_eq!(rec.port(), Some(53));
     assert!(
         rec.detail
             .as_deref()

@@ -180,6 +180,7 @@ async fn cut_short(engine: &Engine, client: SocketAddr, got: usize, announced: O
     engine.metrics().dns_query(&decision);
     let mut rec = engine.record(Kind::Dns, &decision);
     rec.src = Some(client);
+    rec.set_destination(None, DNS_PORT);
     rec.detail = Some(match announced {
         Some(len) => format!(
             "DNS over TCP: the connection ended after {got} bytes of a message announced as {len} bytes (not DNS, or cut short); closed without an answer"
