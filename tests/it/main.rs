@@ -19,6 +19,7 @@ mod container;
 mod dns;
 mod exec;
 mod explicit;
+mod jobs;
 mod runner;
 mod service;
 mod sni_listen;

@@ -68,13 +68,97 @@ pub(crate) mod kit {
         Command::new(args[0]).args(&args[1..]).output().unwrap()
     }
 
-    fn must(args: &[&str]) {
+    /// Run a command that must succeed.
+    pub(crate) fn must(args: &[&str]) {
         let out = sh(args);
         assert!(
             out.status.success(),
             "{args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// A test network namespace `PREFIX-PID` joined to the host by a veth
+    /// (`PREFIXPID` on the host side, `PEERPID` inside), both removed on
+    /// drop. Leftovers of killed runs with the same prefix are removed first.
+    pub struct Veth {
+        ns: String,
+        link: String,
+    }
+
+    impl Veth {
+        /// Create it with `host` addresses on the host side and `inside`
+        /// addresses in the namespace (`ADDR/LEN`, IPv6 without DAD), then
+        /// check that every one of `routed` goes through the link, before
+        /// anything is sent: no test packet may take the default route.
+        pub fn up(
+            prefix: &str,
+            peer_prefix: &str,
+            host: &[&str],
+            inside: &[&str],
+            routed: &[&str],
+        ) -> Veth {
+            sweep_leftovers(&[prefix]);
+            let pid = std::process::id();
+            let ns = format!("{prefix}-{pid}");
+            let link = format!("{prefix}{pid}");
+            let peer = format!("{peer_prefix}{pid}");
+            let _ = sh(&["ip", "netns", "del", &ns]);
+            let _ = sh(&["ip", "link", "del", &link]);
+            must(&["ip", "netns", "add", &ns]);
+            let veth = Veth { ns, link };
+            must(&[
+                "ip", "link", "add", &veth.link, "type", "veth", "peer", "name", &peer,
+            ]);
+            must(&["ip", "link", "set", &peer, "netns", &veth.ns]);
+            let add = |netns: Option<&str>, addr: &str, dev: &str| {
+                let mut args = vec!["ip"];
+                if let Some(n) = netns {
+                    args.extend(["-n", n]);
+                }
+                args.extend(["addr", "add", addr, "dev", dev]);
+                if addr.contains(':') {
+                    args.push("nodad");
+                }
+                must(&args);
+            };
+            for a in host {
+                add(None, a, &veth.link);
+            }
+            for a in inside {
+                add(Some(&veth.ns), a, &peer);
+            }
+            must(&["ip", "link", "set", &veth.link, "up"]);
+            must(&["ip", "-n", &veth.ns, "link", "set", &peer, "up"]);
+            must(&["ip", "-n", &veth.ns, "link", "set", "lo", "up"]);
+            for a in routed {
+                let route =
+                    String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
+                assert!(
+                    route.contains(&format!("dev {} ", veth.link)),
+                    "{a} is not routed via {}: {route}",
+                    veth.link
+                );
+            }
+            veth
+        }
+
+        /// The namespace.
+        pub fn netns(&self) -> &str {
+            &self.ns
+        }
+
+        /// The host side of the veth.
+        pub fn link(&self) -> &str {
+            &self.link
+        }
+    }
+
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = sh(&["ip", "link", "del", &self.link]);
+            let _ = sh(&["ip", "netns", "del", &self.ns]);
+        }
     }
 
     /// Remove network namespaces (`PREFIX-PID`) and links (`PREFIXPID`) of
@@ -109,8 +193,7 @@ pub(crate) mod kit {
 
     /// The namespace with the servers, held for one test at a time.
     pub struct Topology {
-        ns: String,
-        link: String,
+        net: Veth,
         server: Child,
         _lock: MutexGuard<'static, ()>,
     }
@@ -121,44 +204,13 @@ pub(crate) mod kit {
             let lock = LOCK
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            sweep_leftovers(&["egrt"]);
-            let pid = std::process::id();
-            let ns = format!("egrt-{pid}");
-            let link = format!("egrt{pid}");
-            let peer = format!("egrp{pid}");
-            let _ = sh(&["ip", "netns", "del", &ns]);
-            let _ = sh(&["ip", "link", "del", &link]);
-            must(&["ip", "netns", "add", &ns]);
-            must(&[
-                "ip", "link", "add", &link, "type", "veth", "peer", "name", &peer,
-            ]);
-            must(&["ip", "link", "set", &peer, "netns", &ns]);
-            must(&["ip", "addr", "add", &format!("{HOST}/29"), "dev", &link]);
-            must(&["ip", "link", "set", &link, "up"]);
-            for a in [ALLOWED, OVERRIDE_ONLY] {
-                must(&[
-                    "ip",
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("{a}/29"),
-                    "dev",
-                    &peer,
-                ]);
-            }
-            must(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
-            must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            // The route to every test address goes through the link, checked
-            // before anything is sent.
-            for a in [ALLOWED, OVERRIDE_ONLY, DENIED] {
-                let route =
-                    String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
-                assert!(
-                    route.contains(&format!("dev {link}")),
-                    "{a} is not routed via {link}: {route}"
-                );
-            }
+            let net = Veth::up(
+                "egrt",
+                "egrp",
+                &[&format!("{HOST}/29")],
+                &[&format!("{ALLOWED}/29"), &format!("{OVERRIDE_ONLY}/29")],
+                &[ALLOWED, OVERRIDE_ONLY, DENIED],
+            );
             let script = format!(
                 "import http.server\n\
                  class H(http.server.BaseHTTPRequestHandler):\n  \
@@ -169,15 +221,14 @@ pub(crate) mod kit {
                  http.server.ThreadingHTTPServer(('0.0.0.0',8080),H).serve_forever()\n"
             );
             let server = Command::new("ip")
-                .args(["netns", "exec", &ns, "python3", "-c", &script])
+                .args(["netns", "exec", net.netns(), "python3", "-c", &script])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
             let t = Topology {
-                ns,
-                link,
+                net,
                 server,
                 _lock: lock,
             };
@@ -194,21 +245,20 @@ pub(crate) mod kit {
     impl Topology {
         /// The namespace holding the servers.
         pub fn netns(&self) -> &str {
-            &self.ns
+            self.net.netns()
         }
 
         /// The host side of the veth into it (HOST's interface).
         pub fn host_link(&self) -> &str {
-            &self.link
+            self.net.link()
         }
     }
 
     impl Drop for Topology {
         fn drop(&mut self) {
+            // The server first; the namespace goes with `net`.
             let _ = self.server.kill();
             let _ = self.server.wait();
-            let _ = sh(&["ip", "link", "del", &self.link]);
-            let _ = sh(&["ip", "netns", "del", &self.ns]);
         }
     }
 
