@@ -306,6 +306,7 @@ struct Lab {
     _uplink: Veth,
     _internet: NetNs,
     _lock: MutexGuard<'static, ()>,
+    _block: crate::support::BlockLock,
 }
 
 impl Lab {
@@ -313,6 +314,7 @@ impl Lab {
         let lock = LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let block = crate::support::lock_block("container-198.51.100.192");
         // Leftovers of killed runs: their namespaces and links, and with the
         // links every address and route of this module's blocks (checked:
         // a live run elsewhere would be a collision).
@@ -427,6 +429,7 @@ impl Lab {
             _uplink: uplink,
             _internet: internet,
             _lock: lock,
+            _block: block,
         }
     }
 }

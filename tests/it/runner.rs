@@ -196,6 +196,7 @@ pub(crate) mod kit {
         net: Veth,
         server: Child,
         _lock: MutexGuard<'static, ()>,
+        _block: crate::support::BlockLock,
     }
 
     impl Topology {
@@ -204,6 +205,7 @@ pub(crate) mod kit {
             let lock = LOCK
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let block = crate::support::lock_block("kit-198.51.100.200");
             let net = Veth::up(
                 "egrt",
                 "egrp",
@@ -231,6 +233,7 @@ pub(crate) mod kit {
                 net,
                 server,
                 _lock: lock,
+                _block: block,
             };
             let deadline = Instant::now() + Duration::from_secs(20);
             let addr: std::net::SocketAddr = format!("{ALLOWED}:8080").parse().unwrap();

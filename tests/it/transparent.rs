@@ -99,6 +99,7 @@ struct Lab {
     /// The namespace; dropped after the servers in it.
     _net: kit::Veth,
     _lock: MutexGuard<'static, ()>,
+    _block: crate::support::BlockLock,
 }
 
 impl Lab {
@@ -106,6 +107,7 @@ impl Lab {
         let lock = LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let block = crate::support::lock_block("transparent-198.51.100.128");
         let net = kit::Veth::up(
             "egtr",
             "egtp",
@@ -150,6 +152,7 @@ impl Lab {
             ping: None,
             _net: net,
             _lock: lock,
+            _block: block,
         }
     }
 

@@ -202,6 +202,7 @@ pub struct World {
     servers: Vec<Server>,
     _rt: tokio::runtime::Runtime,
     _lock: MutexGuard<'static, ()>,
+    _block: crate::support::BlockLock,
 }
 
 impl World {
@@ -210,6 +211,7 @@ impl World {
         let lock = LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let block = crate::support::lock_block("jobs-198.51.100.64");
         let inside: Vec<String> = SITES
             .iter()
             .flat_map(|s| [format!("{}/27", s.v4), format!("{}/64", s.v6)])
@@ -251,6 +253,7 @@ impl World {
             servers: Vec::new(),
             _rt: rt,
             _lock: lock,
+            _block: block,
         };
         for b in backends {
             match b {
