@@ -669,7 +669,8 @@ impl Drop for World {
     }
 }
 
-/// A step of a job: a shell script run as a runner runs a step, inside the
+/// A step of a job: a shell script (`sh`; the tool steps of [`rollout`] stop
+/// at the first failing command) run as a runner runs a step, inside the
 /// filtered cgroup, with a fresh directory `$T`, `$HOME` inside it, the
 /// test CA in `$CA`, a private resolv.conf naming [`RESOLVER4`], and an
 /// environment holding only what the step is given (no proxy variables, none
