@@ -26,7 +26,7 @@ pub enum Format {
 /// The CSV columns, in order. Nested fields are flattened (`job.repository`
 /// becomes `repository`, `process.pid` becomes `pid`); an absent field is an
 /// empty cell. Part of the public interface, like the record's field names.
-pub const CSV_COLUMNS: [&str; 27] = [
+pub const CSV_COLUMNS: [&str; 28] = [
     "v",
     "id",
     "ts",
@@ -54,10 +54,12 @@ pub const CSV_COLUMNS: [&str; 27] = [
     "bytes_down",
     "duration_ms",
     "detail",
+    // Added after the first release: last, so no column moves.
+    "port",
 ];
 
 /// The CSV cells of one record, in [`CSV_COLUMNS`] order.
-pub fn csv_row(r: &Record) -> [String; 27] {
+pub fn csv_row(r: &Record) -> [String; 28] {
     fn opt<T: ToString>(v: Option<T>) -> String {
         v.map(|v| v.to_string()).unwrap_or_default()
     }
@@ -98,6 +100,7 @@ pub fn csv_row(r: &Record) -> [String; 27] {
         opt(r.bytes_down),
         opt(r.duration_ms),
         opt(r.detail.as_deref()),
+        opt(r.port),
     ]
 }
 

@@ -37,11 +37,17 @@ pub fn write(rec: &Record, out: &mut Vec<u8>) {
     text(out, b",\"rule\":", Some(&rec.rule));
     text(out, b",\"host\":", rec.host.as_deref());
     name(out, b",\"host_source\":", rec.host_source.as_str());
-    for (key, a) in [(&b",\"dst\":"[..], &rec.dst), (b",\"src\":", &rec.src)] {
-        if let Some(a) = a {
-            out.extend_from_slice(key);
-            addr(out, a);
-        }
+    if let Some(a) = &rec.dst {
+        out.extend_from_slice(b",\"dst\":");
+        addr(out, a);
+    }
+    if let Some(p) = rec.port {
+        out.extend_from_slice(b",\"port\":");
+        number(out, p);
+    }
+    if let Some(a) = &rec.src {
+        out.extend_from_slice(b",\"src\":");
+        addr(out, a);
     }
     if let Some(p) = &rec.process {
         out.extend_from_slice(b",\"process\":");
@@ -272,6 +278,7 @@ mod tests {
             opt_text(),
             proptest::sample::select(HostSource::ALL.to_vec()),
             addr(),
+            proptest::option::of(any::<u16>()),
             addr(),
             process(),
             proptest::option::of(any::<u64>()),
@@ -282,7 +289,18 @@ mod tests {
         (head, tail).prop_map(
             |(
                 (v, id, micros, runner, job, kind, decision, enforce_would, reason, rule),
-                (host, host_source, dst, src, process, bytes_up, bytes_down, duration_ms, detail),
+                (
+                    host,
+                    host_source,
+                    dst,
+                    port,
+                    src,
+                    process,
+                    bytes_up,
+                    bytes_down,
+                    duration_ms,
+                    detail,
+                ),
             )| Record {
                 v,
                 id: ulid::Ulid(id),
@@ -297,6 +315,7 @@ mod tests {
                 host,
                 host_source,
                 dst,
+                port,
                 src,
                 process,
                 bytes_up,

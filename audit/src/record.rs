@@ -1,6 +1,7 @@
 //! The audit record, schema version 1 (`../shared/design/audit.md`): one JSON
 //! object per line. Field names and codes are a public interface: golden tests
-//! pin the exact bytes; changing them needs a new `v`.
+//! pin the exact bytes; changing them needs a new `v`. An optional field may
+//! be added within v1 (readers ignore fields they do not know): `port`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -176,6 +177,11 @@ pub struct Record {
         serialize_with = "crate::addr_format::serialize"
     )]
     pub dst: Option<SocketAddr>,
+    /// The destination port asked for, written only when `dst` is absent
+    /// (a name denied before any address was dialled, a DNS query refused):
+    /// with `dst` the port is `dst`'s. Read it with [`Record::port`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// `ip:port` of the client socket.
     #[serde(
         default,
@@ -230,6 +236,7 @@ impl Record {
             host: None,
             host_source: HostSource::None,
             dst: None,
+            port: None,
             src: None,
             process: None,
             bytes_up: None,
@@ -237,6 +244,20 @@ impl Record {
             duration_ms: None,
             detail: None,
         }
+    }
+
+    /// Where the traffic was going: `dst` when an address was dialled or
+    /// decided on, else only the `port` that was asked for (so every record
+    /// of a decision carries its port, and `dst` never holds an address
+    /// nobody chose).
+    pub fn set_destination(&mut self, dst: Option<SocketAddr>, port: u16) {
+        self.dst = dst;
+        self.port = if dst.is_some() { None } else { Some(port) };
+    }
+
+    /// The destination port: `dst`'s, else `port`.
+    pub fn port(&self) -> Option<u16> {
+        self.dst.map(|d| d.port()).or(self.port)
     }
 
     /// True for the closing record of a TCP connection (it carries byte

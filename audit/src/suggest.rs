@@ -140,7 +140,7 @@ pub fn suggest<I: IntoIterator<Item = Record>>(records: I) -> String {
         last = Some(last.map_or(rec.ts, |l| l.max(rec.ts)));
         // What enforce mode decided or would have decided.
         let enforced = rec.enforce_would.unwrap_or(rec.decision);
-        let port = rec.dst.map(|d| d.port());
+        let port = rec.port();
         let dst_text = || match rec.dst {
             Some(d) => d.to_string(),
             None => "unknown destination".to_owned(),
@@ -260,7 +260,7 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 /// The name lower-cased without a trailing dot, if it is a valid ASCII host
 /// name (letters, digits, `-`, `_`; labels of 1..=63; at most 253 in all).
-fn valid_host(name: &str) -> Option<String> {
+pub(crate) fn valid_host(name: &str) -> Option<String> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     if name.is_empty() || name.len() > 253 {
         return None;
@@ -303,7 +303,7 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 
 /// A parent domain that is probably a public suffix (`co.uk`, `com.au`), under
 /// which a wildcard would cover unrelated sites.
-fn looks_like_public_suffix(parent: &str) -> bool {
+pub(crate) fn looks_like_public_suffix(parent: &str) -> bool {
     let labels: Vec<&str> = parent.split('.').collect();
     match labels.as_slice() {
         [_] => true,

@@ -1,20 +1,26 @@
-//! The endpoint summary of a set of records (a job, a time range): one row
-//! per host (or IP when no name was seen) and port with allowed and denied
-//! counts, the processes and the rules, rendered as a GitHub-flavoured
-//! Markdown table for `$GITHUB_STEP_SUMMARY`. Memory grows with the number of
-//! distinct endpoints, not with the number of records.
+//! The endpoint summary of a set of records (a job, a time range), rendered
+//! as GitHub-flavoured Markdown for `$GITHUB_STEP_SUMMARY`: one row per host
+//! (or IP when no name was seen) and port with allowed and denied counts, the
+//! processes and the rules, and per deny the cause it was denied for. Memory
+//! grows with the number of distinct endpoints, not with the number of
+//! records. What a row says and how rows are grouped and bounded in size
+//! lives in the submodules.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use egressd_policy::{Reason, Verdict};
 
 use crate::record::{Kind, Record};
 
+mod cause;
+mod entries;
+mod render;
+
+pub use render::MAX_BYTES;
+
 /// Distinct processes or rules listed per row before "and N more".
 const MAX_NAMES: usize = 5;
-/// Rows rendered before the rest is cut (a step summary is limited in size).
-const MAX_ROWS: usize = 300;
 
 /// What was reached: a host name, or the destination IP when no name was
 /// known, or `?` when neither was.
@@ -33,6 +39,16 @@ pub enum Service {
     Icmp,
     /// A raw or packet socket.
     Raw,
+}
+
+impl Service {
+    /// The port a rule would name, when there is one.
+    fn port(self) -> Option<u16> {
+        match self {
+            Service::Tcp(p) | Service::Udp(p) => Some(p),
+            Service::Dns | Service::Icmp | Service::Raw => None,
+        }
+    }
 }
 
 impl fmt::Display for Service {
@@ -66,6 +82,13 @@ impl NameSet {
         }
     }
 
+    fn merge(&mut self, other: &NameSet) {
+        for n in &other.names {
+            self.insert(n);
+        }
+        self.more |= other.more;
+    }
+
     /// The names kept, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(String::as_str)
@@ -75,6 +98,16 @@ impl NameSet {
     pub fn truncated(&self) -> bool {
         self.more
     }
+}
+
+/// Why traffic was (or, in audit mode, would have been) denied: the reason
+/// code and the rule that decided.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cause {
+    /// The reason code.
+    pub reason: Reason,
+    /// The rule id.
+    pub rule: String,
 }
 
 /// One endpoint's counts.
@@ -90,6 +123,29 @@ pub struct Row {
     pub processes: NameSet,
     /// Rule ids that decided.
     pub rules: NameSet,
+    /// Rule ids that allowed it (enforce mode would have too).
+    allowed_by: NameSet,
+    /// `denied`, by cause (nearly always one).
+    denies: Vec<(Cause, u64)>,
+    /// `would_deny`, by cause.
+    would_denies: Vec<(Cause, u64)>,
+}
+
+/// Count one more decision of `cause` in `by`.
+fn count_cause(by: &mut Vec<(Cause, u64)>, rec: &Record) {
+    match by
+        .iter_mut()
+        .find(|(c, _)| c.reason == rec.reason && c.rule == rec.rule)
+    {
+        Some((_, n)) => *n += 1,
+        None => by.push((
+            Cause {
+                reason: rec.reason,
+                rule: rec.rule.clone(),
+            },
+            1,
+        )),
+    }
 }
 
 /// The summary of some records.
@@ -140,11 +196,15 @@ impl Summary {
                 if rec.enforce_would == Some(Verdict::Deny) {
                     self.would_deny += 1;
                     row.would_deny += 1;
+                    count_cause(&mut row.would_denies, rec);
+                } else {
+                    row.allowed_by.insert(&rec.rule);
                 }
             }
             Verdict::Deny => {
                 self.denied += 1;
                 row.denied += 1;
+                count_cause(&mut row.denies, rec);
             }
         }
         if let Some(name) = process_name(rec) {
@@ -169,83 +229,25 @@ impl Summary {
         rows
     }
 
-    /// A GitHub-flavoured Markdown summary: a header line with the totals,
-    /// then the table (`Host or IP | Port | Allowed | Denied | Processes |
-    /// Rule`, plus `Would deny` when audit-mode records are present).
+    /// Distinct endpoints (host or IP, and port).
+    pub fn endpoints(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// A GitHub-flavoured Markdown summary of at most [`MAX_BYTES`]: a
+    /// heading with the totals, then a section of denied endpoints (most
+    /// denied first, each with why and how to allow it), one of what audit
+    /// mode would have denied, and one of the allowed endpoints, which denies
+    /// never crowd out. Many names under one domain share a row; what does
+    /// not fit is counted, with the command that lists it all.
     pub fn to_markdown(&self) -> String {
-        let mut out = String::new();
-        let endpoints = self.rows.len();
-        let _ = write!(
-            out,
-            "### egressd: {} allowed, {} denied, {} endpoint{}",
-            self.allowed,
-            self.denied,
-            endpoints,
-            if endpoints == 1 { "" } else { "s" }
-        );
-        let audit_mode = self.rows.values().any(|r| r.would_deny > 0);
-        if audit_mode {
-            let _ = write!(
-                out,
-                " (audit mode: {} would have been denied)",
-                self.would_deny
-            );
-        }
-        out.push_str("\n\n");
-        if self.segments_removed > 0 {
-            let _ = writeln!(
-                out,
-                "> **Warning:** {} audit journal segment(s) were removed to stay within the size bound; \
-                 older records are missing. Raise the journal size or ship records centrally.\n",
-                self.segments_removed
-            );
-        }
-        if endpoints == 0 {
-            out.push_str("No network decisions were recorded.\n");
-            return out;
-        }
-        out.push_str("| Host or IP | Port | Allowed | Denied |");
-        if audit_mode {
-            out.push_str(" Would deny |");
-        }
-        out.push_str(" Processes | Rule |\n|---|---|--:|--:|");
-        if audit_mode {
-            out.push_str("--:|");
-        }
-        out.push_str("---|---|\n");
-        let rows = self.rows();
-        for (endpoint, service, row) in rows.iter().take(MAX_ROWS) {
-            let _ = write!(
-                out,
-                "| {} | {} | {} | {} |",
-                markdown_text(endpoint),
-                service,
-                row.allowed,
-                row.denied
-            );
-            if audit_mode {
-                let _ = write!(out, " {} |", row.would_deny);
-            }
-            let _ = writeln!(
-                out,
-                " {} | {} |",
-                names_cell(&row.processes),
-                names_cell(&row.rules)
-            );
-        }
-        if rows.len() > MAX_ROWS {
-            let _ = writeln!(
-                out,
-                "\n{} more endpoints not shown; use `egressd audit export` for all records.",
-                rows.len() - MAX_ROWS
-            );
-        }
-        out
+        render::markdown(self)
     }
 }
 
 fn endpoint_of(rec: &Record) -> (Endpoint, Service) {
-    let port = rec.dst.map_or(0, |d| d.port());
+    // A name denied before it was dialled has only the port asked for.
+    let port = rec.port().unwrap_or(0);
     let service = match rec.kind {
         Kind::Dns => Service::Dns,
         Kind::Udp => Service::Udp(port),
@@ -268,36 +270,6 @@ pub(crate) fn process_name(rec: &Record) -> Option<&str> {
         .as_deref()
         .filter(|c| !c.is_empty())
         .or_else(|| p.exe.as_deref().map(|e| e.rsplit('/').next().unwrap_or(e)))
-}
-
-fn names_cell(set: &NameSet) -> String {
-    let mut cell = set
-        .names()
-        .map(markdown_text)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if set.truncated() {
-        cell.push_str(", …");
-    }
-    cell
-}
-
-/// Text from the network (an SNI, a process name) made inert in a Markdown
-/// table cell: punctuation Markdown reacts to is escaped, control characters
-/// are replaced.
-fn markdown_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '#' | '!' | '~' | '&' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -304,7 +304,7 @@ async fn open_tunnel(
             detail,
         } => {
             tunnel::audit_decision(engine, &decided.decision, |r| {
-                fill(r, &decided, dst, peer, None);
+                fill(r, &decided, &target, dst, peer, None);
                 r.detail = detail;
             })
             .await;
@@ -331,7 +331,7 @@ async fn open_tunnel(
         // The client left; nothing was relayed, so the decision still stands
         // as the record of the attempt.
         tunnel::audit_decision(engine, &decided.decision, |r| {
-            fill(r, &decided, Some(dst), peer, None);
+            fill(r, &decided, &target, Some(dst), peer, None);
             r.detail = Some("the client left before the tunnel opened".into());
         })
         .await;
@@ -347,7 +347,7 @@ async fn open_tunnel(
                 host_source: decided.host_source,
             };
             tunnel::audit_decision(engine, &d, |r| {
-                fill(r, &decided, Some(dst), peer, None);
+                fill(r, &decided, &target, Some(dst), peer, None);
                 r.detail = Some(detail.clone());
             })
             .await;
@@ -360,7 +360,7 @@ async fn open_tunnel(
         }
     };
     let record = tunnel::audit_decision(engine, &final_decided.decision, |r| {
-        fill(r, &final_decided, Some(dst), peer, None);
+        fill(r, &final_decided, &target, Some(dst), peer, None);
         if let (Target::Name(connect_host), Some(inner)) = (&target.host, &final_decided.host)
             && !same_name(connect_host, inner)
         {
@@ -380,16 +380,19 @@ async fn open_tunnel(
     })
 }
 
+/// The record of a decision on `target`: the address decided on when there
+/// was one, else the port the request asked for.
 fn fill(
     r: &mut Record,
     d: &Decided,
+    target: &ConnectTarget,
     dst: Option<SocketAddr>,
     src: SocketAddr,
     process: Option<Process>,
 ) {
     r.host = d.host.clone();
     r.host_source = d.host_source;
-    r.dst = dst;
+    r.set_destination(dst, target.port);
     r.src = Some(src);
     r.process = process.map(Box::new);
 }

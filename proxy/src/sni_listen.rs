@@ -55,6 +55,7 @@ async fn handle(engine: Arc<Engine>, client: TcpStream, peer: SocketAddr, upstre
         Box::pin(deny_unnamed(
             &engine,
             peer,
+            upstream_port,
             Reason::LimitExceeded,
             format!("more than {} tunnels open", engine.limits().max_tunnels),
         ))
@@ -86,13 +87,13 @@ async fn open_tunnel(
             source: HostSource::Sni,
         } => name.as_str(),
         FirstBytes::Refused { reason, detail } => {
-            deny_unnamed(engine, peer, *reason, detail.clone()).await;
+            deny_unnamed(engine, peer, upstream_port, *reason, detail.clone()).await;
             tunnel::reset(client);
             return None;
         }
         FirstBytes::Named { .. } | FirstBytes::Nameless => {
             let (reason, detail) = unroutable(&peeked.bytes, engine.limits());
-            deny_unnamed(engine, peer, reason, detail).await;
+            deny_unnamed(engine, peer, upstream_port, reason, detail).await;
             tunnel::reset(client);
             return None;
         }
@@ -106,7 +107,7 @@ async fn open_tunnel(
             tunnel::audit_decision(engine, &decided.decision, |r| {
                 r.host = decided.host.clone();
                 r.host_source = decided.host_source;
-                r.dst = dst;
+                r.set_destination(dst, upstream_port);
                 r.src = Some(peer);
                 r.detail = detail;
             })
@@ -136,9 +137,17 @@ async fn open_tunnel(
     }
 }
 
-/// Record a deny made before any name was known (no destination either).
-async fn deny_unnamed(engine: &Engine, peer: SocketAddr, reason: Reason, detail: String) {
+/// Record a deny made before any name was known: no address either, only
+/// the upstream port every connection to this listener is for.
+async fn deny_unnamed(
+    engine: &Engine,
+    peer: SocketAddr,
+    upstream_port: u16,
+    reason: Reason,
+    detail: String,
+) {
     tunnel::audit_decision(engine, &Decision::engine_deny(reason), |r| {
+        r.set_destination(None, upstream_port);
         r.src = Some(peer);
         r.detail = Some(detail);
     })

@@ -117,19 +117,19 @@ fn csv_export_to_a_file_has_the_documented_columns() {
     assert_eq!(
         lines[0],
         "v,id,ts,runner,repository,workflow,run_id,run_attempt,job,kind,decision,enforce_would,\
-reason,rule,host,host_source,dst,src,pid,comm,exe,cgroup,container,bytes_up,bytes_down,duration_ms,detail"
+reason,rule,host,host_source,dst,src,pid,comm,exe,cgroup,container,bytes_up,bytes_down,duration_ms,detail,port"
     );
     assert_eq!(
         lines[1],
         "1,01JDQ6Z3K4ZV9Y8X7W6V5T4S3R,2026-11-26T21:58:13.123456Z,runner-7,acme/web,CI,1234567890,1,build,\
 tcp,allow,,rule_allow,allow[3],github.com,sni,198.51.100.10:443,10.1.0.2:40312,4242,curl,/usr/bin/curl,\
-/system.slice/runner.service,,517,4096,250,"
+/system.slice/runner.service,,517,4096,250,,"
     );
     assert_eq!(
         lines[3],
         "1,01JDQ6Z3K6BBBBBBBBBBBBBBBB,2026-11-26T21:58:15.500000Z,runner-7,acme/web,CI,1234567890,1,build,\
 tcp,allow,deny,builtin_metadata,builtin:metadata,,none,169.254.169.254:80,[2001:db8::2]:40000,99,python3,,\
-/ci/job-1,3f2a9c,,,,"
+/ci/job-1,3f2a9c,,,,,"
     );
     let leftovers: Vec<_> = std::fs::read_dir(j.path().join("out")).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "only the finished file remains");
@@ -236,16 +236,35 @@ fn summary_is_a_markdown_table() {
         ),
         "{md}"
     );
+    // Denies first, each with why and how to allow it; then what audit mode
+    // would have denied. The one allowed record is a closing record: no
+    // decision, so no allowed section.
+    let denied = md.find("#### Denied: 2 decisions\n").expect(&md);
+    let would = md
+        .find("#### Would be denied in enforce mode (audit mode let it through): 1 decision\n")
+        .expect(&md);
+    assert!(denied < would, "{md}");
+    assert!(!md.contains("#### Allowed"), "{md}");
     assert!(
-        md.contains("| Host or IP | Port | Allowed | Denied | Would deny | Processes | Rule |"),
+        md[denied..would].contains(
+            "| evil.example | dns | 1 |  | no rule allows this name (its DNS query was refused) | add `host: \"evil.example\"` to `allow:` (YAML below) |"
+        ),
         "{md}"
     );
     assert!(
-        md.contains("| evil.example | dns | 0 | 1 | 0 |  | default |"),
+        md[denied..would].contains(
+            "| 2001:db8::7 | 22 | 1 |  | no host name in the connection, and no rule allows this address | add `ip: \"2001:db8::7\"` with `ports: [22]`"
+        ),
         "{md}"
     );
     assert!(
-        md.contains("| 2001:db8::7 | 22 | 0 | 1 | 0 |  | default |"),
+        md[would..].contains(
+            "| 169.254.169.254 | 80 | 1 | python3 | cloud metadata endpoint | cannot: blocked by the built-in rule `builtin:metadata` |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("```yaml\nallow:\n  - ip: \"2001:db8::7\"\n    ports: [22]\n  # seen in DNS queries only: add `ports:` to narrow it\n  - host: \"evil.example\"\n```"),
         "{md}"
     );
     assert!(md.contains("segment(s) were removed"), "{md}");

@@ -128,6 +128,7 @@ async fn allowed_names_are_answered_and_audited() {
     assert_eq!(rec.rule, "allow[0]");
     assert_eq!(rec.host_source, HostSource::DnsQuery);
     assert_eq!(rec.dst, Some(w.dns.addr()));
+    assert_eq!(rec.port, None, "with a dst, the port is dst's");
     assert!(rec.src.is_some_and(|s| s.ip().is_loopback()));
     assert_eq!(rec.runner, "e2e-runner");
     let records = w.stop();
@@ -153,6 +154,8 @@ async fn denied_names_are_refused_and_never_forwarded() {
     assert_eq!(unlisted.reason, Reason::DnsRefused);
     assert_eq!(unlisted.rule, "default");
     assert_eq!(unlisted.dst, None);
+    // No upstream answered: the record still says it was a question to port 53.
+    assert_eq!((denied.port, unlisted.port), (Some(53), Some(53)));
     assert!(
         w.dns.queries().is_empty(),
         "denied names reached the upstream: {:?}",
@@ -330,4 +333,34 @@ async fn malformed_queries_get_formerr_and_are_audited() {
     // The server still answers afterwards.
     let out = w.kdig(&["a.test", "A"]).await;
     assert_eq!(status(&out), "NOERROR", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_dns_over_tcp_are_closed_and_audited() {
+    let w = World::new().await;
+    let mut tcp = tokio::net::TcpStream::connect(w.listen()).await.unwrap();
+    let src = tcp.local_addr().unwrap();
+    // An HTTP request to the DNS port: its first two bytes read as a length
+    // of 18,245, and the connection ends long before.
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: smuggle.test\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty(), "no answer: {rest:?}");
+    let rec = w.proxy.wait_record("not dns over tcp", |r| {
+        r.kind == Kind::Dns && r.src == Some(src)
+    });
+    assert_eq!(rec.reason, Reason::MalformedRequest);
+    assert_eq!(rec.decision, Verdict::Deny);
+    assert!(
+        rec.detail
+            .as_deref()
+            .is_some_and(|d| d.contains("announced as 18245 bytes")),
+        "{rec:?}"
+    );
 }

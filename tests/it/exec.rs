@@ -139,7 +139,12 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
         "the summary of the run's records is printed:\n{summary}\nstderr:\n{stderr}"
     );
     assert!(
-        summary.contains(&format!("| {DENIED} | 8080 | 0 | 1 | curl |")),
+        summary
+            .split("#### ")
+            .any(|section| section.starts_with("Denied: ")
+                && section.contains(&format!(
+                    "| {DENIED} | 8080 | 1 | curl | no rule allows this address |"
+                ))),
         "{summary}"
     );
 
@@ -417,4 +422,50 @@ fn exec_refuses_no_ebpf_as_bad_usage() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-ebpf"));
+}
+
+#[test]
+fn exec_mounts_bpffs_for_its_pins_where_none_is_mounted() {
+    if !kit::privileged() {
+        return;
+    }
+    let t = Topology::up();
+    let dir = tempfile::tempdir().unwrap();
+    // A private mount namespace without bpffs at /sys/fs/bpf (as on hosts
+    // that leave it an empty read-only directory); the bpffs egressd mounts
+    // there lives and dies with that namespace.
+    let inner = exec_cmd(
+        &t,
+        dir.path(),
+        "grep ' /sys/fs/bpf ' /proc/self/mountinfo > \"$T/mounts\"; ls /sys/fs/bpf > \"$T/pins\"",
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "while grep -q ' /sys/fs/bpf ' /proc/self/mountinfo; do umount /sys/fs/bpf || exit 97; done; \
+             exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    let mounts = std::fs::read_to_string(dir.path().join("mounts")).unwrap();
+    assert!(mounts.contains(" - bpf "), "bpffs mounted: {mounts}");
+    let pins = std::fs::read_to_string(dir.path().join("pins")).unwrap();
+    assert!(
+        pins.lines().any(|l| l.starts_with("egressd-exec-")),
+        "the pins were there while the command ran: {pins}"
+    );
+    assert!(
+        stderr.contains("mounted a bpf filesystem for the pins"),
+        "{stderr}"
+    );
 }

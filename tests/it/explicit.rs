@@ -199,6 +199,36 @@ async fn a_denied_name_gets_403_naming_the_reason_and_rule() {
     assert_eq!(rec.rule, "default");
 }
 
+/// A name denied before any address was dialled has no `dst`; its record
+/// still carries the port the CONNECT asked for, and the summary shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_denied_before_dialling_keeps_its_port_in_the_record_and_summary() {
+    let w = World::new().await;
+    let proxy = w.proxy(&policy("enforce")).start();
+    let (_s, head) = raw_connect(proxy.explicit(), "n0.many.test:443").await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let rec = proxy.wait_record("denying n0.many.test", |r| {
+        is_tcp_decision(r) && r.host.as_deref() == Some("n0.many.test")
+    });
+    assert_eq!((rec.decision, rec.reason), (Verdict::Deny, Reason::NoRule));
+    assert_eq!(rec.dst, None, "no address was dialled: {rec:?}");
+    assert_eq!(rec.port, Some(443), "{rec:?}");
+    assert_eq!(rec.port(), Some(443));
+
+    let out = std::process::Command::new(crate::support::egressd_bin())
+        .args(["audit", "summary", "--dir"])
+        .arg(&proxy.audit)
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        md.contains("| n0.many.test | 443 | 1 |  | no rule allows this host | add `host: \"n0.many.test\"` with `ports: [443]`"),
+        "{md}"
+    );
+    assert!(!md.contains("| n0.many.test | 0 |"), "{md}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sni_other_than_the_connect_host_is_denied_inside_the_tunnel() {
     let w = World::new().await;

@@ -199,6 +199,9 @@ async fn a_denied_name_is_closed_and_audited_with_its_rule() {
     assert_eq!(rec.decision, Verdict::Deny);
     assert_eq!(rec.reason, Reason::NoRule);
     assert_eq!(rec.rule, "default");
+    // Denied before any address was dialled: the listener's upstream port.
+    assert_eq!(rec.dst, None, "{rec:?}");
+    assert_eq!(rec.port, Some(w.a.port()), "{rec:?}");
 
     // Nothing was relayed for either: no closing record.
     std::thread::sleep(Duration::from_millis(300));
@@ -239,6 +242,7 @@ async fn a_client_hello_without_sni_is_denied_no_sni() {
     assert_eq!(rec.host, None);
     assert_eq!(rec.host_source, HostSource::None);
     assert_eq!(rec.dst, None);
+    assert_eq!(rec.port, Some(w.a.port()), "the listener's upstream port");
     assert!(rec.src.is_some_and(|s| s.ip().is_loopback()), "{rec:?}");
     assert!(
         rec.detail.as_deref().unwrap_or("").contains("server name"),

@@ -23,6 +23,7 @@ fn base(id: &str, ts: &str, kind: Kind, decision: Verdict, reason: Reason, rule:
         host: None,
         host_source: HostSource::None,
         dst: None,
+        port: None,
         src: None,
         process: None,
         bytes_up: None,
@@ -129,8 +130,24 @@ fn cases() -> Vec<(&'static str, Record)> {
     );
     ipv6_no_name.dst = Some("[2001:db8::7]:22".parse().unwrap());
 
+    // A name denied before any address was dialled (`CONNECT name:443`): no
+    // `dst`, the port asked for in `port`.
+    let mut name_denied = base(
+        "01JDQ6Z3K9EEEEEEEEEEEEEEEE",
+        "2026-11-26T21:58:18.250000Z",
+        Kind::Tcp,
+        Verdict::Deny,
+        Reason::NoRule,
+        "default",
+    );
+    name_denied.host = Some("n0.many.test".into());
+    name_denied.host_source = HostSource::Connect;
+    name_denied.port = Some(443);
+    name_denied.src = Some("127.0.0.1:40100".parse().unwrap());
+
     vec![
         ("tcp_allow_closing", tcp_closing),
+        ("tcp_deny_name_port_only", name_denied),
         ("dns_deny", dns_deny),
         ("audit_mode_would_deny", audit_mode),
         ("event_segment_removed", event),

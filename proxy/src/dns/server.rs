@@ -130,15 +130,32 @@ async fn tcp_connection(
     let _ = stream.set_nodelay(true);
     let stop = engine.stop_accepting();
     loop {
-        let len = tokio::select! {
-            r = tokio::time::timeout(opts.tcp_idle, stream.read_u16()) => r,
+        let mut prefix = [0u8; 2];
+        let first = tokio::select! {
+            r = tokio::time::timeout(opts.tcp_idle, stream.read(&mut prefix)) => r,
             () = stop.cancelled() => return,
         };
-        let Ok(Ok(len)) = len else { return };
-        let mut raw = vec![0u8; usize::from(len)];
-        match tokio::time::timeout(opts.tcp_idle, stream.read_exact(&mut raw)).await {
-            Ok(Ok(_)) => {}
+        // Silence or a close between messages ends the connection quietly.
+        let got = match first {
+            Ok(Ok(n)) if n > 0 => n,
             _ => return,
+        };
+        if got < 2
+            && !matches!(
+                tokio::time::timeout(opts.tcp_idle, stream.read_exact(&mut prefix[1..])).await,
+                Ok(Ok(_))
+            )
+        {
+            return cut_short(engine, client, 1, None).await;
+        }
+        let len = u16::from_be_bytes(prefix);
+        let mut raw = vec![0u8; usize::from(len)];
+        let mut read = 0;
+        while read < raw.len() {
+            match tokio::time::timeout(opts.tcp_idle, stream.read(&mut raw[read..])).await {
+                Ok(Ok(n)) if n > 0 => read += n,
+                _ => return cut_short(engine, client, read + 2, Some(len)).await,
+            }
         }
         let Some(reply) = answer(engine, opts, &raw, client, true).await else {
             return;
@@ -153,6 +170,26 @@ async fn tcp_connection(
             return;
         }
     }
+}
+
+/// A connection to the DNS port that ended inside a message (bytes that are
+/// not DNS over TCP, or a message cut short): no answer, but a record, as
+/// for every other decision.
+async fn cut_short(engine: &Engine, client: SocketAddr, got: usize, announced: Option<u16>) {
+    let decision = Decision::engine_deny(Reason::MalformedRequest);
+    engine.metrics().dns_query(&decision);
+    let mut rec = engine.record(Kind::Dns, &decision);
+    rec.src = Some(client);
+    rec.detail = Some(match announced {
+        Some(len) => format!(
+            "DNS over TCP: the connection ended after {got} bytes of a message announced as {len} bytes (not DNS, or cut short); closed without an answer"
+        ),
+        None => {
+            "DNS over TCP: the connection ended inside a length prefix; closed without an answer"
+                .to_owned()
+        }
+    });
+    engine.audit(rec).await;
 }
 
 /// Answer one query: decide, audit (exactly one record, before the answer
@@ -180,6 +217,11 @@ pub async fn answer(
         }
     }
 }
+
+/// The port of a DNS question, on the records of queries no upstream
+/// answered (a refused name, a malformed query): the job asked the DNS
+/// service, whichever address the query was redirected to.
+const DNS_PORT: u16 = 53;
 
 /// What a query needs after the policy has decided on it.
 pub(super) enum Begun {
@@ -209,6 +251,7 @@ pub(super) fn begin(engine: &Engine, opts: &DnsOptions, raw: &[u8], client: Sock
             engine.metrics().dns_query(&decision);
             let mut rec = engine.record(Kind::Dns, &decision);
             rec.src = Some(client);
+            rec.set_destination(None, DNS_PORT);
             rec.detail = Some(rejected.what.to_owned());
             return Begun::Own {
                 rec,
@@ -220,6 +263,7 @@ pub(super) fn begin(engine: &Engine, opts: &DnsOptions, raw: &[u8], client: Sock
     engine.metrics().dns_query(&decision);
     let mut rec = engine.record(Kind::Dns, &decision);
     rec.src = Some(client);
+    rec.set_destination(None, DNS_PORT);
     rec.host = Some(if query.name.is_empty() {
         ".".to_owned()
     } else {
@@ -257,7 +301,7 @@ pub(super) fn conclude(
     });
     let reply = match reply {
         Ok((reply, dst)) => {
-            rec.dst = Some(dst);
+            rec.set_destination(Some(dst), DNS_PORT);
             reply
         }
         Err(e) => {
