@@ -3,7 +3,8 @@
 //! with apt using only that source and its own lists and archives; the
 //! package is removed after each install, and by a guard.
 
-use super::world::{self, Backend, DEB, DEB_PACKAGE, GREETING, World};
+use super::rollout;
+use super::world::{Backend, DEB, DEB_PACKAGE, GREETING, World};
 use crate::runner::kit::{self, sh};
 
 /// Purges the package on drop (also when a run before this one was killed).
@@ -41,7 +42,7 @@ fn apt_update_and_install_roll_out_without_false_denies() {
          DEBIAN_FRONTEND=noninteractive {apt} purge -y {DEB_PACKAGE}\n",
         host = DEB.name,
     );
-    let e = world::rollout(&w, "apt", &script, &[]);
+    let e = rollout::rollout(&w, "apt", &script, &[]);
     assert!(e.policy.contains(DEB.name), "{}", e.policy);
     if e.step.code() == Some(0) {
         assert_eq!(e.step.read("greeting"), GREETING, "{}", e.step.output());

@@ -1,7 +1,8 @@
 //! `git clone` over HTTPS (smart HTTP: `git http-backend` behind nginx and
 //! fcgiwrap), the CA given the way CI jobs give it (`GIT_SSL_CAINFO`).
 
-use super::world::{self, Backend, GIT, GREETING, World};
+use super::rollout;
+use super::world::{Backend, GIT, GREETING, World};
 use crate::runner::kit;
 
 #[test]
@@ -20,7 +21,7 @@ fn git_clone_over_https_rolls_out_without_false_denies() {
         ("GIT_SSL_CAINFO", ca.as_str()),
         ("GIT_TERMINAL_PROMPT", "0"),
     ];
-    let e = world::rollout(&w, "git", &script, &env);
+    let e = rollout::rollout(&w, "git", &script, &env);
     assert!(e.policy.contains(GIT.name), "{}", e.policy);
     if e.step.code() == Some(0) {
         assert_eq!(e.step.read("readme"), GREETING, "{}", e.step.output());

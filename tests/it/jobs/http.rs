@@ -2,7 +2,8 @@
 //! python's `urllib` and `requests` (Debian's python3-requests), each
 //! fetching a page over HTTPS.
 
-use super::world::{self, WEB, WEB_BODY, World};
+use super::rollout;
+use super::world::{WEB, WEB_BODY, World};
 use crate::runner::kit;
 
 #[test]
@@ -22,7 +23,7 @@ fn curl_wget_and_python_roll_out_without_false_denies() {
          /usr/bin/python3 -c 'import sys, requests; \
          sys.stdout.write(requests.get(sys.argv[1], timeout=20, verify=sys.argv[2]).text)' {url} \"$CA\" > \"$T/requests\"\n"
     );
-    let e = world::rollout(&w, "http", &script, &[]);
+    let e = rollout::rollout(&w, "http", &script, &[]);
     assert!(e.policy.contains(WEB.name), "{}", e.policy);
     if e.step.code() == Some(0) {
         for f in ["curl1", "curl2", "wget", "urllib", "requests"] {

@@ -7,6 +7,7 @@
 //! is refused, audited with its process, and fails the job. One file per
 //! tool.
 
+mod rollout;
 mod world;
 
 mod apt;

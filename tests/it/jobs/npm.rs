@@ -1,7 +1,8 @@
 //! `npm install` from a registry (verdaccio behind nginx, HTTPS) holding a
 //! package the setup published to it.
 
-use super::world::{self, Backend, GREETING, NPM, PACKAGE, World};
+use super::rollout;
+use super::world::{Backend, GREETING, NPM, PACKAGE, World};
 use crate::runner::kit;
 
 #[test]
@@ -19,7 +20,7 @@ fn npm_install_from_a_registry_rolls_out_without_false_denies() {
          node -e 'console.log(require(\"{PACKAGE}\"))' > \"$T/greeting\"\n",
         host = NPM.name,
     );
-    let e = world::rollout(&w, "npm", &script, &[]);
+    let e = rollout::rollout(&w, "npm", &script, &[]);
     assert!(e.policy.contains(NPM.name), "{}", e.policy);
     if e.step.code() == Some(0) {
         assert_eq!(e.step.read("greeting"), GREETING, "{}", e.step.output());

@@ -3,6 +3,7 @@
 //! (`PIP_*` variables, pip.conf) are not the job's: the step runs with none
 //! of them and gives the test CA itself.
 
+use super::rollout;
 use super::world::{self, Backend, GREETING, PACKAGE, PYPI, World};
 use crate::runner::kit;
 
@@ -21,7 +22,7 @@ fn pip_install_from_an_index_rolls_out_without_false_denies() {
         host = PYPI.name,
     );
     let env = [("PIP_CONFIG_FILE", "/dev/null")];
-    let e = world::rollout(&w, "pip", &script, &env);
+    let e = rollout::rollout(&w, "pip", &script, &env);
     assert!(e.policy.contains(PYPI.name), "{}", e.policy);
     if e.step.code() == Some(0) {
         assert_eq!(e.step.read("greeting"), GREETING, "{}", e.step.output());
