@@ -20,6 +20,7 @@ mod crash;
 mod dns;
 mod exec;
 mod explicit;
+mod jobs;
 mod runner;
 mod service;
 mod sni_listen;
