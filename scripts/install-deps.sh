@@ -16,6 +16,12 @@ have python3 || need+=(python3)
 have sysctl || need+=(procps)
 have openssl || need+=(openssl)
 have pg_ctlcluster || need+=(postgresql)
+# The Docker tests use the Debian engine's own binaries by full path (another
+# `docker` may be first on PATH), a local registry, and nft to delete the
+# tables dockerd made.
+[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+have nft || need+=(nftables)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-deps: everything present"
@@ -27,6 +33,14 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "install-deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Installing docker.io or docker-registry must not start their services (a
+# dockerd on the default 172.17.0.0/16 bridge): deny service starts for the
+# install when the system does not already.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 echo "install-deps: done"

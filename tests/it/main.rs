@@ -17,6 +17,7 @@ mod audit_cli;
 mod check_explain;
 mod container;
 mod dns;
+mod docker;
 mod exec;
 mod explicit;
 mod runner;
