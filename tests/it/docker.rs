@@ -12,7 +12,7 @@
 //! `job end --fail-on-deny` exiting 0, then a poisoned job (an unlisted name,
 //! a raw IP, a UDP datagram) denied, audited with its container and failing.
 //!
-//! The "internet" is a network namespace (198.51.100.232/29, 2001:db8:7::/64)
+//! The "internet" is a network namespace (198.51.100.232/29, 2001:db8:8::/64)
 //! with the TLS servers, the registry and, at the resolver every container and
 //! dockerd are told to use, a canary that never answers and notes every query
 //! reaching it (a query there went around egressd). Names resolve only through
@@ -67,11 +67,11 @@ const UNLISTED_IP: &str = "198.51.100.235";
 const REGISTRY_IP: &str = "198.51.100.236";
 /// The resolver containers and dockerd are told to use: the canary.
 const RESOLVER: &str = "198.51.100.237";
-const BLOCK6: &str = "2001:db8:7::/64";
-const UPLINK6: &str = "2001:db8:7::1";
-const SERVER6: &str = "2001:db8:7::234";
-const UNLISTED6: &str = "2001:db8:7::235";
-const REGISTRY6: &str = "2001:db8:7::236";
+const BLOCK6: &str = "2001:db8:8::/64";
+const UPLINK6: &str = "2001:db8:8::1";
+const SERVER6: &str = "2001:db8:8::234";
+const UNLISTED6: &str = "2001:db8:8::235";
+const REGISTRY6: &str = "2001:db8:8::236";
 
 /// curl's name, python's name, a name no policy lists, the registry's names
 /// (the second one never allowed).
@@ -1340,7 +1340,7 @@ fn dockerd_in_the_filtered_cgroup_pulls_only_from_allowed_registries() {
 }
 
 /// The world stays inside this module's blocks: 198.51.100.208/28 for
-/// Docker, 198.51.100.232/29 and 2001:db8:7::/64 for the internet.
+/// Docker, 198.51.100.232/29 and 2001:db8:8::/64 for the internet.
 #[test]
 fn the_docker_world_stays_in_this_module_s_blocks() {
     let in4 = |a: &str, base: u32, prefix: u32| {
@@ -1356,7 +1356,7 @@ fn the_docker_world_stays_in_this_module_s_blocks() {
     }
     for a in [UPLINK6, SERVER6, UNLISTED6, REGISTRY6] {
         let a: Ipv6Addr = a.parse().unwrap();
-        assert_eq!(a.segments()[..4], [0x2001, 0xdb8, 7, 0], "{a}");
+        assert_eq!(a.segments()[..4], [0x2001, 0xdb8, 8, 0], "{a}");
     }
     assert!(POOL.starts_with("198.51.100.216/"));
 }
