@@ -27,23 +27,40 @@ if [ -z "${EGRESSD_TEST_DATABASE_URL:-}" ] && [ -x scripts/postgres-test.sh ]; t
   fi
 fi
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
+# Every step runs even when an earlier one failed, so one red run names every
+# failure; the script fails at the end if any step did.
+failed=()
+check() {
+  local name=$1; shift
+  step "$name"
+  if ! "$@"; then
+    failed+=("$name")
+  fi
+}
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+ebpf_check() {
+  if command -v clang-19 >/dev/null 2>&1; then
+    cargo xtask ebpf-check
+  elif [ "${CI:-}" = true ]; then
+    echo "clang-19 missing in CI" >&2; return 1
+  else
+    echo "skipped: clang-19 not installed (scripts/install-deps.sh installs it)"
+  fi
+}
 
-step "committed eBPF object matches its source"
-if command -v clang-19 >/dev/null 2>&1; then
-  cargo xtask ebpf-check
-elif [ "${CI:-}" = true ]; then
-  echo "clang-19 missing in CI" >&2; exit 1
-else
-  echo "skipped: clang-19 not installed (scripts/install-deps.sh installs it)"
+check "cargo fmt --check" cargo fmt --all -- --check
+check "cargo clippy --all-targets -- -D warnings" \
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+check "committed eBPF object matches its source" ebpf_check
+check "cargo build (the end-to-end tests run the real binary)" \
+  cargo build --workspace --bins --locked
+# --no-fail-fast: every test binary runs even when an earlier one failed.
+check "cargo test --workspace" \
+  cargo test --workspace --locked --no-fail-fast -- --test-threads="${EGRESSD_TEST_THREADS:-2}"
+
+if [ ${#failed[@]} -gt 0 ]; then
+  printf '\n==> failed steps:\n' >&2
+  printf '  - %s\n' "${failed[@]}" >&2
+  exit 1
 fi
-
-step "cargo build (the end-to-end tests run the real binary)"
-cargo build --workspace --bins --locked
-
-step "cargo test --workspace"
-cargo test --workspace --locked -- --test-threads="${EGRESSD_TEST_THREADS:-2}"
+printf '\n==> every step passed\n'

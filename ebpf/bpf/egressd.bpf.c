@@ -37,8 +37,10 @@
 #define PACKET_QDISC_BYPASS 20
 #define SOL_XDP 283
 
-/* Verdicts of tc programs. */
-#define TC_ACT_OK 0
+/* Verdicts of tc programs. A frame that is not ours gets TC_ACT_UNSPEC ("no opinion":
+ * tcx's TCX_NEXT, the next classifier under clsact), never TC_ACT_OK, which would end
+ * the chain and hide the frame from the guard of another egressd on the same host. */
+#define TC_ACT_UNSPEC (-1)
 #define TC_ACT_SHOT 2
 
 /* Verdicts of cgroup programs. */
@@ -102,7 +104,7 @@ struct deny_event {
 struct sock_info {
     __u64 cgroup_id;
     __u32 pid;
-    __u32 reported;    /* backstop already reported this socket */
+    __u32 reported;    /* a deny of this socket was already reported (once per socket) */
     char comm[16];
 };
 
@@ -301,9 +303,29 @@ static __always_inline int target6(struct bpf_sock_addr *ctx, __u32 t6[4])
     return (t6[0] | t6[1] | t6[2] | t6[3]) != 0;
 }
 
+/* A UDP datagram to a port other than DNS has no userspace path: its send gets EPERM.
+ * Only a send is refused. connect() on a UDP socket sends nothing (glibc's getaddrinfo
+ * connects one to each address it returns to sort them by reachability, RFC 6724),
+ * so it is left to the kernel, routing errors included; a datagram the connected
+ * socket later sends is dropped with EPERM by skb_egress. Reported once per socket. */
+static __always_inline void deny_udp_send(struct bpf_sock_addr *ctx, const __u8 addr[16],
+                                          __u16 family, __u32 proto)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (sk) {
+        struct sock_info *si = bpf_sk_storage_get(&sock_born, sk, 0, 0);
+        if (si) {
+            if (si->reported)
+                return;
+            si->reported = 1;
+        }
+    }
+    emit_deny(DENY_UDP, addr, ctx->user_port, family, proto);
+}
+
 /* Decide one connect (TCP, UDP) or unconnected UDP sendmsg destination. Returns ALLOW
  * (possibly rewritten to the proxy) or DENY (EPERM to the caller). */
-static __always_inline int steer4(struct bpf_sock_addr *ctx)
+static __always_inline int steer4(struct bpf_sock_addr *ctx, int is_connect)
 {
     __u32 dip = ctx->user_ip4;
     __u16 dport = bpf_ntohs((__u16)ctx->user_port);
@@ -322,7 +344,9 @@ static __always_inline int steer4(struct bpf_sock_addr *ctx)
         return ALLOW;
     }
     if (proto != IPPROTO_TCP && !(proto == IPPROTO_UDP && dport == DNS_PORT)) {
-        emit_deny(DENY_UDP, a, ctx->user_port, AF_INET, proto);
+        if (is_connect)
+            return ALLOW;
+        deny_udp_send(ctx, a, AF_INET, proto);
         return DENY;
     }
     __u32 t4;
@@ -336,7 +360,7 @@ static __always_inline int steer4(struct bpf_sock_addr *ctx)
     return ALLOW;
 }
 
-static __always_inline int steer6(struct bpf_sock_addr *ctx)
+static __always_inline int steer6(struct bpf_sock_addr *ctx, int is_connect)
 {
     __u32 d[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
     __u16 dport = bpf_ntohs((__u16)ctx->user_port);
@@ -355,7 +379,9 @@ static __always_inline int steer6(struct bpf_sock_addr *ctx)
         return ALLOW;
     }
     if (proto != IPPROTO_TCP && !(proto == IPPROTO_UDP && dport == DNS_PORT)) {
-        emit_deny(DENY_UDP, a, ctx->user_port, family, proto);
+        if (is_connect)
+            return ALLOW;
+        deny_udp_send(ctx, a, family, proto);
         return DENY;
     }
     __u32 t[4] = {0, 0, 0, 0};
@@ -383,25 +409,25 @@ static __always_inline int steer6(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int connect4(struct bpf_sock_addr *ctx)
 {
-    return steer4(ctx);
+    return steer4(ctx, 1);
 }
 
 SEC("cgroup/connect6")
 int connect6(struct bpf_sock_addr *ctx)
 {
-    return steer6(ctx);
+    return steer6(ctx, 1);
 }
 
 SEC("cgroup/sendmsg4")
 int sendmsg4(struct bpf_sock_addr *ctx)
 {
-    return steer4(ctx);
+    return steer4(ctx, 0);
 }
 
 SEC("cgroup/sendmsg6")
 int sendmsg6(struct bpf_sock_addr *ctx)
 {
-    return steer6(ctx);
+    return steer6(ctx, 0);
 }
 
 /* A DNS reply from the proxy appears to come from the resolver the app asked. */
@@ -651,7 +677,9 @@ int skb_egress(struct __sk_buff *skb)
         if (e) {
             e->cgroup_id = si->cgroup_id;
             e->pid = si->pid;
-            e->kind = DENY_BACKSTOP;
+            /* A connected UDP socket's datagram to a non-DNS port ends here by design
+             * (see deny_udp_send); anything else slipped past the socket hooks. */
+            e->kind = proto == IPPROTO_UDP ? DENY_UDP : DENY_BACKSTOP;
             __builtin_memcpy(e->addr, t.daddr, 16);
             e->port = bpf_htons(t.dport);
             e->family = v4 ? AF_INET : AF_INET6;
@@ -692,27 +720,27 @@ int sockopt_guard(struct bpf_sockopt *ctx)
  * but the sending socket stays attached to the frame: on egress for the host's own
  * namespace, and across a veth into the host's ingress for a container's. A frame
  * whose socket is a packet socket of a process in the filtered cgroup, created after
- * egressd attached, is dropped. Everything else passes untouched. */
+ * egressd attached, is dropped. Everything else is left to the next program. */
 SEC("classifier")
 int packet_guard(struct __sk_buff *skb)
 {
     struct bpf_sock *sk = skb->sk;
     if (!sk)
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     sk = bpf_sk_fullsock(sk);
     if (!sk)
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     __u32 family = sk->family;
     if (family != AF_PACKET && family != AF_XDP)
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     if (!filter_cgroup_id || bpf_skb_ancestor_cgroup_id(skb, filter_cgroup_level) != filter_cgroup_id)
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     __u64 cgroup_id = bpf_skb_cgroup_id(skb);
     if (proxy_cgroup_id && cgroup_id == proxy_cgroup_id)
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     __u64 ck = bpf_get_socket_cookie(skb);
     if (bpf_map_lookup_elem(&packet_old, &ck))
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     if (!bpf_map_lookup_elem(&packet_reported, &ck)) {
         __u8 one = 1;
         bpf_map_update_elem(&packet_reported, &ck, &one, BPF_ANY);

@@ -320,9 +320,9 @@ fn fill_passthrough(ebpf: &mut Ebpf, cfg: &EnforcerConfig) -> Result<(), EbpfErr
         .map_mut("passthrough")
         .ok_or_else(|| EbpfError::Config("the object has no passthrough map".into()))?;
     let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
-        LpmTrie::try_from(map).map_err(|source| EbpfError::Map {
+        LpmTrie::try_from(map).map_err(|cause| EbpfError::Map {
             map: "passthrough",
-            source,
+            cause,
         })?;
     for net in &cfg.passthrough {
         let net = net.trunc();
@@ -331,9 +331,9 @@ fn fill_passthrough(ebpf: &mut Ebpf, cfg: &EnforcerConfig) -> Result<(), EbpfErr
             ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
         };
         trie.insert(&Key::new(prefix, abi::addr16(net.addr())), 1, 0)
-            .map_err(|source| EbpfError::Map {
+            .map_err(|cause| EbpfError::Map {
                 map: "passthrough",
-                source,
+                cause,
             })?;
     }
     Ok(())
@@ -347,7 +347,7 @@ fn take_map<T>(
     let map = ebpf
         .take_map(name)
         .ok_or_else(|| EbpfError::Config(format!("the object has no map {name}")))?;
-    convert(map).map_err(|source| EbpfError::Map { map: name, source })
+    convert(map).map_err(|cause| EbpfError::Map { map: name, cause })
 }
 
 /// Loads one program and attaches it to the cgroup, returning its link.

@@ -23,39 +23,37 @@ pub enum EbpfError {
     /// A path egressd was told to use is not a cgroup v2 directory.
     #[error("{0} is not a cgroup v2 directory")]
     NotACgroup(PathBuf),
-    /// A file or directory could not be read or written.
-    #[error("{action} {path}: {source}")]
+    /// A file or directory could not be read or written. The cause is part of
+    /// the message and not also a `source()`, so an error chain says it once.
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What egressd was doing.
         action: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The embedded object could not be loaded.
     #[error("cannot load the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     /// A program could not be loaded, attached or pinned.
-    #[error("eBPF program {program}: {action} failed: {source}")]
+    #[error("eBPF program {program}: {action} failed: {cause}")]
     Program {
         /// The program's name (see `PROGRAMS`).
         program: &'static str,
         /// load, attach, pin...
         action: &'static str,
-        /// What aya reported.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// What aya reported (in the message, not a `source()`).
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A map could not be opened or updated.
-    #[error("eBPF map {map}: {source}")]
+    #[error("eBPF map {map}: {cause}")]
     Map {
         /// The map's name.
         map: &'static str,
-        /// What aya reported.
-        #[source]
-        source: aya::maps::MapError,
+        /// What aya reported (in the message, not a `source()`).
+        cause: aya::maps::MapError,
     },
     /// The configuration cannot be enforced.
     #[error("invalid enforcer configuration: {0}")]
@@ -74,7 +72,7 @@ impl EbpfError {
         Self::Io {
             action,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -86,7 +84,7 @@ impl EbpfError {
         Self::Program {
             program,
             action,
-            source: Box::new(source),
+            cause: Box::new(source),
         }
     }
 }

@@ -103,6 +103,9 @@ impl PacketGuard {
                     );
                     report.attached.push(name);
                 }
+                // An interface that went away meanwhile (a container's veth
+                // on a busy host) needs no guard: not a failure.
+                Err(_) if !still_there(index, &name) => {}
                 Err(e) if strict => {
                     for index in new {
                         if let Some(mut g) = self.guarded.remove(&index) {
@@ -243,9 +246,9 @@ fn exempt_existing_packet_sockets(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
         .map_mut("packet_old")
         .ok_or_else(|| EbpfError::Config("the object has no packet_old map".into()))?;
     let mut old: HashMap<&mut aya::maps::MapData, u64, u8> =
-        HashMap::try_from(map).map_err(|source| EbpfError::Map {
+        HashMap::try_from(map).map_err(|cause| EbpfError::Map {
             map: "packet_old",
-            source,
+            cause,
         })?;
     let mut kept = 0usize;
     for s in &sockets {
@@ -290,6 +293,11 @@ fn interfaces() -> Result<BTreeMap<u32, String>, EbpfError> {
         libc::if_freenameindex(list);
     }
     Ok(out)
+}
+
+/// Whether the interface `index` still exists under `name`.
+fn still_there(index: u32, name: &str) -> bool {
+    interfaces().is_ok_and(|now| now.get(&index).is_some_and(|n| n == name))
 }
 
 /// The pin of one side of one interface.

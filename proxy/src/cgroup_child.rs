@@ -22,12 +22,12 @@ pub enum CgroupError {
     )]
     NotInCgroup2,
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not a `source()`).
+        cause: std::io::Error,
     },
     /// The kernel side refused (mount not found, mkdir, cgroup.procs).
     #[error(transparent)]
@@ -38,9 +38,9 @@ pub enum CgroupError {
 /// `0::` path of `/proc/self/cgroup`).
 pub fn own_cgroup() -> Result<PathBuf, CgroupError> {
     let path = Path::new("/proc/self/cgroup");
-    let text = std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| CgroupError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     let rel = own_cgroup_in(&text).ok_or(CgroupError::NotInCgroup2)?;
     Ok(cgroup2_mount()?.join(rel.trim_start_matches('/')))
@@ -60,6 +60,7 @@ fn own_cgroup_in(text: &str) -> Option<&str> {
 #[derive(Debug)]
 pub struct OwnedCgroup {
     inner: ChildCgroup,
+    prefix: String,
 }
 
 /// Distinguishes several child cgroups made by one process.
@@ -77,7 +78,52 @@ impl OwnedCgroup {
         );
         Ok(OwnedCgroup {
             inner: ChildCgroup::create(parent, &name)?,
+            prefix: prefix.to_owned(),
         })
+    }
+
+    /// Where the pins of the hooks on this cgroup go: a directory of its own
+    /// under the bpf filesystem, named like the cgroup, so that no two egressd
+    /// on a host share one. Pin directories of the same prefix whose egressd
+    /// and guardian are both gone (both killed) are removed first.
+    pub fn pin_dir(&self) -> PathBuf {
+        let root = Path::new(egressd_ebpf::DEFAULT_PIN_DIR)
+            .parent()
+            .unwrap_or(Path::new("/sys/fs/bpf"));
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| owner_pid(n, &self.prefix)) else {
+                    continue;
+                };
+                if Path::new("/proc").join(pid.to_string()).exists() {
+                    continue;
+                }
+                tracing::info!(pins = %entry.path().display(), "removing pins left by a killed egressd");
+                if let Err(e) = egressd_ebpf::cleanup(&entry.path()) {
+                    tracing::warn!(error = %e, "leftover pins not removed");
+                }
+            }
+        }
+        let name = self.path().file_name().unwrap_or_default();
+        root.join(name)
+    }
+
+    /// Kill every process inside (the directory stays) and wait, briefly,
+    /// until the kernel says none is left.
+    pub async fn kill_all(&self) {
+        let path = self.path();
+        if let Err(e) = std::fs::write(path.join("cgroup.kill"), "1") {
+            tracing::warn!(cgroup = %path.display(), error = %e, "cannot kill what is left in the cgroup");
+            return;
+        }
+        for _ in 0..250 {
+            if !populated(path) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::warn!(cgroup = %path.display(), "processes of the cgroup are still exiting");
     }
 
     /// The directory.
@@ -137,6 +183,13 @@ pub fn sweep_leftovers(parent: &Path, prefix: &str) {
             Err(e) => tracing::warn!(error = %e, "leftover child cgroup not removed"),
         }
     }
+}
+
+/// Whether `cgroup.events` says a process is still inside (a cgroup that
+/// cannot be read counts as empty: it is gone).
+fn populated(cgroup: &Path) -> bool {
+    std::fs::read_to_string(cgroup.join("cgroup.events"))
+        .is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
 }
 
 /// The pid in `<prefix>-<pid>-<n>`.

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::cmd::UsageError;
 use crate::dns::{self, DnsMemory, Resolver};
 use crate::engine::{Engine, EngineParts};
+use crate::guardian::{Duties, Guardian};
 use crate::kernel::{self, EbpfOrigins};
 use crate::limits::Limits;
 use crate::origin::{DstSource, KernelOriginalDst};
@@ -196,6 +197,10 @@ pub struct KernelPlan {
     pub cgroup: PathBuf,
     /// Pin the links here (fail closed across a crash).
     pub pin_dir: Option<PathBuf>,
+    /// Whether pinned links stay after a normal shutdown (`run`/`boot --pin`:
+    /// blocked until the next start) or go with it (`exec`, whose pins only
+    /// bridge a crash until its guardian has killed the command).
+    pub keep_pins: bool,
     /// Container bridge gateway addresses.
     pub container_gateways: Vec<IpAddr>,
 }
@@ -279,6 +284,7 @@ pub fn plan(
         Some(KernelPlan {
             cgroup,
             pin_dir: opts.pin.then(|| opts.pin_dir.clone()),
+            keep_pins: opts.pin,
             container_gateways: opts.container_gateways.clone(),
         })
     };
@@ -555,15 +561,24 @@ pub struct ReadyInfo {
     pub detail: Option<String>,
 }
 
-/// The ready file: written atomically (temp file + rename), removed on drop.
+/// The ready file: written atomically (temp file + rename), removed on drop,
+/// and by a guardian process if egressd is killed before it can remove it
+/// itself: nothing claims readiness once egressd is gone.
 #[derive(Debug)]
 pub struct ReadyFile {
     path: PathBuf,
+    guardian: Option<Guardian>,
 }
 
 impl ReadyFile {
     /// Write `info` to `path`.
     pub fn create(path: &Path, info: &ReadyInfo) -> anyhow::Result<ReadyFile> {
+        // The guardian first: from the moment the file exists, it is removed
+        // whatever happens to egressd.
+        let guardian = Guardian::spawn(&Duties {
+            remove: vec![path.to_owned()],
+            ..Duties::default()
+        })?;
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_string(info)? + "\n";
         std::fs::write(&tmp, text)
@@ -571,6 +586,7 @@ impl ReadyFile {
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
         Ok(ReadyFile {
             path: path.to_owned(),
+            guardian: Some(guardian),
         })
     }
 }
@@ -578,6 +594,11 @@ impl ReadyFile {
 impl Drop for ReadyFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        if let Some(g) = self.guardian.take()
+            && let Err(e) = g.release()
+        {
+            tracing::warn!(error = %e, "the ready file's guardian");
+        }
     }
 }
 
@@ -588,6 +609,7 @@ pub struct RunningDaemon {
     engine: Arc<Engine>,
     ready: ReadyInfo,
     enforcer: Option<Arc<Enforcer>>,
+    keep_pins: bool,
     origins: Option<Arc<EbpfOrigins>>,
     tasks: TaskTracker,
     servers: tokio::task::JoinSet<()>,
@@ -741,6 +763,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
         engine,
         ready,
         enforcer,
+        keep_pins: plan.kernel.as_ref().is_some_and(|k| k.keep_pins),
         origins,
         tasks,
         servers,
@@ -827,7 +850,7 @@ impl RunningDaemon {
         engine.clear_process_lookup();
         drop(self.origins.take());
         let detached = match self.enforcer.take().map(Arc::try_unwrap) {
-            Some(Ok(enforcer)) if !enforcer.is_pinned() => {
+            Some(Ok(enforcer)) if !enforcer.is_pinned() || !self.keep_pins => {
                 enforcer.detach().context("cannot detach the kernel hooks")
             }
             Some(Ok(pinned)) => {
@@ -905,6 +928,7 @@ mod tests {
         let k = KernelPlan {
             cgroup: PathBuf::from("/x"),
             pin_dir: None,
+            keep_pins: false,
             container_gateways: vec!["172.17.0.1".parse().unwrap()],
         };
         let got = companions("127.0.0.1:15001".parse().unwrap(), Some(&k));

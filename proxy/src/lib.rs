@@ -12,6 +12,7 @@ pub mod decide;
 pub mod dial;
 pub mod dns;
 pub mod engine;
+pub mod guardian;
 pub mod kernel;
 pub mod limits;
 pub mod logging;

@@ -321,6 +321,7 @@ struct Lab {
     _uplink: Veth,
     _internet: NetNs,
     _lock: MutexGuard<'static, ()>,
+    _block: crate::support::BlockLock,
 }
 
 impl Lab {
@@ -328,6 +329,7 @@ impl Lab {
         let lock = LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let block = crate::support::lock_block("container-198.51.100.192");
         claim_blocks(&["egct", "egcn"], &[BLOCK4, BLOCK6]);
         let pid = std::process::id();
         let internet = NetNs::add(format!("egcn-{pid}"));
@@ -431,6 +433,7 @@ impl Lab {
             _uplink: uplink,
             _internet: internet,
             _lock: lock,
+            _block: block,
         }
     }
 }

@@ -659,6 +659,7 @@ struct World {
     _internet: NetNs,
     /// Job files, the canary's notes, the registry's storage.
     files: tempfile::TempDir,
+    _block: crate::support::BlockLock,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -667,6 +668,7 @@ impl World {
         let lock = LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let block = crate::support::lock_block("docker-198.51.100.208");
         claim_blocks(
             &["egdn", "egdq", "egdb", "egdu"],
             &[DOCKER_BLOCK, NET_BLOCK, BLOCK6],
@@ -762,6 +764,7 @@ impl World {
             _uplink: uplink,
             _internet: internet,
             files,
+            _block: block,
             _lock: lock,
         };
         let jobs = world.jobs.as_ref().unwrap();

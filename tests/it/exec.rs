@@ -17,7 +17,7 @@ use crate::runner::kit::{self, ALLOWED, DENIED, Topology};
 
 const POLICY: &str = "version: 1\nallow:\n  - cidr: 198.51.100.202/32\n    ports: [8080]\n";
 
-fn exec_cmd(t: &Topology, dir: &std::path::Path, script: &str) -> Command {
+pub(crate) fn exec_cmd(t: &Topology, dir: &std::path::Path, script: &str) -> Command {
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
     let mut cmd = Command::new(crate::support::egressd_bin());
@@ -175,62 +175,60 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
 /// Sends one frame through an AF_PACKET socket (usage in the file).
 const PACKET_SENDER: &str = include_str!("../../ebpf/tests/fixtures/packet_sender.py");
 
-#[test]
-fn exec_drops_packet_socket_frames_and_audits_them() {
-    if !kit::privileged() {
-        return;
+/// A UDP receiver in the test namespace on `ALLOWED:7777`: prints each
+/// payload, then "done" after 2 s of quiet.
+struct Receiver {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Receiver {
+    fn start(t: &Topology) -> Receiver {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", t.netns(), "python3", "-c"])
+            .arg(format!(
+                "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 s.bind(('{ALLOWED}',7777)); s.settimeout(2); print('ready',flush=True)\n\
+                 while True:\n  try: print(s.recv(100).decode(),flush=True)\n  \
+                 except socket.timeout: break\nprint('done',flush=True)\n"
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Receiver { child, out }
     }
-    let t = Topology::up();
-    let dir = tempfile::tempdir().unwrap();
-    // A UDP receiver in the namespace: prints each payload, "done" after 2 s of quiet.
-    let mut receiver = Command::new("ip")
-        .args(["netns", "exec", t.netns(), "python3", "-c"])
-        .arg(format!(
-            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-             s.bind(('{ALLOWED}',7777)); s.settimeout(2); print('ready',flush=True)\n\
-             while True:\n  try: print(s.recv(100).decode(),flush=True)\n  \
-             except socket.timeout: break\nprint('done',flush=True)\n"
-        ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(receiver.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    let frame =
-        |payload: &str| [t.host_link(), kit::HOST, ALLOWED, "7777", payload].map(str::to_owned);
 
-    // Without egressd the same frame arrives: the test can tell a drop.
-    let direct = Command::new("python3")
-        .arg("-c")
-        .arg(PACKET_SENDER)
-        .args(frame("direct"))
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&direct.stdout).contains("\nsent\n"),
-        "{direct:?}"
-    );
-    // Under egressd exec: dropped by the packet-socket guard, audited.
-    let script = format!(
+    /// Every payload that arrived (after the quiet period).
+    fn finish(mut self) -> Vec<String> {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
+        let _ = self.child.wait();
+        rest.lines().map(str::to_owned).collect()
+    }
+}
+
+/// The arguments of PACKET_SENDER for one frame to the receiver.
+fn frame(t: &Topology, payload: &str) -> [String; 5] {
+    [t.host_link(), kit::HOST, ALLOWED, "7777", payload].map(str::to_owned)
+}
+
+/// Under `exec`: sends one frame with `payload` through a packet socket.
+fn packet_script(t: &Topology, payload: &str) -> String {
+    format!(
         "python3 -c \"$SENDER\" {} > \"$T/packet\"",
-        frame("filtered").join(" ")
-    );
-    let run = exec_cmd(&t, dir.path(), &script)
-        .env("SENDER", PACKET_SENDER)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(0), "stderr:\n{stderr}");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    let _ = receiver.wait();
-    let got: Vec<&str> = rest.lines().collect();
-    assert_eq!(got, ["direct", "done"], "only the unfiltered frame arrived");
+        frame(t, payload).join(" ")
+    )
+}
 
-    let packet = std::fs::read_to_string(dir.path().join("packet")).unwrap();
+/// The packet_blocked record of the frame sent by `packet_script` in `dir`,
+/// attributed to its process and to a cgroup of `exec`.
+fn packet_record(dir: &std::path::Path, stderr: &str) -> egressd_audit::Record {
+    let packet = std::fs::read_to_string(dir.join("packet")).unwrap();
     let pid: u32 = packet
         .lines()
         .next()
@@ -238,11 +236,12 @@ fn exec_drops_packet_socket_frames_and_audits_them() {
         .unwrap()
         .parse()
         .unwrap();
-    let records = kit::records(&dir.path().join("audit"));
+    let records = kit::records(&dir.join("audit"));
     let rec = records
         .iter()
         .find(|r| r.reason == egressd_policy::Reason::PacketBlocked)
-        .unwrap_or_else(|| panic!("no packet_blocked record: {records:?}\nstderr:\n{stderr}"));
+        .unwrap_or_else(|| panic!("no packet_blocked record: {records:?}\nstderr:\n{stderr}"))
+        .clone();
     assert_eq!(rec.kind, egressd_audit::Kind::Raw);
     assert_eq!(rec.decision, egressd_policy::Verdict::Deny);
     assert!(
@@ -260,6 +259,107 @@ fn exec_drops_packet_socket_frames_and_audits_them() {
             .starts_with("egressd-exec-")),
         "{p:?}"
     );
+    rec
+}
+
+#[test]
+fn exec_drops_packet_socket_frames_and_audits_them() {
+    if !kit::privileged() {
+        return;
+    }
+    let t = Topology::up();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&t);
+
+    // Without egressd the same frame arrives: the test can tell a drop.
+    let direct = Command::new("python3")
+        .arg("-c")
+        .arg(PACKET_SENDER)
+        .args(frame(&t, "direct"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&direct.stdout).contains("\nsent\n"),
+        "{direct:?}"
+    );
+    // Under egressd exec: dropped by the packet-socket guard, audited.
+    let run = exec_cmd(&t, dir.path(), &packet_script(&t, "filtered"))
+        .env("SENDER", PACKET_SENDER)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "stderr:\n{stderr}");
+    assert_eq!(
+        receiver.finish(),
+        ["direct", "done"],
+        "only the unfiltered frame arrived"
+    );
+    packet_record(dir.path(), &stderr);
+}
+
+#[test]
+fn two_execs_on_one_host_each_guard_their_own_cgroup() {
+    if !kit::privileged() {
+        return;
+    }
+    let t = Topology::up();
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&t);
+    // The first instance attaches its guard to every interface and waits;
+    // the second attaches after it, so the first one's program sees the
+    // second one's frames first and must leave them to it.
+    let waiting = exec_cmd(
+        &t,
+        first.path(),
+        "while [ ! -e \"$T/go\" ]; do sleep 0.02; done; python3 -c \"$SENDER\" $FRAME > \"$T/packet\"",
+    )
+    .env("SENDER", PACKET_SENDER)
+    .env("FRAME", frame(&t, "first").join(" "))
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let ready = first.path().join("ready.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the first exec never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = exec_cmd(
+        &t,
+        second.path(),
+        &format!(
+            "{}; touch \"$GO\"; while [ ! -s \"$GO_DONE\" ]; do sleep 0.02; done",
+            packet_script(&t, "second")
+        ),
+    )
+    .env("SENDER", PACKET_SENDER)
+    .env("GO", first.path().join("go"))
+    .env("GO_DONE", first.path().join("packet"))
+    .output()
+    .unwrap();
+    let second_err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "stderr:\n{second_err}");
+    let waited = waiting.wait_with_output().unwrap();
+    let first_err = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(waited.status.code(), Some(0), "stderr:\n{first_err}");
+    assert_eq!(receiver.finish(), ["done"], "neither frame got out");
+    let a = packet_record(first.path(), &first_err);
+    let b = packet_record(second.path(), &second_err);
+    let cgroup = |r: &egressd_audit::Record| r.process.as_ref().and_then(|p| p.cgroup.clone());
+    assert_ne!(
+        cgroup(&a),
+        cgroup(&b),
+        "each journal holds its own cgroup's deny"
+    );
+    for (dir, other) in [(&first, &b), (&second, &a)] {
+        let records = kit::records(&dir.path().join("audit"));
+        assert!(
+            records.iter().all(|r| cgroup(r) != cgroup(other)),
+            "one instance recorded the other's process: {records:?}"
+        );
+    }
 }
 
 #[test]

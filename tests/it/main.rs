@@ -16,6 +16,7 @@ mod support;
 mod audit_cli;
 mod check_explain;
 mod container;
+mod crash;
 mod dns;
 mod docker;
 mod exec;

@@ -113,6 +113,7 @@ pub(crate) mod kit {
         link: String,
         server: Child,
         _lock: MutexGuard<'static, ()>,
+        _block: crate::support::BlockLock,
     }
 
     impl Topology {
@@ -121,6 +122,7 @@ pub(crate) mod kit {
             let lock = LOCK
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let block = crate::support::lock_block("kit-198.51.100.200");
             sweep_leftovers(&["egrt"]);
             let pid = std::process::id();
             let ns = format!("egrt-{pid}");
@@ -180,6 +182,7 @@ pub(crate) mod kit {
                 link,
                 server,
                 _lock: lock,
+                _block: block,
             };
             let deadline = Instant::now() + Duration::from_secs(20);
             let addr: std::net::SocketAddr = format!("{ALLOWED}:8080").parse().unwrap();

@@ -108,6 +108,7 @@ struct Lab {
     _host_rt: tokio::runtime::Runtime,
     ping: Option<PingRange>,
     _lock: MutexGuard<'static, ()>,
+    _block: crate::support::BlockLock,
 }
 
 impl Lab {
@@ -115,6 +116,7 @@ impl Lab {
         let lock = LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let block = crate::support::lock_block("transparent-198.51.100.128");
         kit::sweep_leftovers(&["egtr"]);
         let pid = std::process::id();
         let ns = format!("egtr-{pid}");
@@ -207,6 +209,7 @@ impl Lab {
             _host_rt: host_rt,
             ping: None,
             _lock: lock,
+            _block: block,
         }
     }
 

@@ -8,52 +8,67 @@ use egressd_ebpf::DenyKind;
 use crate::support::{self, World};
 
 #[test]
-fn udp_other_than_dns_gets_eperm_and_a_deny_event() {
+fn udp_other_than_dns_gets_eperm_at_the_send_and_one_deny_event_per_socket() {
     if !support::privileged() {
         return;
     }
     let mut world = World::new();
     let mut events = world.deny_events();
+    // Per destination: a socket that only connects (as glibc's getaddrinfo does
+    // to sort addresses: no datagram), a connected socket that sends twice, an
+    // unconnected one that sends twice.
     let script = r#"
 import socket, sys
-for host, port, connect in [("198.51.100.10", 9999, False), ("198.51.100.10", 443, True),
-                            ("2001:db8::10", 9999, False), ("::ffff:198.51.100.10", 443, True)]:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(fam, socket.SOCK_DGRAM)
+def attempt(f):
     try:
-        if connect:
-            s.connect((host, port))
-        else:
-            s.sendto(b"x", (host, port))
-        print(host, port, "sent", flush=True)
+        f()
+        return "ok"
     except OSError as e:
-        print(host, port, e.errno, flush=True)
+        return str(e.errno)
+for host, port in [("198.51.100.10", 9999), ("2001:db8::10", 443), ("::ffff:198.51.100.10", 443)]:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(fam, socket.SOCK_DGRAM)
+    probe.connect((host, port))
+    local = probe.getsockname()[0]
+    connected = socket.socket(fam, socket.SOCK_DGRAM)
+    sends = [attempt(lambda: connected.connect((host, port)))]
+    sends += [attempt(lambda: connected.send(b"x")) for _ in range(2)]
+    loose = socket.socket(fam, socket.SOCK_DGRAM)
+    sends += [attempt(lambda: loose.sendto(b"x", (host, port))) for _ in range(2)]
+    print(host, port, "from", local, " ".join(sends), flush=True)
 "#;
     let client = world.python(script);
     let pid = client.pid();
     let out = client.finish();
     let eperm = libc::EPERM;
+    let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
-        out.lines().collect::<Vec<_>>(),
+        lines,
         [
-            format!("198.51.100.10 9999 {eperm}"),
-            format!("198.51.100.10 443 {eperm}"),
-            format!("2001:db8::10 9999 {eperm}"),
-            format!("::ffff:198.51.100.10 443 {eperm}"),
-        ]
+            format!("198.51.100.10 9999 from 198.51.100.1 ok {eperm} {eperm} {eperm} {eperm}"),
+            format!("2001:db8::10 443 from 2001:db8::1 ok {eperm} {eperm} {eperm} {eperm}"),
+            format!(
+                "::ffff:198.51.100.10 443 from ::ffff:198.51.100.1 ok {eperm} {eperm} {eperm} {eperm}"
+            ),
+        ],
+        "connect() is the kernel's (the real source address), every send gets EPERM"
     );
-    let denies = support::collect_denies(&world, &mut events, 4);
-    let dsts: Vec<SocketAddr> = denies.iter().filter_map(|d| d.dst).collect();
-    assert_eq!(
-        dsts,
-        [
-            "198.51.100.10:9999",
-            "198.51.100.10:443",
-            "[2001:db8::10]:9999",
-            "198.51.100.10:443"
-        ]
-        .map(|a| a.parse::<SocketAddr>().unwrap())
-    );
+    // Two sending sockets per destination, one report each; the probes that
+    // only connected report nothing.
+    let denies = support::collect_denies(&world, &mut events, 7);
+    let mut dsts: Vec<SocketAddr> = denies.iter().filter_map(|d| d.dst).collect();
+    dsts.sort();
+    let mut want = [
+        "198.51.100.10:9999",
+        "198.51.100.10:9999",
+        "[2001:db8::10]:443",
+        "[2001:db8::10]:443",
+        "198.51.100.10:443",
+        "198.51.100.10:443",
+    ]
+    .map(|a| a.parse::<SocketAddr>().unwrap());
+    want.sort();
+    assert_eq!(dsts, want, "{denies:?}");
     for d in &denies {
         assert_eq!(d.kind, DenyKind::Udp);
         assert_eq!(d.pid, pid);
@@ -61,6 +76,44 @@ for host, port, connect in [("198.51.100.10", 9999, False), ("198.51.100.10", 44
         assert_eq!(d.cgroup_id, world.cgroup.id().unwrap());
         assert_eq!(d.protocol, 17);
     }
+}
+
+#[test]
+fn udp_connect_without_a_route_fails_as_the_kernel_says() {
+    if !support::privileged() {
+        return;
+    }
+    // A network namespace of its own with nothing but loopback: no route to
+    // anything. connect() must get what the kernel says without egressd
+    // (ENETUNREACH, EADDRNOTAVAIL), so that glibc sorts such an address last
+    // instead of trying it first.
+    let mut world = World::new();
+    let mut events = world.deny_events();
+    let script = r#"
+import socket
+for fam, host in [(socket.AF_INET, "198.51.100.10"), (socket.AF_INET6, "2001:db8::10")]:
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        s.connect((host, 443))
+        print("connected", s.getsockname()[0])
+    except OSError as e:
+        print(e.errno)
+"#;
+    let unshared = || {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--net", support::python(), "-c", script]);
+        cmd
+    };
+    let kernel = support::spawn_outside(unshared()).finish();
+    assert_eq!(
+        kernel.lines().next(),
+        Some(libc::ENETUNREACH.to_string().as_str()),
+        "without egressd: {kernel}"
+    );
+    let filtered = world.spawn_command(unshared()).finish();
+    assert_eq!(filtered, kernel, "the same answers under egressd");
+    let denies = support::collect_denies(&world, &mut events, 1);
+    assert!(denies.is_empty(), "a connect() is no deny: {denies:?}");
 }
 
 #[test]
@@ -157,17 +210,19 @@ fn deny_reports_the_ring_buffer_had_no_room_for_are_counted() {
     }
     let mut world = World::new();
     let mut events = world.deny_events();
-    // Nobody reads while 5,000 denies happen: the 256 KiB ring buffer holds about
-    // 3,600 reports, the rest must be counted as lost, none silently gone.
+    // Nobody reads while 5,000 sockets are denied a datagram (a socket is
+    // reported once): the 256 KiB ring buffer holds about 3,600 reports, the
+    // rest must be counted as lost, none silently gone.
     let script = r#"
 import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 n = 0
 for i in range(5000):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.sendto(b"x", ("198.51.100.10", 9999))
     except PermissionError:
         n += 1
+    s.close()
 print(n, flush=True)
 "#;
     let out = world.python(script).finish();

@@ -364,6 +364,7 @@ pub struct World {
     /// A client started in the cgroup before the programs were attached.
     pub early: Option<Client>,
     _lock: MutexGuard<'static, ()>,
+    _block: std::fs::File,
 }
 
 impl World {
@@ -403,6 +404,19 @@ impl World {
         early: Option<(&str, &[&str])>,
     ) -> World {
         let lock = TOPOLOGY.lock().unwrap_or_else(|p| p.into_inner());
+        // Across processes too: another test run on this machine would put the
+        // same addresses on a second link.
+        let block = {
+            let path = std::env::temp_dir().join("egressd-ebpf-it-198.51.100.0.lock");
+            let f = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            f.lock().unwrap();
+            f
+        };
         remove_leftovers();
         let id = format!(
             "{}x{}",
@@ -462,6 +476,7 @@ impl World {
             runtime,
             early,
             _lock: lock,
+            _block: block,
         }
     }
 

@@ -16,6 +16,7 @@ use egressd_audit::{reader, summary};
 use crate::cgroup_child::{self, OwnedCgroup};
 use crate::cmd::UsageError;
 use crate::daemon::{self, Defaults, Options};
+use crate::guardian::{Duties, Guardian};
 
 /// Options of `egressd exec`.
 #[derive(clap::Args, Debug)]
@@ -49,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.options.pin {
         return Err(UsageError(
-            "`egressd exec` removes everything when the command ends; --pin cannot be used with it"
+            "`egressd exec` always pins its hooks in a directory of its own and removes them when the command ends; drop --pin"
                 .into(),
         )
         .into());
@@ -75,6 +76,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let cgroup = OwnedCgroup::create(&parent, "egressd-exec")
         .with_context(|| format!("cannot create a child cgroup under {}", parent.display()))?;
+    // Fail closed: the hooks are pinned, so that if egressd is killed they
+    // stay (the command's traffic refused) until the guardian, a process of
+    // egressd's own outside the cgroup, has killed every process of the
+    // command; only then does it remove the pins and the cgroup. The command
+    // never outlives enforcement.
+    let pin_dir = cgroup.pin_dir();
+    let guardian = Guardian::spawn(&Duties {
+        kill_cgroup: Some(cgroup.path().to_owned()),
+        pin_dir: Some(pin_dir.clone()),
+        remove: Vec::new(),
+    })?;
     let defaults = Defaults {
         cgroup: Some(cgroup.path().to_owned()),
         listen: "127.0.0.1:0".parse()?,
@@ -87,12 +99,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut options = args.options.clone();
     // The hooks go to the fresh child, whatever --cgroup named (its parent).
     options.cgroup = None;
-    let plan = daemon::plan(&options, loaded.policy, None, defaults)?;
+    let mut plan = daemon::plan(&options, loaded.policy, None, defaults)?;
+    if let Some(k) = plan.kernel.as_mut() {
+        k.pin_dir = Some(pin_dir.clone());
+        k.keep_pins = false;
+    }
     let runtime = crate::cmd::runtime()?;
     let outcome = runtime.block_on(supervise(plan, &args, &cgroup));
     // Everything the command left behind dies with the cgroup.
     if let Err(e) = cgroup.remove() {
         tracing::error!(error = %e, "the child cgroup could not be removed");
+    }
+    // Pins a failed start may have left (a clean shutdown removed its own).
+    if let Err(e) = egressd_ebpf::cleanup(&pin_dir) {
+        tracing::error!(error = %e, "the pins of this run could not be removed");
+    }
+    if let Err(e) = guardian.release() {
+        tracing::warn!(error = %e, "the guardian");
     }
     drop(temp_audit);
     outcome
@@ -110,6 +133,9 @@ async fn supervise(
         running.write_ready_file(path)?;
     }
     let waited = run_command(args, cgroup).await;
+    // What the command left running dies before the hooks go, so that not
+    // one packet of it leaves unfiltered.
+    cgroup.kill_all().await;
     // Every decision the command caused is recorded before the command saw
     // its outcome; shutdown drains the kernel's deny events and waits for the
     // closing records of open tunnels.

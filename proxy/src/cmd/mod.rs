@@ -14,6 +14,7 @@ pub mod check;
 pub mod cleanup;
 pub mod exec;
 pub mod explain;
+pub mod guard;
 pub mod job;
 pub mod run;
 pub mod serve;
@@ -53,6 +54,9 @@ pub enum Command {
     Serve(serve::Args),
     /// Detach and unpin everything egressd left in the kernel.
     Cleanup(cleanup::Args),
+    /// The guardian process egressd starts itself (not for people to run).
+    #[command(hide = true)]
+    Guard(guard::Args),
 }
 
 /// An error that is the caller's to fix (bad usage, invalid policy): exit 2.
@@ -74,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Audit(c) => audit::run(c),
         Command::Serve(a) => serve::run(a),
         Command::Cleanup(a) => cleanup::run(a),
+        Command::Guard(a) => guard::run(a),
     };
     match outcome {
         Ok(code) => code,

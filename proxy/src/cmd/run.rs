@@ -85,6 +85,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(path) = &args.options.ready_file {
             running.write_ready_file(path)?;
         }
+        if running.kernel_attached() && !args.options.pin {
+            tracing::warn!(
+                "the kernel hooks are not pinned: if egressd is killed (SIGKILL, the OOM \
+                 killer), they detach with it and the cgroup's traffic leaves UNFILTERED; \
+                 pass --pin (as `egressd boot` on a runner should) to keep it blocked instead"
+            );
+        }
         let ready = running.ready_info();
         tracing::info!(
             explicit = ?ready.explicit,
