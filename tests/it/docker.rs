@@ -1092,6 +1092,10 @@ enum Phase {
 struct Scenario<'a> {
     /// The network the job's containers join.
     network: &'a str,
+    /// The containers' lookups reach egressd through Docker's embedded DNS
+    /// (127.0.0.11, user-defined networks): dockerd forwards them, so their
+    /// records name dockerd, not the container.
+    embedded_dns: bool,
     /// Steps on the host (the docker CLI), before the containers.
     host_steps: &'a dyn Fn(&World, Phase),
     /// Checks of those steps against the job's records (enforcing jobs).
@@ -1171,6 +1175,30 @@ fn rollout(world: &World, s: &Scenario<'_>) {
             "{r:?}"
         );
     }
+    for name in [CURL_NAME, PY_NAME] {
+        let lookups: Vec<&Record> = recs
+            .0
+            .iter()
+            .filter(|r| r.kind == Kind::Dns && r.host.as_deref() == Some(name))
+            .collect();
+        assert!(
+            !lookups.is_empty(),
+            "{name} looked up through egressd:\n{}",
+            recs.dump()
+        );
+        for r in lookups {
+            assert_eq!(
+                (r.decision, r.reason),
+                (Verdict::Allow, Reason::RuleAllow),
+                "{r:?}"
+            );
+            if s.embedded_dns {
+                assert_eq!((comm(r), container(r)), (Some("dockerd"), None), "{r:?}");
+            } else {
+                assert_eq!(container(r), Some(cid.as_str()), "{r:?}");
+            }
+        }
+    }
     (s.check_host_steps)(Phase::Enforce, &recs);
 
     // 4. A poisoned job: denied, audited with its container, failing.
@@ -1244,6 +1272,7 @@ fn docker_run_on_the_default_bridge_rolls_out_with_zero_false_denies() {
         &world,
         &Scenario {
             network: "bridge",
+            embedded_dns: false,
             host_steps: &no_host_steps,
             check_host_steps: &no_host_checks,
         },
@@ -1268,6 +1297,7 @@ fn docker_run_on_a_user_defined_network_rolls_out_with_zero_false_denies() {
         &world,
         &Scenario {
             network: "egressd-ci",
+            embedded_dns: true,
             host_steps: &no_host_steps,
             check_host_steps: &no_host_checks,
         },
@@ -1338,6 +1368,7 @@ fn dockerd_in_the_filtered_cgroup_pulls_only_from_allowed_registries() {
         &world,
         &Scenario {
             network: "bridge",
+            embedded_dns: false,
             host_steps: &pull,
             check_host_steps: &check,
         },
