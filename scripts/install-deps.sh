@@ -27,6 +27,12 @@ have node || need+=(nodejs)
 have npm || need+=(npm)
 /usr/bin/python3 -c 'import requests' 2>/dev/null || need+=(python3-requests)
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+# The Docker tests use the Debian engine's own binaries by full path (another
+# `docker` may be first on PATH), a local registry, and nft to delete the
+# tables dockerd made.
+[ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || need+=(docker.io)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+have nft || need+=(nftables)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -35,6 +41,15 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "install-deps: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Installing docker.io, docker-registry, nginx or postgresql must not start
+  # their services (a dockerd on the default 172.17.0.0/16 bridge, a web
+  # server on port 80): the tests start their own. Service starts are denied
+  # for the install when the system does not already deny them.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi

@@ -18,6 +18,7 @@ mod check_explain;
 mod container;
 mod crash;
 mod dns;
+mod docker;
 mod exec;
 mod explicit;
 mod jobs;

@@ -281,6 +281,42 @@ pub(crate) mod kit {
         }
     }
 
+    /// Give `cmd` SIGTERM when the test thread that started it is gone, so
+    /// a killed test run leaves no daemon (nor egressd attached) behind.
+    pub fn die_with_test(cmd: &mut Command) {
+        // SAFETY: prctl(2) is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+
+    /// The options every test's transparent `egressd run` or `boot` shares:
+    /// filter `cgroup`, journal and ready file in `dir`, listeners on free
+    /// loopback ports, `dns` as the upstream, the runner's name; no proxy
+    /// variables, no terminal, gone with the test.
+    pub fn enforcer(cmd: &mut Command, cgroup: &Path, dir: &Path, dns: &str, runner: &str) {
+        cmd.arg("--cgroup")
+            .arg(cgroup)
+            .arg("--audit-dir")
+            .arg(dir.join("audit"))
+            .arg("--ready-file")
+            .arg(dir.join("ready.json"))
+            .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
+            .args(["--dns-upstream", dns, "--runner", runner])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        clear_proxy_env(cmd);
+        die_with_test(cmd);
+    }
+
     /// Every record in a journal directory.
     pub fn records(dir: &Path) -> Vec<Record> {
         egressd_audit::reader::read_dir(dir)

@@ -347,11 +347,16 @@ impl TestPki {
         Arc::new(config)
     }
 
-    /// A certificate for `names` and its key, both PEM, for servers that
-    /// read files (nginx).
+    /// A server certificate for `names` (host names and/or IP literals) and
+    /// its key, PEM, for servers that read files (nginx, the registry).
     pub fn server_pem(&self, names: &[&str]) -> (String, String) {
         let (cert, key) = self.issue(names);
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
     }
 
     fn issue(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
