@@ -63,6 +63,20 @@ pub fn write(rec: &Record, out: &mut Vec<u8>) {
             number(out, v);
         }
     }
+    if let Some(n) = rec.count {
+        out.extend_from_slice(b",\"count\":");
+        number(out, n);
+    }
+    if let Some(samples) = &rec.samples {
+        out.extend_from_slice(b",\"samples\":[");
+        for (i, s) in samples.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(out, s);
+        }
+        out.push(b']');
+    }
     text(out, b",\"detail\":", rec.detail.as_deref());
     out.push(b'}');
 }
@@ -284,6 +298,8 @@ mod tests {
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(proptest::collection::vec(text(), 0..4)),
             opt_text(),
         );
         (head, tail).prop_map(
@@ -299,6 +315,8 @@ mod tests {
                     bytes_up,
                     bytes_down,
                     duration_ms,
+                    count,
+                    samples,
                     detail,
                 ),
             )| Record {
@@ -321,6 +339,8 @@ mod tests {
                 bytes_up,
                 bytes_down,
                 duration_ms,
+                count,
+                samples,
                 detail,
             },
         )

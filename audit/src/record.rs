@@ -1,7 +1,8 @@
 //! The audit record, schema version 1 (`../shared/design/audit.md`): one JSON
 //! object per line. Field names and codes are a public interface: golden tests
 //! pin the exact bytes; changing them needs a new `v`. An optional field may
-//! be added within v1 (readers ignore fields they do not know): `port`.
+//! be added within v1 (readers ignore fields they do not know): `port`,
+//! `count` and `samples` (a counted record, see [`Record::decisions`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -201,6 +202,14 @@ pub struct Record {
     /// Closing record: how long the connection lived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// A counted record: this many decisions like this one (same kind,
+    /// verdict, reason, rule, client and zone) were made during the
+    /// interval that ended at `ts`, beyond the ones written verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// A counted record: a few distinct hosts among the counted decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Vec<String>>,
     /// Free-text detail for people (an error message, the event's subject).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -242,6 +251,8 @@ impl Record {
             bytes_up: None,
             bytes_down: None,
             duration_ms: None,
+            count: None,
+            samples: None,
             detail: None,
         }
     }
@@ -264,6 +275,12 @@ impl Record {
     /// counts); every other record is exactly one decision.
     pub fn is_closing(&self) -> bool {
         self.bytes_up.is_some() || self.duration_ms.is_some()
+    }
+
+    /// How many decisions this record stands for: `count` for a counted
+    /// record, else one.
+    pub fn decisions(&self) -> u64 {
+        self.count.unwrap_or(1)
     }
 }
 

@@ -238,6 +238,7 @@ fn not_allowable(rec: &Record, enforced: Verdict) -> Option<&'static str> {
         | Reason::LimitExceeded
         | Reason::OriginalDstUnknown
         | Reason::PolicyUnavailable
+        | Reason::AuditBudgetExhausted
         | Reason::UpstreamFailed
         | Reason::UdpBlocked
         | Reason::IcmpBlocked

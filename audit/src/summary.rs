@@ -131,19 +131,21 @@ pub struct Row {
     would_denies: Vec<(Cause, u64)>,
 }
 
-/// Count one more decision of `cause` in `by`.
+/// Count the decisions of `rec` (one, or a counted record's `count`) under
+/// its cause in `by`.
 fn count_cause(by: &mut Vec<(Cause, u64)>, rec: &Record) {
+    let n = rec.decisions();
     match by
         .iter_mut()
         .find(|(c, _)| c.reason == rec.reason && c.rule == rec.rule)
     {
-        Some((_, n)) => *n += 1,
+        Some((_, have)) => *have += n,
         None => by.push((
             Cause {
                 reason: rec.reason,
                 rule: rec.rule.clone(),
             },
-            1,
+            n,
         )),
     }
 }
@@ -162,10 +164,17 @@ pub struct Summary {
     pub events: u64,
     /// Of `events`: journal segments removed to bound its size.
     pub segments_removed: u64,
+    /// Decisions written as counted records (`count`), not one record each
+    /// (they are in `denied` or `would_deny` too).
+    pub coalesced: u64,
+    /// The job's traffic was denied because its records filled the audit
+    /// journal's size budget (`audit_budget_exhausted`).
+    pub budget_exhausted: bool,
 }
 
 /// Summarise `records`. Closing records (byte counts of a connection already
 /// counted) and events are not endpoint decisions and are not counted as such.
+/// A counted record counts as the `count` decisions it stands for.
 pub fn summarize<I: IntoIterator<Item = Record>>(records: I) -> Summary {
     let mut s = Summary::default();
     for rec in records {
@@ -179,31 +188,40 @@ impl Summary {
     pub fn add(&mut self, rec: &Record) {
         if rec.kind == Kind::Event {
             self.events += 1;
-            if rec.reason == Reason::JournalSegmentRemoved {
-                self.segments_removed += 1;
+            match rec.reason {
+                Reason::JournalSegmentRemoved => self.segments_removed += 1,
+                Reason::AuditBudgetExhausted => self.budget_exhausted = true,
+                _ => {}
             }
             return;
         }
         if rec.is_closing() {
             return;
         }
+        if rec.reason == Reason::AuditBudgetExhausted {
+            self.budget_exhausted = true;
+        }
+        let n = rec.decisions();
+        if rec.count.is_some() {
+            self.coalesced += n;
+        }
         let (endpoint, service) = endpoint_of(rec);
         let row = self.rows.entry((endpoint, service)).or_default();
         match rec.decision {
             Verdict::Allow => {
-                self.allowed += 1;
-                row.allowed += 1;
+                self.allowed += n;
+                row.allowed += n;
                 if rec.enforce_would == Some(Verdict::Deny) {
-                    self.would_deny += 1;
-                    row.would_deny += 1;
+                    self.would_deny += n;
+                    row.would_deny += n;
                     count_cause(&mut row.would_denies, rec);
                 } else {
                     row.allowed_by.insert(&rec.rule);
                 }
             }
             Verdict::Deny => {
-                self.denied += 1;
-                row.denied += 1;
+                self.denied += n;
+                row.denied += n;
                 count_cause(&mut row.denies, rec);
             }
         }

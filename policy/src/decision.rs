@@ -109,11 +109,16 @@ pub enum Reason {
     /// An `event` record: a network interface appeared that the packet-socket
     /// guard could not be attached to.
     InterfaceUnguarded,
+    /// The active job's records would have filled the audit journal past its
+    /// size budget (`--audit-max-size`): the job's further traffic is denied
+    /// rather than its earlier records removed. Also the `event` record that
+    /// says when that began.
+    AuditBudgetExhausted,
 }
 
 impl Reason {
     /// Every reason, in declaration order (`Reason::ALL[r as usize] == r`).
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 32] = [
         Reason::RuleAllow,
         Reason::RuleDeny,
         Reason::NoRule,
@@ -145,6 +150,7 @@ impl Reason {
         Reason::SockoptBlocked,
         Reason::KernelReportsLost,
         Reason::InterfaceUnguarded,
+        Reason::AuditBudgetExhausted,
     ];
 
     /// The stable string written in audit records.
@@ -181,6 +187,7 @@ impl Reason {
             Reason::SockoptBlocked => "sockopt_blocked",
             Reason::KernelReportsLost => "kernel_reports_lost",
             Reason::InterfaceUnguarded => "interface_unguarded",
+            Reason::AuditBudgetExhausted => "audit_budget_exhausted",
         }
     }
 }

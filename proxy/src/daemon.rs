@@ -751,6 +751,7 @@ pub async fn start(plan: Plan) -> anyhow::Result<RunningDaemon> {
     for tcp in bound.dns_tcp {
         servers.spawn(dns::serve_tcp(Arc::clone(&engine), tcp, tasks.clone()));
     }
+    servers.spawn(Arc::clone(&engine).flush_coalesced_every_interval());
     if let Some((path, fingerprint)) = plan.watch {
         servers.spawn(reload::watch(
             Arc::clone(&engine),
@@ -871,6 +872,7 @@ impl RunningDaemon {
             }
             None => Ok(()),
         };
+        engine.flush_coalesced().await;
         let closed = engine.journal().close().await;
         drop(self.ready_file.take());
         closed.context("cannot flush the audit journal on shutdown")?;

@@ -15,6 +15,7 @@ use egressd_audit::{JobTags, Journal, Kind, Process, Record};
 use egressd_policy::{Decision, JobContext, Policy};
 use tokio_util::sync::CancellationToken;
 
+use crate::coalesce::{Admit, Coalescer};
 use crate::cut::CutSignal;
 use crate::dns::{DnsMemory, Resolver};
 use crate::kernel::ProcessLookup;
@@ -83,6 +84,8 @@ pub struct Engine {
     fail_closed: AtomicBool,
     /// Who made a DNS query, when the kernel hooks can tell.
     process_lookup: ArcSwapOption<Arc<dyn ProcessLookup>>,
+    /// Repeated denies counted instead of written one by one.
+    coalescer: Coalescer,
 }
 
 impl std::fmt::Debug for Engine {
@@ -130,6 +133,7 @@ impl Engine {
             cut_tunnels: CutSignal::new(),
             fail_closed: AtomicBool::new(false),
             process_lookup: ArcSwapOption::empty(),
+            coalescer: Coalescer::default(),
         })
     }
 
@@ -252,7 +256,10 @@ impl Engine {
         rec
     }
 
-    /// Append `rec` to the journal (waits only for queue room, never drops).
+    /// Append `rec` to the journal (waits only for queue room, never drops),
+    /// or count it: a deny repeated past [`crate::coalesce::VERBATIM`] in an
+    /// interval is written in that interval's counted record instead
+    /// ([`Engine::flush_coalesced`]).
     /// A DNS record without a process gets the one the kernel hooks recorded
     /// for its client socket (a map lookup, when the hooks are attached).
     /// A closed journal is logged: the record cannot be kept anywhere else.
@@ -263,8 +270,37 @@ impl Engine {
         {
             rec.process = self.dns_process(client).map(Box::new);
         }
+        if self.coalescer.admit(&rec) == Admit::Counted {
+            return;
+        }
+        self.append(rec).await;
+    }
+
+    async fn append(&self, rec: Record) {
         if let Err(e) = self.journal.append(rec).await {
             tracing::error!(error = %e, "audit record not written");
+        }
+    }
+
+    /// Write the counted records of the interval that ends now (every
+    /// [`crate::coalesce::INTERVAL`], at job end, at shutdown).
+    pub async fn flush_coalesced(&self) {
+        for rec in self.coalescer.flush().await {
+            self.append(rec).await;
+        }
+    }
+
+    /// Flush the counted records every [`crate::coalesce::INTERVAL`] until
+    /// the listeners stop (shutdown flushes the last ones).
+    pub async fn flush_coalesced_every_interval(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(crate::coalesce::INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.flush_coalesced().await,
+                () = self.stop_accepting.cancelled() => return,
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod cgroup_child;
 pub mod cmd;
+pub mod coalesce;
 pub mod connect;
 pub mod control;
 pub mod cut;

@@ -142,6 +142,12 @@ pub(super) fn explain(cause: &Cause, endpoint: &str, service: Service) -> Explai
             "no valid policy was loaded, so everything is denied",
             Remedy::Other("fix the policy: `egressd check POLICY` says what is wrong".into()),
         ),
+        Reason::AuditBudgetExhausted => (
+            "the job's audit records filled the journal's size budget, so its further traffic was denied",
+            Remedy::Other(
+                "find what flooded the journal (the counted records' `count` and `samples`), or raise --audit-max-size".into(),
+            ),
+        ),
         Reason::MalformedRequest => (
             "not a valid TLS, HTTP, CONNECT or DNS request (or sent too slowly)",
             Remedy::Other(

@@ -188,6 +188,20 @@ fn heading(s: &Summary) -> String {
             s.segments_removed
         );
     }
+    if s.budget_exhausted {
+        out.push_str(
+            "> **Egress stopped:** this job's audit records filled the journal's size budget, so egressd \
+             denied its further traffic (`audit_budget_exhausted`) instead of removing its earlier records. \
+             Find what flooded it, or raise --audit-max-size.\n\n",
+        );
+    }
+    if s.coalesced > 0 {
+        let _ = writeln!(
+            out,
+            "{} repeated decision(s) were recorded as counts (records with `count` and `samples`), not one record each.\n",
+            s.coalesced
+        );
+    }
     out
 }
 

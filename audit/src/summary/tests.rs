@@ -430,3 +430,28 @@ fn nothing_recorded_says_so() {
     let md = summarize(Vec::new()).to_markdown();
     assert!(md.contains("No network decisions were recorded."));
 }
+
+#[test]
+fn a_counted_record_counts_as_its_count_and_says_so() {
+    let mut counted = dns(Verdict::Deny, "evil.example");
+    counted.count = Some(500);
+    counted.samples = Some(vec!["a.evil.example".into()]);
+    let s = summarize([dns(Verdict::Deny, "evil.example"), counted]);
+    assert_eq!((s.denied, s.coalesced), (501, 500));
+    assert_eq!(s.rows()[0].2.denied, 501);
+    let md = s.to_markdown();
+    assert!(
+        md.contains("500 repeated decision(s) were recorded as counts"),
+        "{md}"
+    );
+    assert!(!md.contains("Egress stopped"), "{md}");
+}
+
+#[test]
+fn a_budget_deny_says_egress_stopped() {
+    let mut stopped = dns(Verdict::Deny, "evil.example");
+    stopped.reason = Reason::AuditBudgetExhausted;
+    let s = summarize([stopped]);
+    assert!(s.budget_exhausted);
+    assert!(s.to_markdown().contains("Egress stopped"));
+}

@@ -29,6 +29,8 @@ fn base(id: &str, ts: &str, kind: Kind, decision: Verdict, reason: Reason, rule:
         bytes_up: None,
         bytes_down: None,
         duration_ms: None,
+        count: None,
+        samples: None,
         detail: None,
     }
 }
@@ -145,7 +147,25 @@ fn cases() -> Vec<(&'static str, Record)> {
     name_denied.port = Some(443);
     name_denied.src = Some("127.0.0.1:40100".parse().unwrap());
 
+    // A counted record: 118 more denies like the first ones, in one interval.
+    let mut dns_counted = base(
+        "01JDQ6Z3KAFFFFFFFFFFFFFFFF",
+        "2026-11-26T21:58:19.000000Z",
+        Kind::Dns,
+        Verdict::Deny,
+        Reason::DnsRefused,
+        "default",
+    );
+    dns_counted.host = Some("evil.example".into());
+    dns_counted.host_source = HostSource::DnsQuery;
+    dns_counted.src = Some("10.1.0.2:53211".parse().unwrap());
+    dns_counted.count = Some(118);
+    dns_counted.samples = Some(vec!["a1.evil.example".into(), "b2.evil.example".into()]);
+    dns_counted.detail =
+        Some("118 more decisions like this from 2026-11-26T21:58:18.000000Z".into());
+
     vec![
+        ("dns_deny_counted", dns_counted),
         ("tcp_allow_closing", tcp_closing),
         ("tcp_deny_name_port_only", name_denied),
         ("dns_deny", dns_deny),

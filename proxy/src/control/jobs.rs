@@ -193,6 +193,8 @@ impl JobService {
         let Some(job) = job else {
             return Err("no job is active".into());
         };
+        // The job's counted records go into its summary.
+        self.engine.flush_coalesced().await;
         self.engine
             .journal()
             .flush()
