@@ -21,6 +21,12 @@
 //!   past `max_total_bytes`, up to [`UNSHIPPED_FACTOR`] times it. Only beyond
 //!   that is it removed, with an error log and an event record that counts
 //!   the records lost to the central store.
+//! - The active job's records are never removed: while a job is active
+//!   ([`Journal::protect_active_job`]), no segment written since it started
+//!   is removed. When the bound would need one removed, the journal instead
+//!   raises [`Journal::budget_exhausted`] (the engine then denies the job's
+//!   further traffic, `audit_budget_exhausted`), writes that as an `event`
+//!   record once, and keeps everything.
 //! - If writing fails (disk full), the bytes stay in memory and are retried
 //!   every `flush_interval`; once a few MiB are pending the writer stops
 //!   taking from the queue, so callers feel back-pressure instead of losing
@@ -31,6 +37,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use egressd_policy::{Decision, Reason};
@@ -155,6 +162,19 @@ enum Msg {
 pub struct Journal {
     tx: mpsc::Sender<Msg>,
     dir: Arc<PathBuf>,
+    budget: Arc<Budget>,
+}
+
+/// What the handles and the writer share about the size budget.
+#[derive(Debug, Default)]
+struct Budget {
+    /// The segment being written, as far as handles need to know it.
+    active_seq: AtomicU64,
+    /// The first segment of the active job (`0`: no job is active).
+    protect_from: AtomicU64,
+    /// The active job's records would have to be removed to stay within
+    /// the budget.
+    exhausted: AtomicBool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -203,7 +223,10 @@ impl Journal {
             .build()
             .map_err(io_err("start the journal writer for", &dir))?;
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        let budget = Arc::new(Budget::default());
+        budget.active_seq.store(seq, Ordering::Release);
         let mut writer = Writer {
+            budget: Arc::clone(&budget),
             sealed: listed.into_iter().collect(),
             seq,
             file,
@@ -224,7 +247,31 @@ impl Journal {
         Ok(Journal {
             tx,
             dir: Arc::new(dir),
+            budget,
         })
+    }
+
+    /// A job starts (`true`) or ends: from now until it ends, no segment
+    /// holding its records is removed to stay within the size budget (the
+    /// segment being written now is the first; it may hold a few records of
+    /// before the job, kept too). Ending it lifts [`Journal::budget_exhausted`].
+    pub fn protect_active_job(&self, active: bool) {
+        let from = if active {
+            self.budget.active_seq.load(Ordering::Acquire)
+        } else {
+            0
+        };
+        self.budget.protect_from.store(from, Ordering::Release);
+        if !active {
+            self.budget.exhausted.store(false, Ordering::Release);
+        }
+    }
+
+    /// True once the active job's records fill the size budget: the journal
+    /// would have to remove some of them to stay within it, and does not.
+    /// Egress must stop (fail closed) until the job ends. An atomic load.
+    pub fn budget_exhausted(&self) -> bool {
+        self.budget.exhausted.load(Ordering::Acquire)
     }
 
     /// The journal directory.
@@ -328,6 +375,7 @@ const COALESCE: Duration = Duration::from_millis(1);
 
 struct Writer {
     cfg: JournalConfig,
+    budget: Arc<Budget>,
     /// Closed segments still on disk, oldest first.
     sealed: VecDeque<segment::Listed>,
     seq: u64,
@@ -440,6 +488,7 @@ impl Writer {
                     len: self.seg_len,
                 });
                 self.seq = seq;
+                self.budget.active_seq.store(seq, Ordering::Release);
                 self.file = file;
                 self.path = path;
                 self.seg_len = 0;
@@ -469,6 +518,11 @@ impl Writer {
             let Some(oldest) = self.sealed.front().copied() else {
                 return;
             };
+            let protect_from = self.budget.protect_from.load(Ordering::Acquire);
+            if protect_from != 0 && oldest.seq >= protect_from {
+                self.exhausted(total);
+                return;
+            }
             let checkpoint = *checkpoint.get_or_insert_with(|| self.checkpoint());
             let unshipped_from = checkpoint.and_then(|pos| unshipped_from(pos, oldest));
             let hard_bound = self.cfg.max_total_bytes.saturating_mul(UNSHIPPED_FACTOR);
@@ -537,6 +591,34 @@ impl Writer {
             rec.detail = Some(detail);
             self.push(&rec);
         }
+    }
+
+    /// The active job's records fill the budget: say so once per job, keep
+    /// them all, and let the engine deny the job's further traffic.
+    fn exhausted(&mut self, total: u64) {
+        if self.budget.exhausted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let detail = format!(
+            "the active job's audit records fill the journal in {} ({total} bytes with a full new segment) \
+             past its size budget of {} bytes (set with --audit-max-size): they are kept, and the job's \
+             further traffic is denied until it ends",
+            self.cfg.dir.display(),
+            self.cfg.max_total_bytes
+        );
+        tracing::error!(
+            total_bytes = total,
+            max_total_bytes = self.cfg.max_total_bytes,
+            "{detail}"
+        );
+        let runner = self.last_runner.clone().unwrap_or_else(local_hostname);
+        let mut rec = Record::new(
+            &runner,
+            Kind::Event,
+            &Decision::engine_deny(Reason::AuditBudgetExhausted),
+        );
+        rec.detail = Some(detail);
+        self.push(&rec);
     }
 
     /// The shipping checkpoint, `None` when the journal is not shipped. An

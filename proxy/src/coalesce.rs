@@ -34,8 +34,13 @@ use egressd_policy::{Reason, Verdict};
 pub const VERBATIM: u64 = 20;
 /// How long an interval lasts: a counted record is at most this late.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// Keys tracked per interval before decisions share a coarser key.
-const MAX_KEYS: usize = 4096;
+/// Countable decisions written verbatim per interval over all keys: many
+/// keys (a job can vary its client address or zone) must not multiply
+/// [`VERBATIM`].
+const MAX_VERBATIM: u64 = 500;
+/// Keys tracked per interval before decisions share a coarser key: at most
+/// this many counted records per interval.
+const MAX_KEYS: usize = 512;
 /// Distinct hosts kept as samples in a counted record.
 const SAMPLES: usize = 5;
 
@@ -128,6 +133,7 @@ struct Slot {
     /// record says (besides its count and samples).
     template: Record,
     seen: AtomicU64,
+    written: AtomicU64,
     sampled: AtomicUsize,
     samples: [ArcSwapOption<String>; SAMPLES],
 }
@@ -135,6 +141,8 @@ struct Slot {
 struct Table {
     slots: papaya::HashMap<Key, Slot>,
     keys: AtomicUsize,
+    /// Decisions written verbatim, over all keys.
+    written: AtomicU64,
     started: jiff::Timestamp,
 }
 
@@ -143,6 +151,7 @@ impl Table {
         Table {
             slots: papaya::HashMap::new(),
             keys: AtomicUsize::new(0),
+            written: AtomicU64::new(0),
             started: egressd_audit::time_format::now(),
         }
     }
@@ -178,8 +187,9 @@ impl Default for Coalescer {
 
 impl Coalescer {
     /// Count `rec` under its key; [`Admit::Write`] while its key has had
-    /// fewer than [`VERBATIM`] decisions this interval (and for records that
-    /// are never counted).
+    /// fewer than [`VERBATIM`] decisions this interval and fewer than
+    /// [`MAX_VERBATIM`] were written over all keys (and for records that are
+    /// never counted).
     pub fn admit(&self, rec: &Record) -> Admit {
         if !countable(rec) {
             return Admit::Write;
@@ -208,11 +218,15 @@ impl Coalescer {
             Slot {
                 template,
                 seen: AtomicU64::new(0),
+                written: AtomicU64::new(0),
                 sampled: AtomicUsize::new(0),
                 samples: Default::default(),
             }
         });
-        if slot.seen.fetch_add(1, Ordering::AcqRel) < VERBATIM {
+        if slot.seen.fetch_add(1, Ordering::AcqRel) < VERBATIM
+            && table.written.fetch_add(1, Ordering::AcqRel) < MAX_VERBATIM
+        {
+            slot.written.fetch_add(1, Ordering::AcqRel);
             return Admit::Write;
         }
         if let Some(host) = &rec.host {
@@ -260,7 +274,7 @@ fn sample(slot: &Slot, host: &str) {
 
 /// The counted record of `slot`, if any of its decisions were counted.
 fn counted(slot: &Slot, started: jiff::Timestamp) -> Option<Record> {
-    let n = slot.seen.load(Ordering::Acquire).checked_sub(VERBATIM)?;
+    let n = slot.seen.load(Ordering::Acquire) - slot.written.load(Ordering::Acquire);
     if n == 0 {
         return None;
     }

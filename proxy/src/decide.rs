@@ -60,8 +60,8 @@ impl Engine {
     /// Decide a connection to `dst` (canonical: v4-mapped is IPv4) for `name`
     /// with the bindings given. Pure policy evaluation; no I/O.
     fn evaluate(&self, dst: SocketAddr, name: Option<&str>, bindings: &Bindings<'_>) -> Decision {
-        if self.is_fail_closed() {
-            return Decision::engine_deny(Reason::PolicyUnavailable);
+        if let Some(reason) = self.denies_everything() {
+            return Decision::engine_deny(reason);
         }
         let policy = self.policy();
         let job = self.job();
@@ -149,8 +149,8 @@ impl Engine {
     /// proxy asks it too, so a name a job could not resolve transparently is
     /// not resolved for it through the proxy either.)
     pub fn decide_name(&self, name: &str) -> Decision {
-        if self.is_fail_closed() {
-            return Decision::engine_deny(Reason::PolicyUnavailable);
+        if let Some(reason) = self.denies_everything() {
+            return Decision::engine_deny(reason);
         }
         let policy = self.policy();
         let job = self.job();

@@ -152,8 +152,11 @@ impl Engine {
         self.job.load_full()
     }
 
-    /// Set (or, with `ActiveJob::default()`, clear) the active job.
+    /// Set (or, with `ActiveJob::default()`, clear) the active job. The
+    /// journal keeps the active job's records whatever its size budget
+    /// (see [`Engine::denies_everything`]).
     pub fn set_job(&self, job: ActiveJob) {
+        self.journal.protect_active_job(job.tags.is_some());
         self.job.store(Arc::new(job));
     }
 
@@ -206,6 +209,20 @@ impl Engine {
     /// True while failing closed.
     pub fn is_fail_closed(&self) -> bool {
         self.fail_closed.load(Ordering::Acquire)
+    }
+
+    /// Why every decision is a deny now, if it is: no trustworthy policy
+    /// (`policy_unavailable`), or the active job's records fill the audit
+    /// journal's budget (`audit_budget_exhausted`: the journal would have to
+    /// remove some of them to record more). Two atomic loads.
+    pub fn denies_everything(&self) -> Option<egressd_policy::Reason> {
+        if self.is_fail_closed() {
+            Some(egressd_policy::Reason::PolicyUnavailable)
+        } else if self.journal.budget_exhausted() {
+            Some(egressd_policy::Reason::AuditBudgetExhausted)
+        } else {
+            None
+        }
     }
 
     /// Attribute DNS queries to processes with `lookup` (the kernel hooks).

@@ -414,3 +414,68 @@ async fn shipped_segments_are_removed_at_the_normal_bound() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_active_jobs_records_are_kept_past_the_budget_which_then_says_exhausted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig {
+        segment_bytes: 2048,
+        max_total_bytes: 2048,
+        ..small(tmp.path())
+    };
+    let j = Journal::open(cfg).unwrap();
+    // Before the job: removable as usual.
+    for n in 0..40 {
+        j.append(numbered(n)).await.unwrap();
+    }
+    j.flush().await.unwrap();
+    assert!(!j.budget_exhausted());
+    j.protect_active_job(true);
+    let total = 300;
+    for n in 40..total {
+        j.append(numbered(n)).await.unwrap();
+    }
+    j.flush().await.unwrap();
+    assert!(j.budget_exhausted(), "the job's records fill the budget");
+    let recs: Vec<_> = reader::read_dir(tmp.path())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let nums: Vec<u64> = recs.iter().filter_map(number_of).collect();
+    let first = nums[0];
+    assert!(
+        first <= 40,
+        "a record of the job was removed: first kept is {first}"
+    );
+    assert_eq!(
+        nums,
+        (first..total).collect::<Vec<_>>(),
+        "none of the job's records is gone"
+    );
+    let exhausted: Vec<_> = recs
+        .iter()
+        .filter(|r| r.kind == Kind::Event && r.reason == Reason::AuditBudgetExhausted)
+        .collect();
+    assert_eq!(exhausted.len(), 1, "said once: {exhausted:?}");
+    assert!(
+        exhausted[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("--audit-max-size")
+    );
+
+    // The job ends: the budget applies again, oldest first.
+    j.protect_active_job(false);
+    assert!(!j.budget_exhausted());
+    for n in total..total + 40 {
+        j.append(numbered(n)).await.unwrap();
+    }
+    j.close().await.unwrap();
+    let size: u64 = segment::list(tmp.path())
+        .unwrap()
+        .iter()
+        .map(|l| l.len)
+        .sum();
+    assert!(size <= 2 * 2048, "over the bound after the job: {size}");
+}
