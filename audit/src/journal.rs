@@ -582,14 +582,7 @@ impl Writer {
                     detail
                 }
             };
-            let runner = self.last_runner.clone().unwrap_or_else(local_hostname);
-            let mut rec = Record::new(
-                &runner,
-                Kind::Event,
-                &Decision::engine_deny(Reason::JournalSegmentRemoved),
-            );
-            rec.detail = Some(detail);
-            self.push(&rec);
+            self.push_event(Reason::JournalSegmentRemoved, detail);
         }
     }
 
@@ -611,12 +604,13 @@ impl Writer {
             max_total_bytes = self.cfg.max_total_bytes,
             "{detail}"
         );
+        self.push_event(Reason::AuditBudgetExhausted, detail);
+    }
+
+    /// Write the journal's own `event` record.
+    fn push_event(&mut self, reason: Reason, detail: String) {
         let runner = self.last_runner.clone().unwrap_or_else(local_hostname);
-        let mut rec = Record::new(
-            &runner,
-            Kind::Event,
-            &Decision::engine_deny(Reason::AuditBudgetExhausted),
-        );
+        let mut rec = Record::new(&runner, Kind::Event, &Decision::engine_deny(reason));
         rec.detail = Some(detail);
         self.push(&rec);
     }

@@ -365,3 +365,112 @@ async fn bytes_that_are_not_dns_over_tcp_are_closed_and_audited() {
         "{rec:?}"
     );
 }
+
+/// A job floods the journal with denied names (random, under one zone) at
+/// the smallest journal budget: the deny it made before the flood is still
+/// there afterwards, and the flood is in the journal as counted records whose
+/// counts add up to the queries egressd answered. Bounded: 120 000 queries
+/// or 20 s, whichever comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_denied_names_cannot_push_an_earlier_deny_out_of_the_journal() {
+    const FLOOD: u32 = 120_000;
+    const WINDOW: u32 = 64;
+    let dns =
+        FakeDns::start(&[("a.test", RecordSpec::addr("198.51.100.7".parse().unwrap()))]).await;
+    let mut proxy = ProxyBuilder::new("version: 1\nallow:\n  - a.test\n")
+        .args(["--dns-listen", "127.0.0.1:0", "--audit-max-size", "16MiB"])
+        .dns_upstream(dns.addr())
+        .start();
+    let listen = proxy.ready().dns.expect("started with --dns-listen");
+    let out = kdig(listen, &["exfil-first.flood.test", "A"]).await;
+    assert_eq!(status(&out), "REFUSED", "{out}");
+
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(listen).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut sent, mut answered) = (0u32, 0u32);
+    let mut buf = vec![0u8; 1500];
+    while sent < FLOOD && tokio::time::Instant::now() < deadline {
+        let batch = WINDOW.min(FLOOD - sent);
+        for i in 0..batch {
+            let n = sent + i;
+            let name = format!("x{n:x}-{:08x}.flood.test", n.wrapping_mul(2_654_435_761));
+            sock.send(&query(n as u16, &name, RecordType::A))
+                .await
+                .unwrap();
+        }
+        sent += batch;
+        let mut got = 0;
+        while got < batch {
+            match tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
+                Ok(Ok(len)) => {
+                    let m = Message::from_vec(&buf[..len]).unwrap();
+                    assert_eq!(m.response_code(), ResponseCode::Refused);
+                    got += 1;
+                }
+                Ok(Err(e)) => panic!("recv: {e}"),
+                Err(_) => break,
+            }
+        }
+        answered += got;
+    }
+    assert!(answered > 0, "no query of the flood was answered");
+    // Shutdown writes the last interval's counted records.
+    assert!(proxy.terminate().success(), "{}", proxy.log_text());
+    let records = proxy.records();
+
+    let first: Vec<_> = records
+        .iter()
+        .filter(|r| is_dns_for(r, "exfil-first.flood.test"))
+        .collect();
+    assert_eq!(
+        first.len(),
+        1,
+        "the deny before the flood is gone or doubled"
+    );
+    assert_eq!((first[0].decision, first[0].count), (Verdict::Deny, None));
+    let removed: Vec<_> = records
+        .iter()
+        .filter(|r| r.reason == Reason::JournalSegmentRemoved)
+        .collect();
+    assert!(
+        removed.is_empty(),
+        "the journal removed records: {removed:?}"
+    );
+
+    let flood: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.kind == Kind::Dns
+                && r.host
+                    .as_deref()
+                    .is_some_and(|h| h.ends_with("flood.test") && h != "exfil-first.flood.test")
+        })
+        .collect();
+    let decisions: u64 = flood.iter().map(|r| r.decisions()).sum();
+    eprintln!(
+        "flood: sent {sent}, answered {answered}, {} records stand for {decisions} decisions",
+        flood.len()
+    );
+    let counted: Vec<_> = flood.iter().filter(|r| r.count.is_some()).collect();
+    assert!(!counted.is_empty(), "no counted record");
+    for c in &counted {
+        assert_eq!(c.host.as_deref(), Some("flood.test"), "{c:?}");
+        assert_eq!((c.decision, c.reason), (Verdict::Deny, Reason::DnsRefused));
+        assert!(c.samples.as_ref().is_some_and(|s| !s.is_empty()), "{c:?}");
+    }
+    // Every answered query is in exactly one record (verbatim or counted);
+    // a query lost before egressd read it is in none.
+    assert!(
+        u64::from(answered) <= decisions && decisions <= u64::from(sent),
+        "sent {sent}, answered {answered}, in the journal {decisions}"
+    );
+    if sent == answered {
+        assert_eq!(decisions, u64::from(sent));
+    }
+    assert!(
+        flood.len() < (sent as usize) / 10,
+        "{} records for {sent} queries: not counted",
+        flood.len()
+    );
+}
