@@ -255,7 +255,7 @@ async fn ech_is_removed_from_https_answers() {
     assert_one_record_each(&w.stop(), &["ech.test"]);
 }
 
-fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+pub(crate) fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
     let mut m = Message::new();
     m.set_id(id)
         .set_message_type(MessageType::Query)

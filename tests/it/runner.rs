@@ -1413,3 +1413,141 @@ fn pinned_links_keep_a_killed_boot_fail_closed_until_cleanup() {
     );
     let _ = std::fs::remove_dir(&pin_dir);
 }
+
+/// A job whose own (allowed, so never counted) DNS queries fill the journal
+/// at the smallest budget: none of its records is removed; egressd says the
+/// budget is exhausted, denies the job's further traffic with
+/// `audit_budget_exhausted` (fail closed), the job summary says so, and the
+/// next job may resolve again. Bounded: 200 000 queries or 60 s.
+#[test]
+fn a_job_that_fills_the_journal_budget_is_denied_further_traffic_and_loses_no_record() {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::RecordType;
+    use std::time::{Duration, Instant};
+    if !kit::privileged() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dns = rt.block_on(crate::fake_dns::FakeDns::start(&[(
+        "a.test",
+        crate::fake_dns::RecordSpec::addr("198.51.100.7".parse().unwrap()),
+    )]));
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "version: 1\nallow:\n  - a.test\n").unwrap();
+    let boot = Boot::start_resolving(
+        &["--policy", policy.to_str().unwrap()],
+        &["--audit-max-size", "16MiB"],
+        &dns.addr().to_string(),
+    );
+    let listen: std::net::SocketAddr = boot.ready()["dns"].as_str().unwrap().parse().unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(listen).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let ask = |id: u16, name: &str| -> Option<ResponseCode> {
+        sock.send(&crate::dns::query(id, name, RecordType::A))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let n = sock.recv(&mut buf).ok()?;
+        Some(Message::from_vec(&buf[..n]).unwrap().response_code())
+    };
+
+    let env = github_env("octo/flood", "301", "flood");
+    let started = boot.job(&["start"], &env);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert_eq!(
+        ask(1, "exfil-first.flood.test"),
+        Some(ResponseCode::Refused)
+    );
+
+    const WINDOW: u16 = 64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut sent, mut answered, mut refused) = (0u32, 0u32, 0u32);
+    let mut buf = [0u8; 1500];
+    while refused == 0 && sent < 200_000 && Instant::now() < deadline {
+        for i in 0..WINDOW {
+            sock.send(&crate::dns::query(i, "a.test", RecordType::A))
+                .unwrap();
+        }
+        sent += u32::from(WINDOW);
+        for _ in 0..WINDOW {
+            let Ok(n) = sock.recv(&mut buf) else { break };
+            answered += 1;
+            if Message::from_vec(&buf[..n]).unwrap().response_code() == ResponseCode::Refused {
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("budget flood: sent {sent}, answered {answered}, refused {refused}");
+    assert!(
+        refused > 0,
+        "egressd never stopped the job after {sent} queries:\n{}",
+        boot.log()
+    );
+
+    let mut end_env = env.clone();
+    let summary_file = dir.path().join("summary.md");
+    let summary_path = summary_file.to_str().unwrap().to_owned();
+    end_env.push(("GITHUB_STEP_SUMMARY", &summary_path));
+    let ended = boot.job(&["end"], &end_env);
+    assert!(
+        ended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ended.stderr)
+    );
+    let summary = std::fs::read_to_string(&summary_file).unwrap();
+    assert!(summary.contains("Egress stopped"), "{summary}");
+
+    let records = boot.records();
+    let first: Vec<_> = records
+        .iter()
+        .filter(|r| r.host.as_deref() == Some("exfil-first.flood.test"))
+        .collect();
+    assert_eq!(first.len(), 1, "the job's first deny is gone");
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.reason == Reason::JournalSegmentRemoved),
+        "the journal removed the job's records"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == egressd_audit::Kind::Event
+                && r.reason == Reason::AuditBudgetExhausted),
+        "no event says the budget was exhausted"
+    );
+    let stopped: u64 = records
+        .iter()
+        .filter(|r| r.reason == Reason::AuditBudgetExhausted && r.kind == egressd_audit::Kind::Dns)
+        .map(Record::decisions)
+        .sum();
+    assert!(
+        stopped >= u64::from(refused),
+        "{stopped} budget denies recorded, {refused} answered"
+    );
+    // Every answered query of the job is there: none was removed.
+    let allowed = records
+        .iter()
+        .filter(|r| r.host.as_deref() == Some("a.test") && r.decision == Verdict::Allow)
+        .count() as u64;
+    let kept = allowed + stopped;
+    assert!(
+        u64::from(answered) <= kept && kept <= u64::from(sent),
+        "sent {sent}, answered {answered}, in the journal {allowed} allowed and {stopped} stopped"
+    );
+
+    // The next job starts with egress allowed again.
+    let next = boot.job(&["start"], &github_env("octo/next", "302", "build"));
+    assert!(
+        next.status.success(),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert_eq!(ask(2, "a.test"), Some(ResponseCode::NoError));
+    drop(rt);
+}
