@@ -44,10 +44,11 @@ struct Usage {
 
 impl Usage {
     fn add(&mut self, rec: &Record) {
+        // A counted record stands for `count` decisions.
         if rec.kind == Kind::Dns {
-            self.dns_queries += 1;
+            self.dns_queries += rec.decisions();
         } else {
-            self.connections += 1;
+            self.connections += rec.decisions();
         }
         if let Some(p) = process_name(rec) {
             let p = comment_text(p);
@@ -135,7 +136,7 @@ pub fn suggest<I: IntoIterator<Item = Record>>(records: I) -> String {
         if rec.kind == Kind::Event || rec.is_closing() || rec.reason == Reason::Loopback {
             continue;
         }
-        seen += 1;
+        seen += rec.decisions();
         first = Some(first.map_or(rec.ts, |f| f.min(rec.ts)));
         last = Some(last.map_or(rec.ts, |l| l.max(rec.ts)));
         // What enforce mode decided or would have decided.

@@ -1,5 +1,6 @@
 //! Counting egressd's audit records after a run: one decision record per
-//! decision the load generator caused, plus closing records (with
+//! decision the load generator caused (a counted record as its `count`),
+//! plus closing records (with
 //! `bytes_up`) for allowed tunnels. A single missing record fails the run.
 
 use std::path::Path;
@@ -46,7 +47,8 @@ pub fn count(dir: &Path) -> std::io::Result<AuditCount> {
                         if o.get("bytes_up").is_some_and(|b| !b.is_null()) {
                             c.closing += 1;
                         } else {
-                            c.decisions += 1;
+                            // A counted record stands for `count` decisions.
+                            c.decisions += o.get("count").and_then(|n| n.as_u64()).unwrap_or(1);
                         }
                     }
                     _ => c.unreadable += 1,
@@ -121,6 +123,17 @@ mod tests {
             found: c,
         };
         assert_eq!(check.missing(), 1);
+    }
+
+    #[test]
+    fn a_counted_record_counts_as_its_count() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("seg-1.jsonl"),
+            "{\"v\":1,\"decision\":\"deny\"}\n{\"v\":1,\"decision\":\"deny\",\"count\":480}\n",
+        )
+        .unwrap();
+        assert_eq!(count(dir.path()).unwrap().decisions, 481);
     }
 
     #[test]
