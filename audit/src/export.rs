@@ -26,7 +26,7 @@ pub enum Format {
 /// The CSV columns, in order. Nested fields are flattened (`job.repository`
 /// becomes `repository`, `process.pid` becomes `pid`); an absent field is an
 /// empty cell. Part of the public interface, like the record's field names.
-pub const CSV_COLUMNS: [&str; 28] = [
+pub const CSV_COLUMNS: [&str; 30] = [
     "v",
     "id",
     "ts",
@@ -56,10 +56,13 @@ pub const CSV_COLUMNS: [&str; 28] = [
     "detail",
     // Added after the first release: last, so no column moves.
     "port",
+    "count",
+    // A counted record's sample names, separated by spaces (no name has one).
+    "samples",
 ];
 
 /// The CSV cells of one record, in [`CSV_COLUMNS`] order.
-pub fn csv_row(r: &Record) -> [String; 28] {
+pub fn csv_row(r: &Record) -> [String; 30] {
     fn opt<T: ToString>(v: Option<T>) -> String {
         v.map(|v| v.to_string()).unwrap_or_default()
     }
@@ -101,6 +104,8 @@ pub fn csv_row(r: &Record) -> [String; 28] {
         opt(r.duration_ms),
         opt(r.detail.as_deref()),
         opt(r.port),
+        opt(r.count),
+        opt(r.samples.as_ref().map(|s| s.join(" "))),
     ]
 }
 

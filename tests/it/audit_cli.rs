@@ -117,19 +117,19 @@ fn csv_export_to_a_file_has_the_documented_columns() {
     assert_eq!(
         lines[0],
         "v,id,ts,runner,repository,workflow,run_id,run_attempt,job,kind,decision,enforce_would,\
-reason,rule,host,host_source,dst,src,pid,comm,exe,cgroup,container,bytes_up,bytes_down,duration_ms,detail,port"
+reason,rule,host,host_source,dst,src,pid,comm,exe,cgroup,container,bytes_up,bytes_down,duration_ms,detail,port,count,samples"
     );
     assert_eq!(
         lines[1],
         "1,01JDQ6Z3K4ZV9Y8X7W6V5T4S3R,2026-11-26T21:58:13.123456Z,runner-7,acme/web,CI,1234567890,1,build,\
 tcp,allow,,rule_allow,allow[3],github.com,sni,198.51.100.10:443,10.1.0.2:40312,4242,curl,/usr/bin/curl,\
-/system.slice/runner.service,,517,4096,250,,"
+/system.slice/runner.service,,517,4096,250,,,,"
     );
     assert_eq!(
         lines[3],
         "1,01JDQ6Z3K6BBBBBBBBBBBBBBBB,2026-11-26T21:58:15.500000Z,runner-7,acme/web,CI,1234567890,1,build,\
 tcp,allow,deny,builtin_metadata,builtin:metadata,,none,169.254.169.254:80,[2001:db8::2]:40000,99,python3,,\
-/ci/job-1,3f2a9c,,,,,"
+/ci/job-1,3f2a9c,,,,,,,"
     );
     let leftovers: Vec<_> = std::fs::read_dir(j.path().join("out")).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "only the finished file remains");

@@ -36,7 +36,7 @@ fn csv_has_a_header_and_quotes_what_needs_it() {
     assert_eq!(lines.next().unwrap(), CSV_COLUMNS.join(","));
     assert_eq!(
         lines.next().unwrap(),
-        "1,01JDQ6Z3K4ZV9Y8X7W6V5T4S3R,2026-11-26T21:58:13.123456Z,runner-1,acme/web,,,,,tcp,allow,,rule_allow,allow[0],github.com,sni,198.51.100.1:443,10.1.0.2:40000,4242,\"c,u\"\"rl\",,,,,,,\"two\nlines\",\n"
+        "1,01JDQ6Z3K4ZV9Y8X7W6V5T4S3R,2026-11-26T21:58:13.123456Z,runner-1,acme/web,,,,,tcp,allow,,rule_allow,allow[0],github.com,sni,198.51.100.1:443,10.1.0.2:40000,4242,\"c,u\"\"rl\",,,,,,,\"two\nlines\",,,\n"
     );
 }
 
@@ -48,8 +48,17 @@ fn csv_has_the_port_asked_for_in_its_last_column() {
     w.write(&raw(rec)).unwrap();
     let out = String::from_utf8(w.finish().unwrap()).unwrap();
     let row = out.lines().nth(1).unwrap();
-    assert!(row.ends_with(",443"), "{row}");
-    assert_eq!(CSV_COLUMNS.last(), Some(&"port"));
+    assert!(row.ends_with(",443,,"), "{row}");
+    assert_eq!(CSV_COLUMNS[27..], ["port", "count", "samples"]);
+}
+
+#[test]
+fn a_counted_record_has_its_count_and_samples_in_the_last_columns() {
+    let mut rec = allowed(Some("evil.example"), "198.51.100.1:443");
+    rec.count = Some(480);
+    rec.samples = Some(vec!["a.evil.example".into(), "b.evil.example".into()]);
+    let row = csv_row(&rec);
+    assert_eq!(row[28..], ["480", "a.evil.example b.evil.example"]);
 }
 
 #[test]

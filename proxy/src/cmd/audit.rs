@@ -31,7 +31,7 @@ egressd audit export --repository acme/web --format csv --output records.csv\n  
 egressd audit export --server https://egressd.example.com --token-file /etc/egressd/token --since 1d\n\n\
 CSV columns, in order: v,id,ts,runner,repository,workflow,run_id,run_attempt,job,kind,\n\
 decision,enforce_would,reason,rule,host,host_source,dst,src,pid,comm,exe,cgroup,container,\n\
-bytes_up,bytes_down,duration_ms,detail,port (see docs/audit.md).")]
+bytes_up,bytes_down,duration_ms,detail,port,count,samples (see docs/audit.md).")]
     Export(ExportArgs),
     /// Print a Markdown table of the endpoints reached or refused.
     #[command(after_help = "Example:\n  \
