@@ -254,7 +254,9 @@ impl Journal {
     /// A job starts (`true`) or ends: from now until it ends, no segment
     /// holding its records is removed to stay within the size budget (the
     /// segment being written now is the first; it may hold a few records of
-    /// before the job, kept too). Ending it lifts [`Journal::budget_exhausted`].
+    /// before the job, kept too). Either lifts [`Journal::budget_exhausted`]:
+    /// a job that started without the previous one ending gets the budget
+    /// afresh, and the previous job's segments are removable again.
     pub fn protect_active_job(&self, active: bool) {
         let from = if active {
             self.budget.active_seq.load(Ordering::Acquire)
@@ -262,9 +264,7 @@ impl Journal {
             0
         };
         self.budget.protect_from.store(from, Ordering::Release);
-        if !active {
-            self.budget.exhausted.store(false, Ordering::Release);
-        }
+        self.budget.exhausted.store(false, Ordering::Release);
     }
 
     /// True once the active job's records fill the size budget: the journal
