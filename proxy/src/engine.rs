@@ -303,6 +303,7 @@ impl Engine {
     /// [`crate::coalesce::INTERVAL`], at job end, at shutdown).
     pub async fn flush_coalesced(&self) {
         for rec in self.coalescer.flush().await {
+            self.metrics.counted(rec.decisions());
             self.append(rec).await;
         }
     }

@@ -1,6 +1,7 @@
 //! Operational metrics in the Prometheus text format (`--metrics ADDR`):
 //! decisions by verdict and reason, open connections, relayed bytes, DNS
-//! queries, decision and connect latency histograms, journal queue depth.
+//! queries, decision and connect latency histograms, journal queue depth,
+//! decisions written as counts.
 //! Plain atomics: recording a value on the hot path takes no lock and allocates
 //! nothing; only a scrape formats text.
 
@@ -105,6 +106,7 @@ pub struct Metrics {
     bytes_down: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_rejected: AtomicU64,
+    counted: AtomicU64,
     /// Time to reach a decision (peek excluded).
     pub decision_latency: Histogram,
     /// Time to connect to the upstream.
@@ -123,6 +125,7 @@ impl Default for Metrics {
             bytes_down: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
+            counted: AtomicU64::new(0),
             decision_latency: Histogram::default(),
             connect_latency: Histogram::default(),
         }
@@ -187,6 +190,11 @@ impl Metrics {
         } else {
             self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// `n` decisions written in a counted record, not one record each.
+    pub fn counted(&self, n: u64) {
+        self.counted.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Current number of open tunnels.
@@ -271,6 +279,12 @@ impl Metrics {
             "counter",
             "Policy reloads rejected (the previous policy stayed active).",
             self.reloads_rejected.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "egressd_audit_counted_decisions_total",
+            "counter",
+            "Repeated denies written in counted records (with a count) instead of one record each.",
+            self.counted.load(Ordering::Relaxed).to_string(),
         );
         out.push_str(
             "# HELP egressd_dns_queries_total DNS queries by decision.\n\
@@ -386,6 +400,7 @@ mod tests {
         assert!(text.contains("egressd_connections_open 1"));
         assert!(text.contains("egressd_bytes_down_total 20"));
         assert!(text.contains("egressd_journal_queue_depth 4"));
+        assert!(text.contains("egressd_audit_counted_decisions_total 0"));
         assert!(text.contains("egressd_decision_seconds_bucket{le=\"0.00001\"} 1"));
         assert!(text.contains("egressd_decision_seconds_count 1"));
         drop(open);
