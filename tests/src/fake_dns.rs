@@ -5,8 +5,6 @@
 //! (an upstream that never answers), answer late, answer SERVFAIL, or set TC
 //! over UDP (the full answer only over TCP). Every query is logged.
 
-#![allow(dead_code, reason = "each test module uses a different part")]
-
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -140,6 +138,14 @@ fn key(name: &str) -> String {
 impl FakeDns {
     /// Serve `zone` (several records per name allowed) on 127.0.0.1:0.
     pub async fn start<R: Clone + Into<RecordSpec>>(zone: &[(&str, R)]) -> FakeDns {
+        FakeDns::start_on(zone, None).await
+    }
+
+    /// Serve `zone` on `at` (UDP and TCP), or on 127.0.0.1:0 when `None`.
+    pub async fn start_on<R: Clone + Into<RecordSpec>>(
+        zone: &[(&str, R)],
+        at: Option<SocketAddr>,
+    ) -> FakeDns {
         let mut state = State::default();
         for (name, rec) in zone {
             state
@@ -149,7 +155,10 @@ impl FakeDns {
                 .push(rec.clone().into());
         }
         let state = Arc::new(Mutex::new(state));
-        let (udp, tcp) = bind_pair().await;
+        let (udp, tcp) = match at {
+            None => bind_pair().await,
+            Some(at) => bind_at(at).await,
+        };
         let addr = udp.local_addr().expect("fake DNS address");
         let udp = Arc::new(udp);
         let udp_task = {
@@ -253,6 +262,17 @@ async fn bind_pair() -> (UdpSocket, TcpListener) {
         }
     }
     panic!("no loopback port free for both UDP and TCP: {last:?}");
+}
+
+/// A UDP socket and a TCP listener on `at`.
+async fn bind_at(at: SocketAddr) -> (UdpSocket, TcpListener) {
+    let udp = UdpSocket::bind(at)
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind the fake DNS on {at}/udp: {e}"));
+    let tcp = TcpListener::bind(at)
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind the fake DNS on {at}/tcp: {e}"));
+    (udp, tcp)
 }
 
 /// The answer to one query (`None`: stay silent).
