@@ -22,7 +22,8 @@ enum Task {
     /// Rebuild the eBPF object into a temporary file and fail unless it matches the
     /// committed one byte for byte.
     EbpfCheck,
-    /// Run the peer benchmark (W1-W7) and print one Markdown table per workload.
+    /// Run the peer benchmark (W1-W7; J1, the job corpus, on request) and print one
+    /// Markdown table per workload.
     Bench(bench::Args),
 }
 
