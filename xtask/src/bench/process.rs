@@ -194,14 +194,6 @@ fn ticks_per_s() -> u64 {
         .max(1)
 }
 
-/// CPU time (user + system, every thread) of the process `pid` so far, in
-/// microseconds; `None` when it is gone.
-pub fn cpu_us(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, ticks) = stat_fields(&stat)?;
-    Some(ticks * 1_000_000 / ticks_per_s())
-}
-
 /// Reads [`TreeUsage`] for `root` and its descendants.
 pub fn tree_usage(root: u32) -> io::Result<TreeUsage> {
     let tick = ticks_per_s();
