@@ -73,7 +73,7 @@ struct Runs {
 
 /// The J1 table (failed, with the reason in its notes, when the job could
 /// not be measured or egressd denied anything).
-pub fn j1(b: &Bench) -> Table {
+pub fn j1(b: &Bench, reps: usize) -> Table {
     let mut table = Table::new(
         TITLE,
         &[
@@ -93,9 +93,8 @@ pub fn j1(b: &Bench) -> Table {
     };
     // The world's set-up panics with what went wrong (it is shared with the
     // tests); the workload reports it instead of ending the harness.
-    let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        measure(b, &e.bin, b.settings.reps)
-    }));
+    let measured =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(b, &e.bin, reps)));
     match measured {
         Ok(Ok(runs)) => fill(&mut table, &runs),
         Ok(Err(err)) => {

@@ -48,6 +48,10 @@ pub struct Args {
     /// scripts/install-deps.sh installs.
     #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W5,W6,W7")]
     workloads: Vec<String>,
+    /// J1's repetitions per target (default: 3 with --quick, else 5); a
+    /// job lasts seconds and its steps are noisy on a shared machine.
+    #[arg(long, value_name = "N")]
+    j1_reps: Option<usize>,
     /// Also write the Markdown report to FILE.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -201,7 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "W5" => workloads::w5(&bench, &hellos),
             "W6" => workloads::w6(&bench, &hellos, idle),
             "W7" => workloads::w7(&bench),
-            "J1" => jobs::j1(&bench),
+            "J1" => jobs::j1(&bench, args.j1_reps.unwrap_or(bench.settings.reps).max(1)),
             other => bail!("unknown workload {other:?}: use W1..W7 or J1"),
         };
         drop(phase);
@@ -226,8 +230,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut md = String::new();
     md.push_str(&format!(
-        "Command: `cargo xtask bench{}{}`; {} CPUs, kernel {}; egressd: {}.\n\n",
+        "Command: `cargo xtask bench{}{}{}`; {} CPUs, kernel {}; egressd: {}.\n\n",
         if args.quick { " --quick" } else { "" },
+        args.j1_reps
+            .map_or(String::new(), |n| format!(" --j1-reps {n}")),
         if wanted.len() < 7 {
             format!(" --workloads {}", wanted.join(","))
         } else {
