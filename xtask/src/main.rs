@@ -24,7 +24,7 @@ enum Task {
     EbpfCheck,
     /// Run the peer benchmark (W1-W7; J1, the job corpus, on request) and print one
     /// Markdown table per workload.
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +41,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::EbpfBuild => ebpf::build(),
         Task::EbpfCheck => ebpf::check(),
-        Task::Bench(args) => bench::run(args),
+        Task::Bench(args) => bench::run(*args),
     }
 }
