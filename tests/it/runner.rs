@@ -19,8 +19,10 @@ use egressd_policy::{Reason, Verdict};
 use self::kit::{ALLOWED, Boot, DENIED, OVERRIDE_ONLY, Topology, github_env, tags, wait_for};
 
 /// What the privileged modules (this one, `exec`, `transparent` and `jobs`)
-/// share: the namespace topology, the skip rule, a running `egressd boot`
-/// with its job hooks, journal reading and leftover checks.
+/// share: the namespace topology, the skip rule, and leftover checks; a
+/// running `egressd boot` with its job hooks, job cgroups, namespaces and
+/// journal reading come from `egressd_e2e` (shared with the benchmark
+/// harness) and are named here for them.
 pub(crate) mod kit {
     use std::os::unix::process::CommandExt as _;
     use std::path::Path;
