@@ -19,7 +19,6 @@
 )]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -158,7 +157,7 @@ print(probe(), os.getpid())
 /// One lab at a time: its names and addresses are fixed.
 static LOCK: Mutex<()> = Mutex::new(());
 
-fn must(args: &[&str]) {
+pub(crate) fn must(args: &[&str]) {
     let out = sh(args);
     assert!(
         out.status.success(),
@@ -168,7 +167,7 @@ fn must(args: &[&str]) {
 }
 
 /// `ip [-n ns] ARGS...`, which must succeed.
-fn ip(ns: Option<&str>, args: &[&str]) {
+pub(crate) fn ip(ns: Option<&str>, args: &[&str]) {
     let mut all = vec!["ip"];
     if let Some(ns) = ns {
         all.extend(["-n", ns]);
@@ -180,7 +179,7 @@ fn ip(ns: Option<&str>, args: &[&str]) {
 /// `ip [-n ns] addr add SPEC dev DEV`, SPEC an address with its prefix
 /// length or `A peer B`; IPv6 without duplicate address detection, so that
 /// it is usable at once.
-fn addr_add(ns: Option<&str>, dev: &str, spec: &str) {
+pub(crate) fn addr_add(ns: Option<&str>, dev: &str, spec: &str) {
     let mut args: Vec<&str> = vec!["addr", "add"];
     args.extend(spec.split(' '));
     args.extend(["dev", dev]);
@@ -192,7 +191,7 @@ fn addr_add(ns: Option<&str>, dev: &str, spec: &str) {
 
 /// `sysctl -w key=value`, in `ns` when given (IPv6 and ping sysctls are per
 /// namespace).
-fn sysctl(ns: Option<&str>, key: &str, value: &str) {
+pub(crate) fn sysctl(ns: Option<&str>, key: &str, value: &str) {
     let kv = format!("{key}={value}");
     match ns {
         Some(ns) => must(&["ip", "netns", "exec", ns, "sysctl", "-qw", &kv]),
@@ -214,11 +213,27 @@ fn url_host(ip: &str) -> String {
     }
 }
 
+/// Remove the leftovers of killed runs (namespaces and links named with
+/// `prefixes`, and with the links every address and route in `blocks`), then
+/// check that no address or route of `blocks` remains: a live run elsewhere
+/// would be a collision.
+pub(crate) fn claim_blocks(prefixes: &[&str], blocks: &[&str]) {
+    kit::sweep_leftovers(prefixes);
+    for block in blocks {
+        let held = ip_show(None, &["addr", "show", "to", block])
+            + &ip_show(None, &["route", "show", "root", block]);
+        assert!(
+            held.is_empty(),
+            "{block} is still in use on the host (another run?):\n{held}"
+        );
+    }
+}
+
 /// A network namespace, deleted on drop.
-struct NetNs(String);
+pub(crate) struct NetNs(pub(crate) String);
 
 impl NetNs {
-    fn add(name: String) -> NetNs {
+    pub(crate) fn add(name: String) -> NetNs {
         let _ = sh(&["ip", "netns", "del", &name]);
         must(&["ip", "netns", "add", &name]);
         let ns = NetNs(name);
@@ -237,10 +252,10 @@ impl Drop for NetNs {
 /// deleted (both ends) on drop. IPv6 duplicate address detection is off on
 /// both ends, so every address is usable at once (and the proxy can bind its
 /// gateway address as soon as it starts).
-struct Veth(String);
+pub(crate) struct Veth(pub(crate) String);
 
 impl Veth {
-    fn add(name: String, peer: &str, ns: &NetNs) -> Veth {
+    pub(crate) fn add(name: String, peer: &str, ns: &NetNs) -> Veth {
         let _ = sh(&["ip", "link", "del", &name]);
         must(&[
             "ip", "link", "add", &name, "type", "veth", "peer", "name", peer,
@@ -267,7 +282,7 @@ impl Drop for Veth {
 
 /// Assert that `ip [-n ns] route get dst` names `want` (checked before
 /// anything is sent, so no test packet can take another route).
-fn assert_route(ns: Option<&str>, dst: &str, want: &str) {
+pub(crate) fn assert_route(ns: Option<&str>, dst: &str, want: &str) {
     let mut args = vec!["ip"];
     if let Some(ns) = ns {
         args.extend(["-n", ns]);
@@ -282,7 +297,7 @@ fn assert_route(ns: Option<&str>, dst: &str, want: &str) {
 
 /// What `ip [-n ns] ARGS...` prints (the family taken from the addresses
 /// in ARGS).
-fn ip_show(ns: Option<&str>, args: &[&str]) -> String {
+pub(crate) fn ip_show(ns: Option<&str>, args: &[&str]) -> String {
     let mut all = vec!["ip"];
     if let Some(ns) = ns {
         all.extend(["-n", ns]);
@@ -315,18 +330,7 @@ impl Lab {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let block = crate::support::lock_block("container-198.51.100.192");
-        // Leftovers of killed runs: their namespaces and links, and with the
-        // links every address and route of this module's blocks (checked:
-        // a live run elsewhere would be a collision).
-        kit::sweep_leftovers(&["egct", "egcn"]);
-        for block in [BLOCK4, BLOCK6] {
-            let held = ip_show(None, &["addr", "show", "to", block])
-                + &ip_show(None, &["route", "show", "root", block]);
-            assert!(
-                held.is_empty(),
-                "{block} is still in use on the host (another run?):\n{held}"
-            );
-        }
+        claim_blocks(&["egct", "egcn"], &[BLOCK4, BLOCK6]);
         let pid = std::process::id();
         let internet = NetNs::add(format!("egcn-{pid}"));
         let container = NetNs::add(format!("egct-{pid}"));
@@ -447,10 +451,10 @@ impl Drop for EgressdRun {
 }
 
 /// Every record of one run, and how to find the one a case made.
-struct Journal(Vec<Record>);
+pub(crate) struct Journal(pub(crate) Vec<Record>);
 
 impl Journal {
-    fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         self.0
             .iter()
             .map(|r| serde_json::to_string(r).unwrap_or_default())
@@ -460,7 +464,7 @@ impl Journal {
 
     /// The single decision record (not a closing one) of `kind` about `dst`
     /// naming `host`.
-    fn decision(&self, kind: Kind, dst: &str, host: Option<&str>) -> &Record {
+    pub(crate) fn decision(&self, kind: Kind, dst: &str, host: Option<&str>) -> &Record {
         let dst: SocketAddr = dst.parse().unwrap();
         let found: Vec<&Record> = self
             .0
@@ -491,7 +495,7 @@ impl Journal {
     }
 }
 
-fn comm(r: &Record) -> Option<&str> {
+pub(crate) fn comm(r: &Record) -> Option<&str> {
     r.process.as_ref().and_then(|p| p.comm.as_deref())
 }
 
@@ -628,36 +632,14 @@ fn run_in_container(lab: &Lab, f: &'static Family, gateways: &[&str], script: &s
     for gateway in gateways {
         cmd.args(["--container-gateway", gateway]);
     }
-    cmd.arg("--policy")
-        .arg(d.join("policy.yaml"))
-        .arg("--cgroup")
-        .arg(jobs.path())
-        .arg("--audit-dir")
-        .arg(d.join("audit"))
-        .arg("--ready-file")
-        .arg(d.join("ready.json"))
-        .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
-        .arg("--dns-upstream")
-        .arg(lab.dns.addr().to_string())
-        .args(["--runner", "container-it"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    kit::clear_proxy_env(&mut cmd);
-    // A killed test run must not leave egressd attached: it gets SIGTERM
-    // when the thread that started it is gone.
-    // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork
-    // and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    cmd.arg("--policy").arg(d.join("policy.yaml")).stderr(log);
+    kit::enforcer(
+        &mut cmd,
+        jobs.path(),
+        d,
+        &lab.dns.addr().to_string(),
+        "container-it",
+    );
     let mut egressd = EgressdRun(cmd.spawn().unwrap());
     let egressd_log = || std::fs::read_to_string(d.join("egressd.log")).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);

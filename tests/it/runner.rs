@@ -11,16 +11,16 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use egressd_audit::{JobTags, Record};
+use egressd_audit::Record;
 use egressd_policy::{Reason, Verdict};
 
-use self::kit::{ALLOWED, DENIED, JobCgroup, OVERRIDE_ONLY, Topology};
+use self::kit::{ALLOWED, Boot, DENIED, OVERRIDE_ONLY, Topology, github_env, tags, wait_for};
 
-/// What the privileged modules (this one and `exec`) share: the namespace
-/// topology, the skip rule, journal reading and leftover checks.
+/// What the privileged modules (this one, `exec`, `transparent` and `jobs`)
+/// share: the namespace topology, the skip rule, a running `egressd boot`
+/// with its job hooks, journal reading and leftover checks.
 pub(crate) mod kit {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt as _;
@@ -31,7 +31,7 @@ pub(crate) mod kit {
     use std::sync::{Mutex, MutexGuard};
     use std::time::{Duration, Instant};
 
-    use egressd_audit::Record;
+    use egressd_audit::{JobTags, Record};
 
     /// Host side of the test link; the namespace holds `ALLOWED` and
     /// `OVERRIDE_ONLY`; `DENIED` is on the link but nobody has it. The block
@@ -68,13 +68,97 @@ pub(crate) mod kit {
         Command::new(args[0]).args(&args[1..]).output().unwrap()
     }
 
-    fn must(args: &[&str]) {
+    /// Run a command that must succeed.
+    pub(crate) fn must(args: &[&str]) {
         let out = sh(args);
         assert!(
             out.status.success(),
             "{args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// A test network namespace `PREFIX-PID` joined to the host by a veth
+    /// (`PREFIXPID` on the host side, `PEERPID` inside), both removed on
+    /// drop. Leftovers of killed runs with the same prefix are removed first.
+    pub struct Veth {
+        ns: String,
+        link: String,
+    }
+
+    impl Veth {
+        /// Create it with `host` addresses on the host side and `inside`
+        /// addresses in the namespace (`ADDR/LEN`, IPv6 without DAD), then
+        /// check that every one of `routed` goes through the link, before
+        /// anything is sent: no test packet may take the default route.
+        pub fn up(
+            prefix: &str,
+            peer_prefix: &str,
+            host: &[&str],
+            inside: &[&str],
+            routed: &[&str],
+        ) -> Veth {
+            sweep_leftovers(&[prefix]);
+            let pid = std::process::id();
+            let ns = format!("{prefix}-{pid}");
+            let link = format!("{prefix}{pid}");
+            let peer = format!("{peer_prefix}{pid}");
+            let _ = sh(&["ip", "netns", "del", &ns]);
+            let _ = sh(&["ip", "link", "del", &link]);
+            must(&["ip", "netns", "add", &ns]);
+            let veth = Veth { ns, link };
+            must(&[
+                "ip", "link", "add", &veth.link, "type", "veth", "peer", "name", &peer,
+            ]);
+            must(&["ip", "link", "set", &peer, "netns", &veth.ns]);
+            let add = |netns: Option<&str>, addr: &str, dev: &str| {
+                let mut args = vec!["ip"];
+                if let Some(n) = netns {
+                    args.extend(["-n", n]);
+                }
+                args.extend(["addr", "add", addr, "dev", dev]);
+                if addr.contains(':') {
+                    args.push("nodad");
+                }
+                must(&args);
+            };
+            for a in host {
+                add(None, a, &veth.link);
+            }
+            for a in inside {
+                add(Some(&veth.ns), a, &peer);
+            }
+            must(&["ip", "link", "set", &veth.link, "up"]);
+            must(&["ip", "-n", &veth.ns, "link", "set", &peer, "up"]);
+            must(&["ip", "-n", &veth.ns, "link", "set", "lo", "up"]);
+            for a in routed {
+                let route =
+                    String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
+                assert!(
+                    route.contains(&format!("dev {} ", veth.link)),
+                    "{a} is not routed via {}: {route}",
+                    veth.link
+                );
+            }
+            veth
+        }
+
+        /// The namespace.
+        pub fn netns(&self) -> &str {
+            &self.ns
+        }
+
+        /// The host side of the veth.
+        pub fn link(&self) -> &str {
+            &self.link
+        }
+    }
+
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = sh(&["ip", "link", "del", &self.link]);
+            let _ = sh(&["ip", "netns", "del", &self.ns]);
+        }
     }
 
     /// Remove network namespaces (`PREFIX-PID`) and links (`PREFIXPID`) of
@@ -109,8 +193,7 @@ pub(crate) mod kit {
 
     /// The namespace with the servers, held for one test at a time.
     pub struct Topology {
-        ns: String,
-        link: String,
+        net: Veth,
         server: Child,
         _lock: MutexGuard<'static, ()>,
         _block: crate::support::BlockLock,
@@ -123,44 +206,13 @@ pub(crate) mod kit {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let block = crate::support::lock_block("kit-198.51.100.200");
-            sweep_leftovers(&["egrt"]);
-            let pid = std::process::id();
-            let ns = format!("egrt-{pid}");
-            let link = format!("egrt{pid}");
-            let peer = format!("egrp{pid}");
-            let _ = sh(&["ip", "netns", "del", &ns]);
-            let _ = sh(&["ip", "link", "del", &link]);
-            must(&["ip", "netns", "add", &ns]);
-            must(&[
-                "ip", "link", "add", &link, "type", "veth", "peer", "name", &peer,
-            ]);
-            must(&["ip", "link", "set", &peer, "netns", &ns]);
-            must(&["ip", "addr", "add", &format!("{HOST}/29"), "dev", &link]);
-            must(&["ip", "link", "set", &link, "up"]);
-            for a in [ALLOWED, OVERRIDE_ONLY] {
-                must(&[
-                    "ip",
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("{a}/29"),
-                    "dev",
-                    &peer,
-                ]);
-            }
-            must(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
-            must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            // The route to every test address goes through the link, checked
-            // before anything is sent.
-            for a in [ALLOWED, OVERRIDE_ONLY, DENIED] {
-                let route =
-                    String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
-                assert!(
-                    route.contains(&format!("dev {link}")),
-                    "{a} is not routed via {link}: {route}"
-                );
-            }
+            let net = Veth::up(
+                "egrt",
+                "egrp",
+                &[&format!("{HOST}/29")],
+                &[&format!("{ALLOWED}/29"), &format!("{OVERRIDE_ONLY}/29")],
+                &[ALLOWED, OVERRIDE_ONLY, DENIED],
+            );
             let script = format!(
                 "import http.server\n\
                  class H(http.server.BaseHTTPRequestHandler):\n  \
@@ -171,15 +223,14 @@ pub(crate) mod kit {
                  http.server.ThreadingHTTPServer(('0.0.0.0',8080),H).serve_forever()\n"
             );
             let server = Command::new("ip")
-                .args(["netns", "exec", &ns, "python3", "-c", &script])
+                .args(["netns", "exec", net.netns(), "python3", "-c", &script])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
             let t = Topology {
-                ns,
-                link,
+                net,
                 server,
                 _lock: lock,
                 _block: block,
@@ -197,21 +248,20 @@ pub(crate) mod kit {
     impl Topology {
         /// The namespace holding the servers.
         pub fn netns(&self) -> &str {
-            &self.ns
+            self.net.netns()
         }
 
         /// The host side of the veth into it (HOST's interface).
         pub fn host_link(&self) -> &str {
-            &self.link
+            self.net.link()
         }
     }
 
     impl Drop for Topology {
         fn drop(&mut self) {
+            // The server first; the namespace goes with `net`.
             let _ = self.server.kill();
             let _ = self.server.wait();
-            let _ = sh(&["ip", "link", "del", &self.link]);
-            let _ = sh(&["ip", "netns", "del", &self.ns]);
         }
     }
 
@@ -229,6 +279,42 @@ pub(crate) mod kit {
         ] {
             cmd.env_remove(v);
         }
+    }
+
+    /// Give `cmd` SIGTERM when the test thread that started it is gone, so
+    /// a killed test run leaves no daemon (nor egressd attached) behind.
+    pub fn die_with_test(cmd: &mut Command) {
+        // SAFETY: prctl(2) is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+
+    /// The options every test's transparent `egressd run` or `boot` shares:
+    /// filter `cgroup`, journal and ready file in `dir`, listeners on free
+    /// loopback ports, `dns` as the upstream, the runner's name; no proxy
+    /// variables, no terminal, gone with the test.
+    pub fn enforcer(cmd: &mut Command, cgroup: &Path, dir: &Path, dns: &str, runner: &str) {
+        cmd.arg("--cgroup")
+            .arg(cgroup)
+            .arg("--audit-dir")
+            .arg(dir.join("audit"))
+            .arg("--ready-file")
+            .arg(dir.join("ready.json"))
+            .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
+            .args(["--dns-upstream", dns, "--runner", runner])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        clear_proxy_env(cmd);
+        die_with_test(cmd);
     }
 
     /// Every record in a journal directory.
@@ -360,6 +446,206 @@ pub(crate) mod kit {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// A running `egressd boot` attached to a job cgroup, killed on drop.
+    pub struct Boot {
+        pub(crate) child: Child,
+        dir: tempfile::TempDir,
+        /// The cgroup the hooks are attached to: the runner's jobs.
+        pub(crate) jobs: JobCgroup,
+        /// Where egressd's sd_notify datagrams arrive (its `NOTIFY_SOCKET`).
+        notify: std::os::unix::net::UnixDatagram,
+    }
+
+    impl Boot {
+        /// Start it with `policy_args` (`$DIR` stands for its directory) and
+        /// `extra` options, resolving through nothing (127.0.0.1:9).
+        pub fn start(policy_args: &[impl AsRef<str>], extra: &[&str]) -> Boot {
+            Boot::start_resolving(policy_args, extra, "127.0.0.1:9")
+        }
+
+        /// [`Boot::start`] with `dns_upstream` as its upstream resolver.
+        pub fn start_resolving(
+            policy_args: &[impl AsRef<str>],
+            extra: &[&str],
+            dns_upstream: &str,
+        ) -> Boot {
+            let dir = tempfile::tempdir().unwrap();
+            let jobs = JobCgroup::create();
+            let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
+            let notify_path = dir.path().join("notify.sock");
+            let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+            notify.set_nonblocking(true).unwrap();
+            let mut cmd = Command::new(crate::support::egressd_bin());
+            cmd.arg("boot")
+                .args(policy_args.iter().map(|a| {
+                    a.as_ref()
+                        .replace("$DIR", &dir.path().display().to_string())
+                }))
+                .arg("--cgroup")
+                .arg(jobs.path())
+                .arg("--control-socket")
+                .arg(dir.path().join("control.sock"))
+                .arg("--audit-dir")
+                .arg(dir.path().join("audit"))
+                .arg("--ready-file")
+                .arg(dir.path().join("ready.json"))
+                .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
+                .args([
+                    "--dns-upstream",
+                    dns_upstream,
+                    "--runner",
+                    "it-runner",
+                    "--labels",
+                    "linux",
+                ])
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .env("NOTIFY_SOCKET", &notify_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log);
+            clear_proxy_env(&mut cmd);
+            let mut boot = Boot {
+                child: cmd.spawn().unwrap(),
+                dir,
+                jobs,
+                notify,
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !boot.dir.path().join("ready.json").exists() {
+                if let Some(s) = boot.child.try_wait().unwrap() {
+                    panic!("egressd boot exited ({s}) before ready:\n{}", boot.log());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "boot not ready in 60 s:\n{}",
+                    boot.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            boot
+        }
+
+        /// Every sd_notify message received so far.
+        pub fn notifications(&self) -> Vec<String> {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = self.notify.recv(&mut buf) {
+                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            out
+        }
+
+        pub fn path(&self, f: &str) -> PathBuf {
+            self.dir.path().join(f)
+        }
+
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.path("boot.log")).unwrap_or_default()
+        }
+
+        pub fn ready(&self) -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(self.path("ready.json")).unwrap())
+                .unwrap()
+        }
+
+        pub fn records(&self) -> Vec<Record> {
+            records(&self.path("audit"))
+        }
+
+        /// `egressd job ARGS` with a GitHub-style environment.
+        pub fn job(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+            let mut cmd = Command::new(crate::support::egressd_bin());
+            cmd.arg("job")
+                .args(args)
+                .arg("--control-socket")
+                .arg(self.path("control.sock"));
+            for v in [
+                "GITHUB_REPOSITORY",
+                "GITHUB_WORKFLOW",
+                "GITHUB_RUN_ID",
+                "GITHUB_RUN_ATTEMPT",
+                "GITHUB_JOB",
+                "GITHUB_STEP_SUMMARY",
+            ] {
+                cmd.env_remove(v);
+            }
+            cmd.envs(env.iter().copied());
+            cmd.output().unwrap()
+        }
+
+        /// curl from inside the job cgroup; its exit code.
+        pub fn curl_from_job(&self, ip: &str) -> (i32, String) {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sS", "--max-time", "10", &format!("http://{ip}:8080/")]);
+            clear_proxy_env(&mut cmd);
+            self.jobs.spawn_inside(&mut cmd);
+            let out = cmd.output().unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+
+        pub fn terminate(&mut self) -> std::process::ExitStatus {
+            // SAFETY: kill(2) on the child we spawned and have not reaped.
+            unsafe {
+                libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM);
+            }
+            wait_bounded(&mut self.child, Duration::from_secs(30))
+        }
+    }
+
+    impl Drop for Boot {
+        fn drop(&mut self) {
+            if matches!(self.child.try_wait(), Ok(None)) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
+    pub fn github_env<'a>(
+        repo: &'a str,
+        run_id: &'a str,
+        job: &'a str,
+    ) -> Vec<(&'static str, &'a str)> {
+        vec![
+            ("GITHUB_REPOSITORY", repo),
+            ("GITHUB_WORKFLOW", "CI"),
+            ("GITHUB_RUN_ID", run_id),
+            ("GITHUB_RUN_ATTEMPT", "1"),
+            ("GITHUB_JOB", job),
+        ]
+    }
+
+    pub fn tags(repo: &str, run_id: &str, job: &str) -> JobTags {
+        JobTags {
+            repository: Some(repo.into()),
+            workflow: Some("CI".into()),
+            run_id: Some(run_id.into()),
+            run_attempt: Some("1".into()),
+            job: Some(job.into()),
+        }
+    }
+
+    /// Wait until the journal holds a record matching `pred`.
+    pub fn wait_for(boot: &Boot, what: &str, pred: impl Fn(&Record) -> bool) -> Record {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let recs = boot.records();
+            if let Some(r) = recs.iter().find(|r| pred(r)) {
+                return r.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no record {what}: {recs:#?}\n{}",
+                boot.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 const POLICY: &str = "version: 1\n\
@@ -370,189 +656,6 @@ overrides:\n  \
   - when: { repository: \"octo/wide\" }\n    \
     allow:\n      \
       - cidr: 198.51.100.203/32\n        ports: [8080]\n";
-
-/// A running `egressd boot` attached to a job cgroup, killed on drop.
-struct Boot {
-    child: Child,
-    dir: tempfile::TempDir,
-    jobs: JobCgroup,
-    /// Where egressd's sd_notify datagrams arrive (its `NOTIFY_SOCKET`).
-    notify: std::os::unix::net::UnixDatagram,
-}
-
-impl Boot {
-    fn start(policy_args: &[impl AsRef<str>], extra: &[&str]) -> Boot {
-        let dir = tempfile::tempdir().unwrap();
-        let jobs = JobCgroup::create();
-        let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
-        let notify_path = dir.path().join("notify.sock");
-        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_nonblocking(true).unwrap();
-        let mut cmd = Command::new(crate::support::egressd_bin());
-        cmd.arg("boot")
-            .args(policy_args.iter().map(|a| {
-                a.as_ref()
-                    .replace("$DIR", &dir.path().display().to_string())
-            }))
-            .arg("--cgroup")
-            .arg(jobs.path())
-            .arg("--control-socket")
-            .arg(dir.path().join("control.sock"))
-            .arg("--audit-dir")
-            .arg(dir.path().join("audit"))
-            .arg("--ready-file")
-            .arg(dir.path().join("ready.json"))
-            .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
-            .args([
-                "--dns-upstream",
-                "127.0.0.1:9",
-                "--runner",
-                "it-runner",
-                "--labels",
-                "linux",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        kit::clear_proxy_env(&mut cmd);
-        let mut boot = Boot {
-            child: cmd.spawn().unwrap(),
-            dir,
-            jobs,
-            notify,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !boot.dir.path().join("ready.json").exists() {
-            if let Some(s) = boot.child.try_wait().unwrap() {
-                panic!("egressd boot exited ({s}) before ready:\n{}", boot.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "boot not ready in 60 s:\n{}",
-                boot.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        boot
-    }
-
-    /// Every sd_notify message received so far.
-    fn notifications(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = self.notify.recv(&mut buf) {
-            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        out
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("boot.log")).unwrap_or_default()
-    }
-
-    fn ready(&self) -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(self.path("ready.json")).unwrap()).unwrap()
-    }
-
-    fn records(&self) -> Vec<Record> {
-        kit::records(&self.path("audit"))
-    }
-
-    /// `egressd job ARGS` with a GitHub-style environment.
-    fn job(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        let mut cmd = Command::new(crate::support::egressd_bin());
-        cmd.arg("job")
-            .args(args)
-            .arg("--control-socket")
-            .arg(self.path("control.sock"));
-        for v in [
-            "GITHUB_REPOSITORY",
-            "GITHUB_WORKFLOW",
-            "GITHUB_RUN_ID",
-            "GITHUB_RUN_ATTEMPT",
-            "GITHUB_JOB",
-            "GITHUB_STEP_SUMMARY",
-        ] {
-            cmd.env_remove(v);
-        }
-        cmd.envs(env.iter().copied());
-        cmd.output().unwrap()
-    }
-
-    /// curl from inside the job cgroup; its exit code.
-    fn curl_from_job(&self, ip: &str) -> (i32, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "10", &format!("http://{ip}:8080/")]);
-        kit::clear_proxy_env(&mut cmd);
-        self.jobs.spawn_inside(&mut cmd);
-        let out = cmd.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on the child we spawned and have not reaped.
-        unsafe {
-            libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM);
-        }
-        kit::wait_bounded(&mut self.child, Duration::from_secs(30))
-    }
-}
-
-impl Drop for Boot {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn github_env<'a>(repo: &'a str, run_id: &'a str, job: &'a str) -> Vec<(&'static str, &'a str)> {
-    vec![
-        ("GITHUB_REPOSITORY", repo),
-        ("GITHUB_WORKFLOW", "CI"),
-        ("GITHUB_RUN_ID", run_id),
-        ("GITHUB_RUN_ATTEMPT", "1"),
-        ("GITHUB_JOB", job),
-    ]
-}
-
-fn tags(repo: &str, run_id: &str, job: &str) -> JobTags {
-    JobTags {
-        repository: Some(repo.into()),
-        workflow: Some("CI".into()),
-        run_id: Some(run_id.into()),
-        run_attempt: Some("1".into()),
-        job: Some(job.into()),
-    }
-}
-
-/// Wait until the journal holds a record matching `pred`.
-fn wait_for(boot: &Boot, what: &str, pred: impl Fn(&Record) -> bool) -> Record {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let recs = boot.records();
-        if let Some(r) = recs.iter().find(|r| pred(r)) {
-            return r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no record {what}: {recs:#?}\n{}",
-            boot.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn runner_lifecycle_tags_summarises_and_leaves_nothing() {

@@ -333,14 +333,7 @@ impl TestPki {
     /// A rustls server configuration with one certificate for `names`
     /// (host names and/or IP literals).
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
-        let params = rcgen::CertificateParams::new(
-            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
-        )
-        .expect("server params");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let cert = params
-            .signed_by(&key, &self.ca)
-            .expect("server certificate");
+        let (cert, key) = self.issue(names);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -352,6 +345,30 @@ impl TestPki {
             )
             .expect("server certificate and key");
         Arc::new(config)
+    }
+
+    /// A server certificate for `names` (host names and/or IP literals) and
+    /// its key, PEM, for servers that read files (nginx, the registry).
+    pub fn server_pem(&self, names: &[&str]) -> (String, String) {
+        let (cert, key) = self.issue(names);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    fn issue(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .expect("server params");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("server certificate");
+        (cert, key)
     }
 
     /// A rustls client configuration trusting this CA.

@@ -21,7 +21,7 @@ use egressd_audit::{Kind, Record};
 use egressd_policy::{Reason, Verdict};
 
 use crate::fake_dns::{FakeDns, RecordSpec};
-use crate::runner::kit::{self, sh};
+use crate::runner::kit;
 use crate::support::{NsServers, TestPki};
 
 /// Host side of the link.
@@ -84,21 +84,10 @@ except OSError as e:
 
 static LOCK: Mutex<()> = Mutex::new(());
 
-fn must(args: &[&str]) {
-    let out = sh(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The namespace with the servers (a TLS server for every test name and a
 /// TCP echo, both on every address), plus the fake DNS on the host's
 /// loopback; all torn down on drop.
 struct Lab {
-    ns: String,
-    link: String,
     tls_port: u16,
     echo_port: u16,
     pki: TestPki,
@@ -107,6 +96,8 @@ struct Lab {
     /// Runs the fake DNS; dropped after it.
     _host_rt: tokio::runtime::Runtime,
     ping: Option<PingRange>,
+    /// The namespace; dropped after the servers in it.
+    _net: kit::Veth,
     _lock: MutexGuard<'static, ()>,
     _block: crate::support::BlockLock,
 }
@@ -117,74 +108,27 @@ impl Lab {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let block = crate::support::lock_block("transparent-198.51.100.128");
-        kit::sweep_leftovers(&["egtr"]);
-        let pid = std::process::id();
-        let ns = format!("egtr-{pid}");
-        let link = format!("egtr{pid}");
-        let peer = format!("egtp{pid}");
-        let _ = sh(&["ip", "netns", "del", &ns]);
-        let _ = sh(&["ip", "link", "del", &link]);
-        must(&["ip", "netns", "add", &ns]);
-        must(&[
-            "ip", "link", "add", &link, "type", "veth", "peer", "name", &peer,
-        ]);
-        must(&["ip", "link", "set", &peer, "netns", &ns]);
-        must(&["ip", "addr", "add", &format!("{HOST4}/26"), "dev", &link]);
-        must(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{HOST6}/64"),
-            "dev",
-            &link,
-            "nodad",
-        ]);
-        must(&["ip", "link", "set", &link, "up"]);
-        for a in [ALLOWED4, DENIED4, CIDR4, NO_RULE4] {
-            must(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{a}/26"),
-                "dev",
-                &peer,
-            ]);
-        }
-        for a in [ALLOWED6, NO_RULE6] {
-            must(&[
-                "ip",
-                "-n",
-                &ns,
-                "-6",
-                "addr",
-                "add",
-                &format!("{a}/64"),
-                "dev",
-                &peer,
-                "nodad",
-            ]);
-        }
-        must(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
-        must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        // Every test address is routed through the link, checked before
-        // anything is sent.
-        for a in [
-            ALLOWED4, DENIED4, CIDR4, NO_RULE4, RESOLVER4, ALLOWED6, NO_RULE6,
-        ] {
-            let route =
-                String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
-            assert!(
-                route.contains(&format!("dev {link}")),
-                "{a} is not routed via {link}: {route}"
-            );
-        }
+        let net = kit::Veth::up(
+            "egtr",
+            "egtp",
+            &[&format!("{HOST4}/26"), &format!("{HOST6}/64")],
+            &[
+                &format!("{ALLOWED4}/26"),
+                &format!("{DENIED4}/26"),
+                &format!("{CIDR4}/26"),
+                &format!("{NO_RULE4}/26"),
+                &format!("{ALLOWED6}/64"),
+                &format!("{NO_RULE6}/64"),
+            ],
+            // Every test address, the resolver's too.
+            &[
+                ALLOWED4, DENIED4, CIDR4, NO_RULE4, RESOLVER4, ALLOWED6, NO_RULE6,
+            ],
+        );
 
         let pki = TestPki::new();
         let config = pki.server_config(&["allowed.test", "allowed6.test", "denied.test"]);
-        let servers = NsServers::start(&ns, config);
+        let servers = NsServers::start(net.netns(), config);
         let (tls_port, echo_port) = (servers.tls_port, servers.echo_port);
 
         let host_rt = tokio::runtime::Builder::new_multi_thread()
@@ -199,8 +143,6 @@ impl Lab {
             ("denied.test", a(DENIED4)),
         ]));
         Lab {
-            ns,
-            link,
             tls_port,
             echo_port,
             pki,
@@ -208,6 +150,7 @@ impl Lab {
             servers: Some(servers),
             _host_rt: host_rt,
             ping: None,
+            _net: net,
             _lock: lock,
             _block: block,
         }
@@ -262,8 +205,6 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.servers = None; // before their namespace goes
         self.ping = None;
-        let _ = sh(&["ip", "link", "del", &self.link]);
-        let _ = sh(&["ip", "netns", "del", &self.ns]);
     }
 }
 

@@ -1,0 +1,30 @@
+//! `git clone` over HTTPS (smart HTTP: `git http-backend` behind nginx and
+//! fcgiwrap), the CA given the way CI jobs give it (`GIT_SSL_CAINFO`).
+
+use super::rollout;
+use super::world::{Backend, GIT, GREETING, World};
+use crate::runner::kit;
+
+#[test]
+fn git_clone_over_https_rolls_out_without_false_denies() {
+    if !kit::privileged() {
+        return;
+    }
+    let w = World::up(&[Backend::Git]);
+    let script = format!(
+        "git clone -q https://{}/demo.git \"$T/demo\"\n\
+         cp \"$T/demo/README\" \"$T/readme\"\n",
+        GIT.name
+    );
+    let ca = w.ca().to_str().unwrap().to_owned();
+    let env = [
+        ("GIT_SSL_CAINFO", ca.as_str()),
+        ("GIT_TERMINAL_PROMPT", "0"),
+    ];
+    let e = rollout::rollout(&w, "git", &script, &env);
+    assert!(e.policy.contains(GIT.name), "{}", e.policy);
+    if e.step.code() == Some(0) {
+        assert_eq!(e.step.read("readme"), GREETING, "{}", e.step.output());
+    }
+    e.poison_and_finish(&w, GIT);
+}
