@@ -1,6 +1,8 @@
 //! DNS messages as the proxy handles them: reading a client's query (the
 //! everyday shape straight from its bytes in [`super::wire`], anything else
-//! through hickory-proto), the answers the proxy makes itself (REFUSED,
+//! through hickory-proto) and the query the proxy asks upstream in its
+//! place (its question and the proxy's own OPT record, nothing else of the
+//! client's), the answers the proxy makes itself (REFUSED,
 //! NXDOMAIN, SERVFAIL, FORMERR, NOTIMP), what an upstream answer teaches
 //! (the CNAME chain from the query name and its addresses), removing `ech`
 //! from HTTPS/SVCB records, and fitting an answer into a client's UDP
