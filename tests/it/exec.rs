@@ -181,7 +181,8 @@ fn exec_returns_the_exit_code_audits_and_leaves_nothing() {
 const PACKET_SENDER: &str = include_str!("../../ebpf/tests/fixtures/packet_sender.py");
 
 /// A UDP receiver in the test namespace on `ALLOWED:7777`: prints each
-/// payload, then "done" after 2 s of quiet.
+/// payload until told to stop (by a datagram from outside egressd), so that
+/// every frame sent before [`Receiver::finish`] had its chance to arrive.
 struct Receiver {
     child: std::process::Child,
     out: std::io::BufReader<std::process::ChildStdout>,
@@ -193,9 +194,12 @@ impl Receiver {
             .args(["netns", "exec", t.netns(), "python3", "-c"])
             .arg(format!(
                 "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-                 s.bind(('{ALLOWED}',7777)); s.settimeout(2); print('ready',flush=True)\n\
-                 while True:\n  try: print(s.recv(100).decode(),flush=True)\n  \
-                 except socket.timeout: break\nprint('done',flush=True)\n"
+                 s.bind(('{ALLOWED}',7777)); s.settimeout(120); print('ready',flush=True)\n\
+                 while True:\n  \
+                   p=s.recv(100).decode()\n  \
+                   if p=='stop': break\n  \
+                   print(p,flush=True)\n\
+                 print('done',flush=True)\n"
             ))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -208,8 +212,10 @@ impl Receiver {
         Receiver { child, out }
     }
 
-    /// Every payload that arrived (after the quiet period).
+    /// Every payload that arrived before now.
     fn finish(mut self) -> Vec<String> {
+        let sock = std::net::UdpSocket::bind((kit::HOST, 0)).unwrap();
+        sock.send_to(b"stop", (ALLOWED, 7777)).unwrap();
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut self.out, &mut rest).unwrap();
         let _ = self.child.wait();

@@ -3,7 +3,8 @@
 //! A / AAAA / CNAME / HTTPS records (CNAME chains inside the zone followed,
 //! NXDOMAIN for names it does not hold). Per name it can drop the query
 //! (an upstream that never answers), answer late, answer SERVFAIL, or set TC
-//! over UDP (the full answer only over TCP). Every query is logged.
+//! over UDP (the full answer only over TCP). Every query is logged, with
+//! its bytes as they arrived.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -114,6 +115,8 @@ pub struct LoggedQuery {
     pub qtype: RecordType,
     /// It came over TCP.
     pub tcp: bool,
+    /// The message as it arrived (without the TCP length prefix).
+    pub raw: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +291,7 @@ async fn respond(state: &Mutex<State>, raw: &[u8], tcp: bool) -> Option<Vec<u8>>
             name: name.clone(),
             qtype: question.query_type(),
             tcp,
+            raw: raw.to_vec(),
         });
         let behaviour = s.behaviour.get(&name).copied().unwrap_or_default();
         (
