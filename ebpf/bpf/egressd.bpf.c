@@ -129,10 +129,13 @@ struct {
     __type(value, struct orig);
 } tuple_orig SEC(".maps");
 
-/* Destinations left alone (e.g. a container bridge's subnet), 16-byte form. */
+/* Destinations left alone like loopback: the networks of this host's container
+ * bridges (kept in step by the loader) and configured ones, 16-byte form. The
+ * longest matching prefix decides: value 1 = left alone, 0 = not (a more specific
+ * route inside a bridge's network that leads elsewhere). */
 struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
-    __uint(max_entries, 256);
+    __uint(max_entries, 1024);
     __uint(map_flags, BPF_F_NO_PREALLOC);
     __type(key, struct lpm_key);
     __type(value, __u8);
@@ -217,7 +220,8 @@ static __always_inline int is_passthrough(const __u8 addr[16])
 {
     struct lpm_key k = {.prefixlen = 128};
     __builtin_memcpy(k.addr, addr, 16);
-    return bpf_map_lookup_elem(&passthrough, &k) != 0;
+    __u8 *local = bpf_map_lookup_elem(&passthrough, &k);
+    return local && *local;
 }
 
 static __always_inline int exempt(struct bpf_sock_addr *ctx)
@@ -340,7 +344,9 @@ static __always_inline int steer4(struct bpf_sock_addr *ctx, int is_connect)
          * a container's loopback DNS (Docker's 127.0.0.11) is left alone. */
         if (dport != DNS_PORT || !in_host_netns(ctx))
             return ALLOW;
-    } else if (is_passthrough(a)) {
+    } else if (dport != DNS_PORT && is_passthrough(a)) {
+        /* A resolver on a container bridge (a dnsmasq on docker0's address) is still
+         * a resolver: its queries go to egressd like the host's loopback one. */
         return ALLOW;
     }
     if (proto != IPPROTO_TCP && !(proto == IPPROTO_UDP && dport == DNS_PORT)) {
@@ -375,7 +381,7 @@ static __always_inline int steer6(struct bpf_sock_addr *ctx, int is_connect)
     if (mapped ? is_loopback4(d[3]) : is_loopback6(d)) {
         if (dport != DNS_PORT || !in_host_netns(ctx))
             return ALLOW;
-    } else if (is_passthrough(a)) {
+    } else if (dport != DNS_PORT && is_passthrough(a)) {
         return ALLOW;
     }
     if (proto != IPPROTO_TCP && !(proto == IPPROTO_UDP && dport == DNS_PORT)) {

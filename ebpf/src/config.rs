@@ -22,7 +22,8 @@ pub struct EnforcerConfig {
     /// redirected to: the first IPv4 and the first IPv6 address are used. Without one
     /// of a family, redirected traffic of that family from a container is denied.
     pub container_gateways: Vec<IpAddr>,
-    /// Destinations left alone besides loopback (e.g. a container bridge's subnet).
+    /// Destinations left alone besides loopback and this host's container bridges
+    /// (which the enforcer finds and follows itself); DNS to them is still redirected.
     pub passthrough: Vec<IpNet>,
     /// Some => pin links under this bpffs directory so a crashed proxy fails closed.
     pub pin_dir: Option<PathBuf>,

@@ -1,8 +1,10 @@
 //! [`Enforcer`]: loads the programs with the proxy's ports and exemptions,
 //! attaches all of them to one cgroup and the packet-socket guard to every
-//! interface (or nothing at all), and answers original-destination lookups from
-//! the `tuple_orig` map.
+//! interface (or nothing at all), keeps the `passthrough` map in step with this
+//! host's container bridges, and answers original-destination lookups from the
+//! `tuple_orig` map.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd as _;
@@ -14,8 +16,10 @@ use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program};
 use aya::{Ebpf, EbpfLoader};
+use ipnet::IpNet;
 
 use crate::abi::{self, Orig, Tuple};
+use crate::bridges::{self, LocalNetworks};
 use crate::events::DenyEvents;
 use crate::netlink::LinkChanges;
 use crate::packet_guard::{GuardSync, PacketGuard};
@@ -74,8 +78,151 @@ pub struct Enforcer {
     pin_dir: Option<PathBuf>,
     dns_targets: Vec<IpAddr>,
     dns_port: u16,
+    passthrough: Mutex<Passthrough>,
     // Last: the programs stay loaded until the links above are released.
     loaded: Mutex<Loaded>,
+}
+
+/// What one [`Enforcer::sync_local_networks`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LocalSync {
+    /// Container bridge networks left alone from now on.
+    pub added: Vec<IpNet>,
+    /// Networks no longer left alone (their bridge, port or route changed).
+    pub removed: Vec<IpNet>,
+    /// Entries the kernel map refused (full?): those networks stay filtered.
+    pub failed: Vec<(IpNet, String)>,
+}
+
+/// The `passthrough` map and what is written in it: the configured networks and
+/// the container bridges' (value 1 = left alone, 0 = a network inside one that is
+/// not).
+struct Passthrough {
+    trie: LpmTrie<MapData, [u8; 16], u8>,
+    configured: Vec<IpNet>,
+    written: BTreeMap<IpNet, u8>,
+    bridges: BTreeSet<IpNet>,
+}
+
+impl Passthrough {
+    fn new(ebpf: &mut Ebpf, configured: &[IpNet]) -> Result<Passthrough, EbpfError> {
+        let mut p = Passthrough {
+            trie: take_map(ebpf, "passthrough", LpmTrie::try_from)?,
+            configured: configured.iter().map(IpNet::trunc).collect(),
+            written: BTreeMap::new(),
+            bridges: BTreeSet::new(),
+        };
+        let wanted = p.wanted(&LocalNetworks::default());
+        for (net, value) in wanted {
+            p.write(net, value)?;
+        }
+        Ok(p)
+    }
+
+    /// Every entry the map should hold for `found`.
+    fn wanted(&self, found: &LocalNetworks) -> BTreeMap<IpNet, u8> {
+        let mut wanted: BTreeMap<IpNet, u8> = found
+            .except
+            .iter()
+            .filter(|e| !self.configured.iter().any(|c| c.contains(*e)))
+            .map(|&e| (e, 0))
+            .collect();
+        wanted.extend(found.local.iter().map(|&n| (n, 1)));
+        wanted.extend(self.configured.iter().map(|&n| (n, 1)));
+        wanted
+    }
+
+    fn write(&mut self, net: IpNet, value: u8) -> Result<(), EbpfError> {
+        self.trie
+            .insert(&key(net), value, 0)
+            .map_err(|cause| EbpfError::Map {
+                map: "passthrough",
+                cause,
+            })?;
+        self.written.insert(net, value);
+        Ok(())
+    }
+
+    fn erase(&mut self, net: IpNet) -> Result<(), EbpfError> {
+        match self.trie.remove(&key(net)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(cause) => {
+                return Err(EbpfError::Map {
+                    map: "passthrough",
+                    cause,
+                });
+            }
+        }
+        self.written.remove(&net);
+        Ok(())
+    }
+
+    /// Replaces the bridges' entries with `found` (the configured ones stay). The
+    /// order never leaves more alone than either state would: local entries that
+    /// go are removed first, "not local" entries written before the local ones
+    /// they refine, and those removed last; a local network is written only if
+    /// every exception inside it was.
+    fn replace(&mut self, found: &LocalNetworks) -> LocalSync {
+        let wanted = self.wanted(found);
+        let mut sync = LocalSync::default();
+        let stale: Vec<(IpNet, u8)> = self
+            .written
+            .iter()
+            .filter(|(net, value)| wanted.get(net) != Some(value))
+            .map(|(&n, &v)| (n, v))
+            .collect();
+        for &(net, _) in stale.iter().filter(|(_, v)| *v != 0) {
+            if let Err(e) = self.erase(net) {
+                sync.failed.push((net, e.to_string()));
+            }
+        }
+        let mut unsure = Vec::new();
+        for (&net, &value) in wanted.iter().filter(|(_, v)| **v == 0) {
+            if self.written.get(&net) != Some(&value)
+                && let Err(e) = self.write(net, value)
+            {
+                unsure.push(net);
+                sync.failed.push((net, e.to_string()));
+            }
+        }
+        for (&net, &value) in wanted.iter().filter(|(_, v)| **v != 0) {
+            if self.written.get(&net) == Some(&value) {
+                continue;
+            }
+            if unsure.iter().any(|e| net.contains(e)) {
+                continue; // already listed: its exception could not be written
+            }
+            if let Err(e) = self.write(net, value) {
+                sync.failed.push((net, e.to_string()));
+            }
+        }
+        for &(net, _) in stale.iter().filter(|(_, v)| *v == 0) {
+            if !wanted.contains_key(&net)
+                && let Err(e) = self.erase(net)
+            {
+                sync.failed.push((net, e.to_string()));
+            }
+        }
+        let now: BTreeSet<IpNet> = found
+            .local
+            .iter()
+            .filter(|n| self.written.get(*n) == Some(&1))
+            .copied()
+            .collect();
+        sync.added = now.difference(&self.bridges).copied().collect();
+        sync.removed = self.bridges.difference(&now).copied().collect();
+        self.bridges = now;
+        sync
+    }
+}
+
+/// The map key of a network: IPv4 in the 16-byte v4-mapped form.
+fn key(net: IpNet) -> Key<[u8; 16]> {
+    let prefix = match net {
+        IpNet::V4(n) => u32::from(n.prefix_len()) + 96,
+        IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    Key::new(prefix, abi::addr16(net.addr()))
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -111,7 +258,14 @@ impl Enforcer {
             pin::prepare_dir(dir)?;
         }
         let mut ebpf = load(&cfg)?;
-        fill_passthrough(&mut ebpf, &cfg)?;
+        let mut passthrough = Passthrough::new(&mut ebpf, &cfg.passthrough)?;
+        // Before attaching: the first connection to a container is already local.
+        match bridges::scan() {
+            Ok(found) => log_local_sync(&passthrough.replace(&found)),
+            Err(e) => tracing::warn!(
+                "cannot list the container bridges (rtnetlink): {e}; traffic to them is filtered until the next rescan"
+            ),
+        }
         let cgroup =
             File::open(&cfg.cgroup).map_err(|e| EbpfError::io("opening cgroup", &cfg.cgroup, e))?;
 
@@ -158,8 +312,36 @@ impl Enforcer {
             pin_dir: cfg.pin_dir,
             dns_targets,
             dns_port: cfg.dns_port,
+            passthrough: Mutex::new(passthrough),
             loaded: Mutex::new(Loaded { guard, ebpf }),
         })
+    }
+
+    /// Brings the networks left alone in step with this host's container bridges
+    /// (bridges whose every port is a veth: see `bridges`), keeping the configured
+    /// ones. Call after each interface or route change ([`Enforcer::watch_interfaces`]).
+    pub fn sync_local_networks(&self) -> Result<LocalSync, EbpfError> {
+        let found = bridges::scan().map_err(|e| {
+            EbpfError::Config(format!(
+                "cannot list the container bridges and their routes (rtnetlink): {e}"
+            ))
+        })?;
+        let mut passthrough = self
+            .passthrough
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let sync = passthrough.replace(&found);
+        log_local_sync(&sync);
+        Ok(sync)
+    }
+
+    /// The container bridge networks left alone now.
+    pub fn local_networks(&self) -> Vec<IpNet> {
+        let passthrough = self
+            .passthrough
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        passthrough.bridges.iter().copied().collect()
     }
 
     /// Attaches the packet-socket guard to interfaces that appeared since the last
@@ -177,8 +359,9 @@ impl Enforcer {
         loaded.guard.interfaces()
     }
 
-    /// A wake-up for every interface change in this network namespace: call
-    /// [`Enforcer::sync_interfaces`] after each. Needs a tokio runtime.
+    /// A wake-up for every interface or route change in this network namespace: call
+    /// [`Enforcer::sync_interfaces`] and [`Enforcer::sync_local_networks`] after
+    /// each. Needs a tokio runtime.
     pub fn watch_interfaces() -> Result<LinkChanges, EbpfError> {
         LinkChanges::subscribe().map_err(|e| {
             EbpfError::Config(format!(
@@ -312,31 +495,17 @@ fn load(cfg: &EnforcerConfig) -> Result<Ebpf, EbpfError> {
     Ok(ebpf)
 }
 
-fn fill_passthrough(ebpf: &mut Ebpf, cfg: &EnforcerConfig) -> Result<(), EbpfError> {
-    if cfg.passthrough.is_empty() {
-        return Ok(());
+/// Logs what a sync of the container bridge networks changed.
+fn log_local_sync(sync: &LocalSync) {
+    for net in &sync.added {
+        tracing::info!(network = %net, "container bridge network left alone");
     }
-    let map = ebpf
-        .map_mut("passthrough")
-        .ok_or_else(|| EbpfError::Config("the object has no passthrough map".into()))?;
-    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
-        LpmTrie::try_from(map).map_err(|cause| EbpfError::Map {
-            map: "passthrough",
-            cause,
-        })?;
-    for net in &cfg.passthrough {
-        let net = net.trunc();
-        let prefix = match net {
-            ipnet::IpNet::V4(n) => u32::from(n.prefix_len()) + 96,
-            ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
-        };
-        trie.insert(&Key::new(prefix, abi::addr16(net.addr())), 1, 0)
-            .map_err(|cause| EbpfError::Map {
-                map: "passthrough",
-                cause,
-            })?;
+    for net in &sync.removed {
+        tracing::info!(network = %net, "network no longer left alone");
     }
-    Ok(())
+    for (net, error) in &sync.failed {
+        tracing::warn!(network = %net, "passthrough entry not written (filtered instead): {error}");
+    }
 }
 
 fn take_map<T>(

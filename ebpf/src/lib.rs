@@ -12,6 +12,7 @@
 //! (`bpf/egressd.bpf.o`), so building this crate needs no clang.
 
 mod abi;
+mod bridges;
 pub mod cgroup;
 mod config;
 mod enforcer;
@@ -27,7 +28,7 @@ pub use cgroup::{
     CgroupEntry, ChildCgroup, cgroup_path_of_id, cgroup2_mount, container_id_of_cgroup_path,
 };
 pub use config::EnforcerConfig;
-pub use enforcer::{Enforcer, OriginalDst};
+pub use enforcer::{Enforcer, LocalSync, OriginalDst};
 pub use error::EbpfError;
 pub use events::{DenyEvent, DenyEvents, DenyKind, packet_socket_owner};
 pub use netlink::LinkChanges;

@@ -4,7 +4,8 @@
 //! (`wire.rs`) reads nothing hickory reads differently: a query it takes
 //! is the query the hickory path reads; an answer it takes (the input's
 //! first byte says where the query ends and the answer begins) is what
-//! hickory reads.
+//! hickory reads. And whatever a query carries, the query sent upstream for
+//! it is its question and egressd's own OPT record, nothing else.
 #![no_main]
 
 #[path = "../../proxy/src/dns/message.rs"]
@@ -37,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(q) => {
             let refused = message::own_answer(&q, ResponseCode::Refused);
             assert!(Message::from_vec(&refused).is_ok());
+            own_upstream_only(&q);
         }
         Err(rejected) => {
             if let Some(reply) = rejected.reply {
@@ -61,3 +63,26 @@ fuzz_target!(|data: &[u8]| {
         let _ = message::fit_udp(data.to_vec(), &reply, 512);
     }
 });
+
+/// `q`'s upstream query: RD and CD at most in the header, one question (the
+/// one read), egressd's own OPT (payload 1232, version 0, DO or not, no
+/// options) when the client had EDNS, and not one byte more.
+fn own_upstream_only(q: &message::Query) {
+    let up = q.upstream();
+    let question = q.question();
+    let h = message::HEADER_LEN;
+    assert_eq!(up[2] & !0x01, 0);
+    assert_eq!(up[3] & !0x10, 0);
+    assert_eq!(up[4..h], [0, 1, 0, 0, 0, 0, 0, u8::from(q.edns)]);
+    assert_eq!(&up[h..h + question.len()], question);
+    let opt = &up[h + question.len()..];
+    if q.edns {
+        assert_eq!(opt[..7], [0, 0, 41, 4, 0xd0, 0, 0]);
+        assert!(opt[7] == 0 || opt[7] == 0x80);
+        assert_eq!(opt[8..], [0, 0, 0]);
+    } else {
+        assert!(opt.is_empty());
+    }
+    let m = Message::from_vec(up).expect("the upstream query parses");
+    assert_eq!(message::ascii_name(m.queries()[0].name()), q.name);
+}

@@ -226,14 +226,15 @@ async fn record_deny(engine: &Engine, origins: &EbpfOrigins, ev: &DenyEvent) {
 }
 
 /// While the engine accepts: attach the packet-socket guard to interfaces as they
-/// appear (an `event` record for one that cannot be guarded), and write an `event`
-/// record when the kernel reports lost deny reports. Every few seconds both are
-/// checked even without a notification.
+/// appear (an `event` record for one that cannot be guarded), keep the networks of
+/// this host's container bridges left alone as bridges, ports and routes come and
+/// go, and write an `event` record when the kernel reports lost deny reports. Every
+/// few seconds all are checked even without a notification.
 pub async fn upkeep(engine: Arc<Engine>, enforcer: Arc<Enforcer>) {
     let mut changes = match Enforcer::watch_interfaces() {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!("{e}: new interfaces are picked up every 5 s instead");
+            tracing::warn!("{e}: new interfaces and routes are picked up every 5 s instead");
             None
         }
     };
@@ -271,6 +272,11 @@ pub async fn upkeep(engine: Arc<Engine>, enforcer: Arc<Enforcer>) {
                 }
             }
             Err(e) => tracing::error!("cannot list network interfaces: {e}"),
+        }
+        // A failed rescan keeps the last networks: each is still a container
+        // bridge's until a rescan says otherwise.
+        if let Err(e) = enforcer.sync_local_networks() {
+            tracing::warn!("{e}; retrying in 5 s");
         }
         let lost = enforcer.deny_reports_lost();
         if lost > lost_seen {

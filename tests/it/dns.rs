@@ -2,16 +2,19 @@
 //! a real client (knot's `kdig`) and by raw TCP, with [`FakeDns`] as its
 //! upstream: allowed names answered, denied ones REFUSED, upstream silence
 //! answered SERVFAIL, truncated upstream answers fetched over TCP, CNAME
-//! targets of allowed names allowed, `ech` removed; every query checked
-//! against its one audit record.
+//! targets of allowed names allowed, `ech` removed, nothing of a query but
+//! its question reaching the upstream; every query checked against its one
+//! audit record.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use egressd_audit::{HostSource, Kind, Record};
 use egressd_policy::{Reason, Verdict};
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::TXT;
+use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::{Name, RData, Record as Rr, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fake_dns::{Behaviour, FakeDns, RecordSpec};
@@ -265,6 +268,17 @@ pub(crate) fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
     m.to_vec().unwrap()
 }
 
+/// The next length-prefixed DNS message on `s` (waits at most 10 s).
+async fn read_framed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_u16())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = vec![0u8; usize::from(n)];
+    s.read_exact(&mut buf).await.unwrap();
+    buf
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_serves_several_queries_on_one_connection() {
     let w = World::new().await;
@@ -276,13 +290,7 @@ async fn tcp_serves_several_queries_on_one_connection() {
     }
     let mut answers = Vec::new();
     for _ in 0..3 {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read_u16())
-            .await
-            .unwrap()
-            .unwrap();
-        let mut buf = vec![0u8; usize::from(n)];
-        s.read_exact(&mut buf).await.unwrap();
-        answers.push(Message::from_vec(&buf).unwrap());
+        answers.push(Message::from_vec(&read_framed(&mut s).await).unwrap());
     }
     let got: Vec<(u16, ResponseCode)> = answers
         .iter()
@@ -473,4 +481,146 @@ async fn a_flood_of_denied_names_cannot_push_an_earlier_deny_out_of_the_journal(
         "{} records for {sent} queries: not counted",
         flood.len()
     );
+}
+
+/// What a job hides in an allowed query, one secret per place: a TXT
+/// record named under a denied zone, EDNS padding, an EDNS cookie, bytes
+/// after the last record.
+const TXT_SECRET: &str = "txt-secret-d41d8cd98f00";
+const PADDING_SECRET: &[u8] = b"padding-secret-9e107d9d372b";
+/// A client cookie (8 bytes) and a server cookie (16): the option's shape.
+const COOKIE_SECRET: &[u8] = b"cookie-secret-e4d909c290d0";
+const TRAILING_SECRET: &[u8] = b"trailing-secret-a87ff679a2f3";
+
+/// An allowed question (`a.test`, letters in mixed case, as 0x20
+/// randomisation sends them) carrying the EDNS secrets and odd header bits
+/// (AA; Z and AD), which egressd's fast path reads; with `everything`, the
+/// TXT record and the trailing bytes too, which only its hickory path reads.
+fn smuggling_query(id: u16, everything: bool) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(
+            Name::from_ascii("A.tEsT.").unwrap(),
+            RecordType::A,
+        ));
+    if everything {
+        m.add_additional(Rr::from_rdata(
+            Name::from_ascii("exfil.denied.test.").unwrap(),
+            0,
+            RData::TXT(TXT::new(vec![TXT_SECRET.to_owned()])),
+        ));
+    }
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096);
+    edns.options_mut()
+        .insert(EdnsOption::Unknown(12, PADDING_SECRET.to_vec()));
+    edns.options_mut()
+        .insert(EdnsOption::Unknown(10, COOKIE_SECRET[..24].to_vec()));
+    m.set_edns(edns);
+    let mut raw = m.to_vec().unwrap();
+    raw[2] |= 0x04;
+    raw[3] |= 0x60;
+    if everything {
+        raw.extend_from_slice(TRAILING_SECRET);
+    }
+    raw
+}
+
+/// `answer` answers `asked` (a [`smuggling_query`]): its id, its question
+/// byte for byte (the name's case kept), NOERROR with the zone's address.
+fn answers_smuggling_query(asked: &[u8], answer: &[u8]) {
+    let m = Message::from_vec(answer).unwrap();
+    assert_eq!(&answer[..2], &asked[..2], "the client's id");
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    // Header, then the question: name (8 bytes), type and class.
+    assert_eq!(&answer[12..24], &asked[12..24], "the client's question");
+    assert_eq!(m.queries()[0].name().to_ascii(), "A.tEsT.");
+    assert!(
+        matches!(m.answers()[0].data(), RData::A(a) if a.0.octets() == [198, 51, 100, 7]),
+        "{m:?}"
+    );
+    assert!(m.extensions().is_some(), "EDNS answered with EDNS");
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Over UDP and TCP, through both of egressd's ways of reading a query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_question_of_an_allowed_query_reaches_the_upstream() {
+    let w = World::new().await;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(w.listen()).await.unwrap();
+    let mut id = 0x5a17;
+    for over_tcp in [false, true] {
+        for everything in [true, false] {
+            id += 1;
+            let asked = smuggling_query(id, everything);
+            let answer = if over_tcp {
+                tcp.write_u16(asked.len() as u16).await.unwrap();
+                tcp.write_all(&asked).await.unwrap();
+                read_framed(&mut tcp).await
+            } else {
+                udp.send_to(&asked, w.listen()).await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let (n, _) = tokio::time::timeout(Duration::from_secs(10), udp.recv_from(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                buf.truncate(n);
+                buf
+            };
+            answers_smuggling_query(&asked, &answer);
+        }
+    }
+    drop(tcp);
+
+    let seen = w.dns.queries();
+    assert_eq!(
+        seen.iter()
+            .map(|q| (q.name.as_str(), q.tcp))
+            .collect::<Vec<_>>(),
+        [
+            ("a.test", false),
+            ("a.test", false),
+            ("a.test", true),
+            ("a.test", true)
+        ],
+        "{seen:#?}"
+    );
+    // The question as the client wrote it (its case kept): name, type, class.
+    let question = &smuggling_query(0, false)[12..24];
+    for q in &seen {
+        for secret in [
+            TXT_SECRET.as_bytes(),
+            PADDING_SECRET,
+            &COOKIE_SECRET[..24],
+            &COOKIE_SECRET[..8],
+            TRAILING_SECRET,
+            b"\x05exfil",
+        ] {
+            assert!(
+                !holds(&q.raw, secret),
+                "{:?} reached the upstream: {:?}",
+                String::from_utf8_lossy(secret),
+                q.raw
+            );
+        }
+        // RD only; one question and egressd's OPT; the question; egressd's
+        // OPT: payload 1232, no DO, no options. Nothing more.
+        let mut own = vec![0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+        own.extend_from_slice(question);
+        own.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&q.raw[2..], &own[..], "{q:?}");
+    }
+    let records = w.stop();
+    let allowed = records
+        .iter()
+        .filter(|r| is_dns_for(r, "a.test") && r.decision == Verdict::Allow)
+        .count();
+    assert_eq!(allowed, 4, "{records:#?}");
 }

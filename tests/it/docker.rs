@@ -11,6 +11,9 @@
 //! enforcing the suggestion, the same job with zero deny records and
 //! `job end --fail-on-deny` exiting 0, then a poisoned job (an unlisted name,
 //! a raw IP, a UDP datagram) denied, audited with its container and failing.
+//! A job may also reach a service container by its name on the same network
+//! (GitHub Actions `services:`, docker compose): that traffic stays on the
+//! host's container bridge and is never decided, recorded or suggested.
 //!
 //! The "internet" is a network namespace (198.51.100.232/29, 2001:db8:8::/64)
 //! with the TLS servers, the registry and, at the resolver every container and
@@ -80,6 +83,11 @@ const PY_NAME: &str = "pkgs.test";
 const UNLISTED: &str = "unlisted.test";
 const REGISTRY_NAME: &str = "registry.test";
 const MIRROR_NAME: &str = "mirror.test";
+
+/// The service container's name on the user-defined network (Docker's
+/// embedded DNS answers it) and its HTTP port.
+const SERVICE_NAME: &str = "service-db";
+const SERVICE_PORT: u16 = 8000;
 
 const JOB_IMAGE: &str = "egressd-it/job:1";
 const HELLO_IMAGE: &str = "egressd-it/hello:1";
@@ -492,6 +500,60 @@ impl Dockerd {
             &format!("com.docker.network.bridge.name={}", self.user_bridge),
             name,
         ]);
+    }
+
+    /// Start the service container `SERVICE_NAME` on `network` (replacing
+    /// one of an earlier job): python's HTTP server on `dir` (`$T/<dir>`).
+    /// Its address, once it listens.
+    fn start_service(&self, network: &str, t: &Path, dir: &str) -> IpAddr {
+        let _ = self.cli(&["rm", "-f", SERVICE_NAME]);
+        let port = SERVICE_PORT.to_string();
+        self.must(&[
+            "run",
+            "-d",
+            "--name",
+            SERVICE_NAME,
+            "--network",
+            network,
+            "-v",
+            &format!("{}:/t", t.display()),
+            JOB_IMAGE,
+            PYTHON,
+            "-m",
+            "http.server",
+            &port,
+            "--directory",
+            &format!("/t/{dir}"),
+        ]);
+        let ip: IpAddr = self
+            .must(&[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                SERVICE_NAME,
+            ])
+            .parse()
+            .unwrap();
+        // Ready once it accepts on its own loopback: a connection from the
+        // host would already be the traffic under test.
+        let probe = format!(
+            "import socket; socket.create_connection(('127.0.0.1', {SERVICE_PORT}), timeout=1)"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .cli(&["exec", SERVICE_NAME, PYTHON, "-c", &probe])
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the service container does not listen:\n{}\ndockerd:\n{}",
+                text(&self.cli(&["logs", SERVICE_NAME])),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ip
     }
 
     /// Run `script` (sh) in a fresh container of the job image on
@@ -1100,6 +1162,57 @@ struct Scenario<'a> {
     host_steps: &'a dyn Fn(&World, Phase),
     /// Checks of those steps against the job's records (enforcing jobs).
     check_host_steps: &'a dyn Fn(Phase, &Journal),
+    /// Each good job also reaches a fresh service container by its name
+    /// on the job's network (`--network`, as a runner's `services:`).
+    service: bool,
+}
+
+/// The job's step against the service container: an HTTP GET by its name.
+fn service_step(step: &str) -> String {
+    format!(
+        "curl -sS --max-time 20 http://{SERVICE_NAME}:{SERVICE_PORT}/hello.txt \
+           -o /t/{step}.svc.body 2>/t/{step}.svc.err; echo $? > /t/{step}.svc\n"
+    )
+}
+
+/// A good job's steps: the build, and the service when the scenario has one
+/// (started fresh, as each run of a workflow gets its own); the service's
+/// address, if any.
+fn good_job(world: &World, s: &Scenario<'_>, step: &str) -> (String, Option<IpAddr>) {
+    let mut script = build_step(step);
+    let service = s.service.then(|| {
+        let dir = format!("{step}.svc.root");
+        std::fs::create_dir_all(world.t().join(&dir)).unwrap();
+        std::fs::write(world.t().join(&dir).join("hello.txt"), "hello service\n").unwrap();
+        script.push_str(&service_step(step));
+        world.docker().start_service(s.network, world.t(), &dir)
+    });
+    let cid = run_step(world, s.network, step, &script);
+    if service.is_some() {
+        assert_eq!(
+            read(world, &format!("{step}.svc")),
+            "0",
+            "curl to the service container in {step}: {}",
+            read(world, &format!("{step}.svc.err"))
+        );
+        assert_eq!(read(world, &format!("{step}.svc.body")), "hello service");
+    }
+    (cid, service)
+}
+
+/// Traffic to the service container stays on the host: no record of it.
+fn assert_no_service_records(recs: &Journal, service: Option<IpAddr>) {
+    let Some(ip) = service else { return };
+    let about: Vec<&Record> = recs
+        .0
+        .iter()
+        .filter(|r| r.dst.is_some_and(|d| d.ip() == ip) || r.host.as_deref() == Some(SERVICE_NAME))
+        .collect();
+    assert!(
+        about.is_empty(),
+        "records of the service container {ip}:\n{about:?}\nall records:\n{}",
+        recs.dump()
+    );
 }
 
 /// The rollout: audit mode with nothing allowed, `audit suggest`, enforce
@@ -1111,11 +1224,12 @@ fn rollout(world: &World, s: &Scenario<'_>) {
     let started = boot.job(&["start"], "audit");
     assert!(started.status.success(), "{}", text(&started));
     (s.host_steps)(world, Phase::Audit);
-    let cid = run_step(world, s.network, "audit", &build_step("audit"));
+    let (cid, audit_service) = good_job(world, s, "audit");
     assert_built(world, "audit");
     let ended = boot.job(&["end"], "audit");
     assert!(ended.status.success(), "{}", text(&ended));
     let recs = boot.job_records("audit");
+    assert_no_service_records(&recs, audit_service);
     let r = decision(
         &recs,
         Kind::Tcp,
@@ -1138,15 +1252,24 @@ fn rollout(world: &World, s: &Scenario<'_>) {
         assert!(policy.contains(name), "{name} suggested:\n{policy}");
     }
     assert!(!policy.contains(UNLISTED), "{policy}");
+    if let Some(ip) = audit_service {
+        for what in [ip.to_string().as_str(), SERVICE_NAME] {
+            assert!(
+                !policy.contains(what),
+                "a rule for the service container ({what}) suggested:\n{policy}"
+            );
+        }
+    }
 
     // 3. Enforce the suggestion: the same job, nothing denied.
     let boot = Boot::start(world, &policy);
     let started = boot.job(&["start"], "enforce");
     assert!(started.status.success(), "{}", text(&started));
     (s.host_steps)(world, Phase::Enforce);
-    let cid = run_step(world, s.network, "enforce", &build_step("enforce"));
+    let (cid, service) = good_job(world, s, "enforce");
     let ended = boot.job(&["end", "--fail-on-deny"], "enforce");
     let recs = boot.job_records("enforce");
+    assert_no_service_records(&recs, service);
     let denied = denies(&recs.0);
     assert!(
         denied.is_empty(),
@@ -1275,6 +1398,7 @@ fn docker_run_on_the_default_bridge_rolls_out_with_zero_false_denies() {
             embedded_dns: false,
             host_steps: &no_host_steps,
             check_host_steps: &no_host_checks,
+            service: false,
         },
     );
     world.finish();
@@ -1300,6 +1424,33 @@ fn docker_run_on_a_user_defined_network_rolls_out_with_zero_false_denies() {
             embedded_dns: true,
             host_steps: &no_host_steps,
             check_host_steps: &no_host_checks,
+            service: false,
+        },
+    );
+    world.finish();
+}
+
+/// A job container reaches a service container by its name on the same
+/// user-defined network (a runner's `services:`, docker compose's `db:5432`):
+/// the traffic stays on the host's container bridge, so it is left alone like
+/// loopback: no record in audit mode, no rule suggested for the service's
+/// address (the next run's container has another), zero denies enforcing;
+/// the job is still denied what it does not list.
+#[test]
+fn a_job_container_reaches_its_service_container_with_no_rule_and_no_deny() {
+    if !kit::privileged() {
+        return;
+    }
+    let world = World::up(Daemon::Filtered, false);
+    world.docker().network_create("egressd-svc");
+    rollout(
+        &world,
+        &Scenario {
+            network: "egressd-svc",
+            embedded_dns: true,
+            host_steps: &no_host_steps,
+            check_host_steps: &no_host_checks,
+            service: true,
         },
     );
     world.finish();
@@ -1371,6 +1522,7 @@ fn dockerd_in_the_filtered_cgroup_pulls_only_from_allowed_registries() {
             embedded_dns: false,
             host_steps: &pull,
             check_host_steps: &check,
+            service: false,
         },
     );
     world.finish();

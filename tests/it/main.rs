@@ -10,7 +10,8 @@
     reason = "test code: a panic is a failed assertion, and its helpers are not #[test] fns"
 )]
 
-mod fake_dns;
+use egressd_e2e::fake_dns;
+
 mod support;
 
 mod audit_cli;

@@ -19,19 +19,23 @@ use egressd_policy::{Reason, Verdict};
 use self::kit::{ALLOWED, Boot, DENIED, OVERRIDE_ONLY, Topology, github_env, tags, wait_for};
 
 /// What the privileged modules (this one, `exec`, `transparent` and `jobs`)
-/// share: the namespace topology, the skip rule, a running `egressd boot`
-/// with its job hooks, journal reading and leftover checks.
+/// share: the namespace topology, the skip rule, and leftover checks; a
+/// running `egressd boot` with its job hooks, job cgroups, namespaces and
+/// journal reading come from `egressd_e2e` (shared with the benchmark
+/// harness) and are named here for them.
 pub(crate) mod kit {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt as _;
     use std::os::unix::process::CommandExt as _;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, ExitStatus, Stdio};
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
     use std::sync::{Mutex, MutexGuard};
     use std::time::{Duration, Instant};
 
-    use egressd_audit::{JobTags, Record};
+    use egressd_audit::Record;
+
+    pub use egressd_e2e::boot::{Boot, github_env, records, tags, wait_bounded};
+    pub use egressd_e2e::cgroup::{JobCgroup, cgroup_exists, cgroup2_mount};
+    pub use egressd_e2e::cmd::{clear_proxy_env, sh};
+    pub use egressd_e2e::netns::{Veth, sweep_leftovers};
 
     /// Host side of the test link; the namespace holds `ALLOWED` and
     /// `OVERRIDE_ONLY`; `DENIED` is on the link but nobody has it. The block
@@ -61,134 +65,6 @@ pub(crate) mod kit {
             "privileged runner tests must run in CI (CI=true): run them as root"
         );
         false
-    }
-
-    /// Run a command to completion and return its output.
-    pub(crate) fn sh(args: &[&str]) -> std::process::Output {
-        Command::new(args[0]).args(&args[1..]).output().unwrap()
-    }
-
-    /// Run a command that must succeed.
-    pub(crate) fn must(args: &[&str]) {
-        let out = sh(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A test network namespace `PREFIX-PID` joined to the host by a veth
-    /// (`PREFIXPID` on the host side, `PEERPID` inside), both removed on
-    /// drop. Leftovers of killed runs with the same prefix are removed first.
-    pub struct Veth {
-        ns: String,
-        link: String,
-    }
-
-    impl Veth {
-        /// Create it with `host` addresses on the host side and `inside`
-        /// addresses in the namespace (`ADDR/LEN`, IPv6 without DAD), then
-        /// check that every one of `routed` goes through the link, before
-        /// anything is sent: no test packet may take the default route.
-        pub fn up(
-            prefix: &str,
-            peer_prefix: &str,
-            host: &[&str],
-            inside: &[&str],
-            routed: &[&str],
-        ) -> Veth {
-            sweep_leftovers(&[prefix]);
-            let pid = std::process::id();
-            let ns = format!("{prefix}-{pid}");
-            let link = format!("{prefix}{pid}");
-            let peer = format!("{peer_prefix}{pid}");
-            let _ = sh(&["ip", "netns", "del", &ns]);
-            let _ = sh(&["ip", "link", "del", &link]);
-            must(&["ip", "netns", "add", &ns]);
-            let veth = Veth { ns, link };
-            must(&[
-                "ip", "link", "add", &veth.link, "type", "veth", "peer", "name", &peer,
-            ]);
-            must(&["ip", "link", "set", &peer, "netns", &veth.ns]);
-            let add = |netns: Option<&str>, addr: &str, dev: &str| {
-                let mut args = vec!["ip"];
-                if let Some(n) = netns {
-                    args.extend(["-n", n]);
-                }
-                args.extend(["addr", "add", addr, "dev", dev]);
-                if addr.contains(':') {
-                    args.push("nodad");
-                }
-                must(&args);
-            };
-            for a in host {
-                add(None, a, &veth.link);
-            }
-            for a in inside {
-                add(Some(&veth.ns), a, &peer);
-            }
-            must(&["ip", "link", "set", &veth.link, "up"]);
-            must(&["ip", "-n", &veth.ns, "link", "set", &peer, "up"]);
-            must(&["ip", "-n", &veth.ns, "link", "set", "lo", "up"]);
-            for a in routed {
-                let route =
-                    String::from_utf8_lossy(&sh(&["ip", "route", "get", a]).stdout).into_owned();
-                assert!(
-                    route.contains(&format!("dev {} ", veth.link)),
-                    "{a} is not routed via {}: {route}",
-                    veth.link
-                );
-            }
-            veth
-        }
-
-        /// The namespace.
-        pub fn netns(&self) -> &str {
-            &self.ns
-        }
-
-        /// The host side of the veth.
-        pub fn link(&self) -> &str {
-            &self.link
-        }
-    }
-
-    impl Drop for Veth {
-        fn drop(&mut self) {
-            let _ = sh(&["ip", "link", "del", &self.link]);
-            let _ = sh(&["ip", "netns", "del", &self.ns]);
-        }
-    }
-
-    /// Remove network namespaces (`PREFIX-PID`) and links (`PREFIXPID`) of
-    /// killed test runs, for each of `prefixes`: only those whose pid is dead.
-    pub(crate) fn sweep_leftovers(prefixes: &[&str]) {
-        let dead = |pid: &str| !Path::new("/proc").join(pid).exists();
-        let out = sh(&["ip", "netns", "list"]);
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            let pid = prefixes
-                .iter()
-                .find_map(|p| name.strip_prefix(p).and_then(|rest| rest.strip_prefix('-')));
-            if pid.is_some_and(dead) {
-                let _ = sh(&["ip", "netns", "del", name]);
-            }
-        }
-        let out = sh(&["ip", "-o", "link", "show"]);
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(name) = line
-                .split(": ")
-                .nth(1)
-                .map(|n| n.split('@').next().unwrap_or(n))
-            else {
-                continue;
-            };
-            let pid = prefixes.iter().find_map(|p| name.strip_prefix(p));
-            if pid.is_some_and(dead) {
-                let _ = sh(&["ip", "link", "del", name]);
-            }
-        }
     }
 
     /// The namespace with the servers, held for one test at a time.
@@ -265,22 +141,6 @@ pub(crate) mod kit {
         }
     }
 
-    /// Remove every proxy variable (curl would obey them).
-    pub fn clear_proxy_env(cmd: &mut Command) {
-        for v in [
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-            "no_proxy",
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "NO_PROXY",
-        ] {
-            cmd.env_remove(v);
-        }
-    }
-
     /// Give `cmd` SIGTERM when the test thread that started it is gone, so
     /// a killed test run leaves no daemon (nor egressd attached) behind.
     pub fn die_with_test(cmd: &mut Command) {
@@ -317,111 +177,6 @@ pub(crate) mod kit {
         die_with_test(cmd);
     }
 
-    /// Every record in a journal directory.
-    pub fn records(dir: &Path) -> Vec<Record> {
-        egressd_audit::reader::read_dir(dir)
-            .map(|it| it.filter_map(Result::ok).collect())
-            .unwrap_or_default()
-    }
-
-    /// Whether a cgroup path (as in /proc/PID/cgroup) still exists.
-    pub fn cgroup_exists(rel: &str) -> bool {
-        cgroup2_mount().join(rel.trim_start_matches('/')).exists()
-    }
-
-    /// The cgroup v2 mount point, from /proc/self/mountinfo.
-    pub fn cgroup2_mount() -> PathBuf {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        text.lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let mount = left.split_whitespace().nth(4)?;
-                (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
-            })
-            .expect("a cgroup2 mount")
-    }
-
-    /// The cgroup this test process runs in.
-    fn own_cgroup() -> PathBuf {
-        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let rel = text
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .expect("a cgroup v2 line");
-        cgroup2_mount().join(rel.trim_start_matches('/'))
-    }
-
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-
-    /// A uniquely named child cgroup standing in for the runner's jobs;
-    /// dropping it kills what runs inside and removes it. Leftovers of killed
-    /// runs (dead pid in the name) are removed first.
-    pub struct JobCgroup {
-        path: PathBuf,
-        procs: CString,
-    }
-
-    impl JobCgroup {
-        /// Create `<own cgroup>/egressd-it-jobs-<pid>-<n>`.
-        pub fn create() -> JobCgroup {
-            let parent = own_cgroup();
-            for e in std::fs::read_dir(&parent).unwrap().flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(rest) = name.strip_prefix("egressd-it-jobs-")
-                    && let Some((pid, _)) = rest.split_once('-')
-                    && !Path::new("/proc").join(pid).exists()
-                {
-                    remove_cgroup(&e.path());
-                }
-            }
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = parent.join(format!("egressd-it-jobs-{}-{n}", std::process::id()));
-            std::fs::create_dir(&path).unwrap();
-            let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
-            JobCgroup { path, procs }
-        }
-
-        /// The directory.
-        pub fn path(&self) -> &Path {
-            &self.path
-        }
-
-        /// Make `cmd` enter the cgroup before it executes.
-        pub fn spawn_inside(&self, cmd: &mut Command) {
-            let procs = self.procs.clone();
-            // SAFETY: only open/write/close (async-signal-safe) between fork
-            // and exec, on a path prepared before the fork.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n == 1 { Ok(()) } else { Err(err) }
-                });
-            }
-        }
-    }
-
-    fn remove_cgroup(path: &Path) {
-        let _ = std::fs::write(path.join("cgroup.kill"), "1");
-        for _ in 0..100 {
-            if std::fs::remove_dir(path).is_ok() || !path.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    impl Drop for JobCgroup {
-        fn drop(&mut self) {
-            remove_cgroup(&self.path);
-        }
-    }
-
     /// `bpftool cgroup tree` output.
     pub fn bpftool_cgroup_tree() -> String {
         let out = sh(&["bpftool", "cgroup", "tree"]);
@@ -430,204 +185,6 @@ pub(crate) mod kit {
             "bpftool cgroup tree failed (install bpftool)"
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Wait for `child` (bounded), killing it when the time is up.
-    pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the process did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// A running `egressd boot` attached to a job cgroup, killed on drop.
-    pub struct Boot {
-        pub(crate) child: Child,
-        dir: tempfile::TempDir,
-        /// The cgroup the hooks are attached to: the runner's jobs.
-        pub(crate) jobs: JobCgroup,
-        /// Where egressd's sd_notify datagrams arrive (its `NOTIFY_SOCKET`).
-        notify: std::os::unix::net::UnixDatagram,
-    }
-
-    impl Boot {
-        /// Start it with `policy_args` (`$DIR` stands for its directory) and
-        /// `extra` options, resolving through nothing (127.0.0.1:9).
-        pub fn start(policy_args: &[impl AsRef<str>], extra: &[&str]) -> Boot {
-            Boot::start_resolving(policy_args, extra, "127.0.0.1:9")
-        }
-
-        /// [`Boot::start`] with `dns_upstream` as its upstream resolver.
-        pub fn start_resolving(
-            policy_args: &[impl AsRef<str>],
-            extra: &[&str],
-            dns_upstream: &str,
-        ) -> Boot {
-            let dir = tempfile::tempdir().unwrap();
-            let jobs = JobCgroup::create();
-            let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
-            let notify_path = dir.path().join("notify.sock");
-            let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-            notify.set_nonblocking(true).unwrap();
-            let mut cmd = Command::new(crate::support::egressd_bin());
-            cmd.arg("boot")
-                .args(policy_args.iter().map(|a| {
-                    a.as_ref()
-                        .replace("$DIR", &dir.path().display().to_string())
-                }))
-                .arg("--cgroup")
-                .arg(jobs.path())
-                .arg("--control-socket")
-                .arg(dir.path().join("control.sock"))
-                .arg("--audit-dir")
-                .arg(dir.path().join("audit"))
-                .arg("--ready-file")
-                .arg(dir.path().join("ready.json"))
-                .args(["--listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0"])
-                .args([
-                    "--dns-upstream",
-                    dns_upstream,
-                    "--runner",
-                    "it-runner",
-                    "--labels",
-                    "linux",
-                ])
-                .args(extra)
-                .env("RUST_LOG", "info")
-                .env("NOTIFY_SOCKET", &notify_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log);
-            clear_proxy_env(&mut cmd);
-            let mut boot = Boot {
-                child: cmd.spawn().unwrap(),
-                dir,
-                jobs,
-                notify,
-            };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !boot.dir.path().join("ready.json").exists() {
-                if let Some(s) = boot.child.try_wait().unwrap() {
-                    panic!("egressd boot exited ({s}) before ready:\n{}", boot.log());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "boot not ready in 60 s:\n{}",
-                    boot.log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            boot
-        }
-
-        /// Every sd_notify message received so far.
-        pub fn notifications(&self) -> Vec<String> {
-            let mut out = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = self.notify.recv(&mut buf) {
-                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-            out
-        }
-
-        pub fn path(&self, f: &str) -> PathBuf {
-            self.dir.path().join(f)
-        }
-
-        pub fn log(&self) -> String {
-            std::fs::read_to_string(self.path("boot.log")).unwrap_or_default()
-        }
-
-        pub fn ready(&self) -> serde_json::Value {
-            serde_json::from_str(&std::fs::read_to_string(self.path("ready.json")).unwrap())
-                .unwrap()
-        }
-
-        pub fn records(&self) -> Vec<Record> {
-            records(&self.path("audit"))
-        }
-
-        /// `egressd job ARGS` with a GitHub-style environment.
-        pub fn job(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-            let mut cmd = Command::new(crate::support::egressd_bin());
-            cmd.arg("job")
-                .args(args)
-                .arg("--control-socket")
-                .arg(self.path("control.sock"));
-            for v in [
-                "GITHUB_REPOSITORY",
-                "GITHUB_WORKFLOW",
-                "GITHUB_RUN_ID",
-                "GITHUB_RUN_ATTEMPT",
-                "GITHUB_JOB",
-                "GITHUB_STEP_SUMMARY",
-            ] {
-                cmd.env_remove(v);
-            }
-            cmd.envs(env.iter().copied());
-            cmd.output().unwrap()
-        }
-
-        /// curl from inside the job cgroup; its exit code.
-        pub fn curl_from_job(&self, ip: &str) -> (i32, String) {
-            let mut cmd = Command::new("curl");
-            cmd.args(["-sS", "--max-time", "10", &format!("http://{ip}:8080/")]);
-            clear_proxy_env(&mut cmd);
-            self.jobs.spawn_inside(&mut cmd);
-            let out = cmd.output().unwrap();
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-            )
-        }
-
-        pub fn terminate(&mut self) -> std::process::ExitStatus {
-            // SAFETY: kill(2) on the child we spawned and have not reaped.
-            unsafe {
-                libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM);
-            }
-            wait_bounded(&mut self.child, Duration::from_secs(30))
-        }
-    }
-
-    impl Drop for Boot {
-        fn drop(&mut self) {
-            if matches!(self.child.try_wait(), Ok(None)) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-    }
-
-    pub fn github_env<'a>(
-        repo: &'a str,
-        run_id: &'a str,
-        job: &'a str,
-    ) -> Vec<(&'static str, &'a str)> {
-        vec![
-            ("GITHUB_REPOSITORY", repo),
-            ("GITHUB_WORKFLOW", "CI"),
-            ("GITHUB_RUN_ID", run_id),
-            ("GITHUB_RUN_ATTEMPT", "1"),
-            ("GITHUB_JOB", job),
-        ]
-    }
-
-    pub fn tags(repo: &str, run_id: &str, job: &str) -> JobTags {
-        JobTags {
-            repository: Some(repo.into()),
-            workflow: Some("CI".into()),
-            run_id: Some(run_id.into()),
-            run_attempt: Some("1".into()),
-            job: Some(job.into()),
-        }
     }
 
     /// Wait until the journal holds a record matching `pred`.

@@ -1,7 +1,7 @@
-//! What every end-to-end module shares: the real `egressd` binary, a running
-//! `egressd run` guarded by a process handle (killed on drop), its audit
-//! journal, a test PKI (a CA and server certificates for several names), TLS
-//! servers on loopback addresses, and curl.
+//! What every end-to-end module shares: a running `egressd run` guarded by
+//! a process handle (killed on drop), its audit journal, TLS servers on
+//! loopback addresses, and curl; plus, from `egressd_e2e`, the real
+//! `egressd` binary, the test PKI and the address-block locks.
 
 #![allow(dead_code, reason = "each test module uses a different part")]
 
@@ -15,69 +15,10 @@ use egressd_audit::Record;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// The real `egressd` binary, built once per test run.
-///
-/// `cargo test --workspace` builds only the test harness of a bin target
-/// (`deps/egressd-HASH`), never `target/<profile>/egressd` itself, and a
-/// left-over binary could be stale. So the first caller runs `cargo build
-/// -p egressd --bin egressd` for the profile and target directory this test
-/// binary was built in (`target/<profile>/deps/it-HASH`): a no-op when it is
-/// up to date. `EGRESSD_BIN` overrides all of this.
-pub fn egressd_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("EGRESSD_BIN") {
-            return PathBuf::from(bin);
-        }
-        let exe = std::env::current_exe().expect("the test binary knows its path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("a profile directory name");
-        let profile = if profile == "debug" { "dev" } else { profile };
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "egressd",
-                "--bin",
-                "egressd",
-                "--profile",
-                profile,
-            ])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .status()
-            .expect("run cargo to build egressd");
-        assert!(status.success(), "cannot build the egressd binary");
-        let bin = profile_dir.join("egressd");
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-    .clone()
-}
-
-/// Environment variables that would send curl (or anything) elsewhere.
-const PROXY_ENV: [&str; 8] = [
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-];
+pub use egressd_e2e::bin::egressd_bin;
+pub use egressd_e2e::blocks::{BlockLock, lock_block};
+pub use egressd_e2e::cmd::PROXY_ENV;
+pub use egressd_e2e::pki::TestPki;
 
 /// The addresses a running `egressd run` bound, read from its ready file.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -298,94 +239,6 @@ impl Drop for Proxy {
     }
 }
 
-/// A test certificate authority that signs server certificates.
-pub struct TestPki {
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    /// The CA certificate, PEM, written to a file for curl's `--cacert`.
-    pub ca_pem_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl TestPki {
-    /// A fresh CA.
-    pub fn new() -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "egressd e2e test CA");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().expect("CA key");
-        let ca = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let ca_pem_path = dir.path().join("ca.pem");
-        std::fs::write(&ca_pem_path, ca.pem()).expect("write the CA");
-        TestPki {
-            ca,
-            ca_pem_path,
-            _dir: dir,
-        }
-    }
-
-    /// A rustls server configuration with one certificate for `names`
-    /// (host names and/or IP literals).
-    pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
-        let (cert, key) = self.issue(names);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .expect("server certificate and key");
-        Arc::new(config)
-    }
-
-    /// A server certificate for `names` (host names and/or IP literals) and
-    /// its key, PEM, for servers that read files (nginx, the registry).
-    pub fn server_pem(&self, names: &[&str]) -> (String, String) {
-        let (cert, key) = self.issue(names);
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// The CA certificate, PEM.
-    pub fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
-
-    fn issue(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
-        let params = rcgen::CertificateParams::new(
-            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
-        )
-        .expect("server params");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let cert = params
-            .signed_by(&key, &self.ca)
-            .expect("server certificate");
-        (cert, key)
-    }
-
-    /// A rustls client configuration trusting this CA.
-    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).expect("add the CA");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    }
-}
-
 /// A TLS server (answering "hello tls" for every name `config` serves) and a
 /// TCP echo, both on every address of the network namespace `ns`, served by
 /// a thread inside it; stopped (and the thread joined) on drop.
@@ -586,25 +439,4 @@ pub async fn raw_connect(proxy: SocketAddr, target: &str) -> (tokio::net::TcpStr
         }
     }
     (s, String::from_utf8_lossy(&head).into_owned())
-}
-
-/// An exclusive hold on one block of test addresses, across processes: two
-/// test runs on one machine (two checkouts, or CI beside a developer) would
-/// otherwise put the same addresses on two links and route each other's
-/// packets. Released when dropped.
-#[derive(Debug)]
-pub struct BlockLock(#[expect(dead_code, reason = "held for its lock")] std::fs::File);
-
-/// Waits for the block `name` (a lock file in the temporary directory).
-pub fn lock_block(name: &str) -> BlockLock {
-    let path = std::env::temp_dir().join(format!("egressd-it-{name}.lock"));
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    file.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
-    BlockLock(file)
 }

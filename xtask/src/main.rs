@@ -22,8 +22,9 @@ enum Task {
     /// Rebuild the eBPF object into a temporary file and fail unless it matches the
     /// committed one byte for byte.
     EbpfCheck,
-    /// Run the peer benchmark (W1-W7) and print one Markdown table per workload.
-    Bench(bench::Args),
+    /// Run the peer benchmark (W1-W7; J1, the job corpus, on request) and print one
+    /// Markdown table per workload.
+    Bench(Box<bench::Args>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +41,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::EbpfBuild => ebpf::build(),
         Task::EbpfCheck => ebpf::check(),
-        Task::Bench(args) => bench::run(args),
+        Task::Bench(args) => bench::run(*args),
     }
 }

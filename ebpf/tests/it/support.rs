@@ -83,6 +83,8 @@ fn remove_leftovers() {
         if let Some(rest) = name
             .strip_prefix("egh")
             .or_else(|| name.strip_prefix("egb"))
+            .or_else(|| name.strip_prefix("egw"))
+            .or_else(|| name.strip_prefix("egy"))
             && let Some((pid, _)) = rest.split_once('x')
             && !pid_alive(pid)
         {
@@ -135,6 +137,8 @@ pub struct NetNs {
     pub host_if: String,
     /// The interface inside the namespace.
     pub peer_if: String,
+    /// The bridge `host_if` is a port of, if any (it holds the host addresses).
+    pub bridge: Option<String>,
 }
 
 impl NetNs {
@@ -156,6 +160,7 @@ impl NetNs {
             name,
             host_if,
             peer_if: peer.to_owned(),
+            bridge: None,
         };
         let (n, h) = (&ns.name, &ns.host_if);
         ip(&format!("link add {h} type veth peer name {peer}"));
@@ -216,19 +221,41 @@ impl NetNs {
     }
 
     /// An emulated container: its own namespace at 198.51.100.130 / 2001:db8:1::2 whose
-    /// default routes go to the host-side "bridge gateway" (`CONTAINER_GW4/6`).
-    fn container(id: &str) -> NetNs {
+    /// default routes go to the host-side "bridge gateway" (`CONTAINER_GW4/6`). With
+    /// `bridged`, as Docker makes it: the host side of its veth is a port of the
+    /// bridge `egw<id>`, which holds the gateway addresses.
+    fn container(id: &str, bridged: bool) -> NetNs {
         let peer = format!("egk{id}");
-        let ns = NetNs::create(
+        let gateways = [format!("{CONTAINER_GW4}/25"), format!("{CONTAINER_GW6}/64")];
+        let host_addrs: Vec<&str> = if bridged {
+            Vec::new()
+        } else {
+            gateways.iter().map(String::as_str).collect()
+        };
+        let mut ns = NetNs::create(
             format!("egressd-ebpf-c{id}"),
             format!("egb{id}"),
             &peer,
-            &[
-                &format!("{CONTAINER_GW4}/25"),
-                &format!("{CONTAINER_GW6}/64"),
-            ],
+            &host_addrs,
             &["198.51.100.130/25", "2001:db8:1::2/64"],
         );
+        if bridged {
+            let bridge = format!("egw{id}");
+            ip(&format!("link add {bridge} type bridge"));
+            ns.bridge = Some(bridge.clone());
+            ip(&format!("link set {} master {bridge}", ns.host_if));
+            for a in &gateways {
+                ip(&format!("addr add {a} dev {bridge} nodad"));
+            }
+            ip(&format!("link set {bridge} up"));
+            for dst in ["198.51.100.130", "2001:db8:1::2"] {
+                let route = ip(&format!("route get {dst}"));
+                assert!(
+                    route.contains(&format!("dev {bridge} ")),
+                    "route to the container's {dst}: {route}"
+                );
+            }
+        }
         let n = &ns.name;
         ip(&format!(
             "netns exec {n} ip route add default via {CONTAINER_GW4}"
@@ -258,6 +285,9 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         run_quiet("ip", &["netns", "del", &self.name]);
         run_quiet("ip", &["link", "del", &self.host_if]);
+        if let Some(bridge) = &self.bridge {
+            run_quiet("ip", &["link", "del", bridge]);
+        }
     }
 }
 
@@ -372,10 +402,16 @@ impl World {
         World::build(false, false, false)
     }
 
+    /// A world with an emulated container on a container bridge (every port a veth),
+    /// as Docker's: the bridge's gateway addresses are the enforcer's gateways.
+    pub fn with_bridged_container() -> World {
+        World::build_with(false, Some(true), true, None)
+    }
+
     /// A world whose cgroup already runs `python3 -c script args` (in [`World::early`])
     /// when the programs are attached; `script` prints one line when it is set up.
     pub fn with_early_client(script: &str, args: &[&str]) -> World {
-        World::build_with(false, false, false, Some((script, args)))
+        World::build_with(false, None, false, Some((script, args)))
     }
 
     /// A world whose links are pinned under `/sys/fs/bpf/egressd-ebpf-test-<id>`.
@@ -394,12 +430,13 @@ impl World {
     }
 
     fn build(pin: bool, with_container: bool, gateways: bool) -> World {
-        World::build_with(pin, with_container, gateways, None)
+        World::build_with(pin, with_container.then_some(false), gateways, None)
     }
 
+    /// `container`: None = no container, Some(bridged).
     fn build_with(
         pin: bool,
-        with_container: bool,
+        container: Option<bool>,
         gateways: bool,
         early: Option<(&str, &[&str])>,
     ) -> World {
@@ -430,8 +467,8 @@ impl World {
         )
         .unwrap();
         let proxy = ProxySockets::bind();
-        let container = with_container.then(|| {
-            let ns = NetNs::container(&id);
+        let container = container.map(|bridged| {
+            let ns = NetNs::container(&id, bridged);
             let gw4: Ipv4Addr = CONTAINER_GW4.parse().unwrap();
             let gw6: Ipv6Addr = CONTAINER_GW6.parse().unwrap();
             let sockets = ProxySockets::bind_at(gw4, gw6, proxy.proxy_port(), proxy.dns_port());

@@ -1,6 +1,8 @@
 //! DNS messages as the proxy handles them: reading a client's query (the
 //! everyday shape straight from its bytes in [`super::wire`], anything else
-//! through hickory-proto), the answers the proxy makes itself (REFUSED,
+//! through hickory-proto) and the query the proxy asks upstream in its
+//! place (its question and the proxy's own OPT record, nothing else of the
+//! client's), the answers the proxy makes itself (REFUSED,
 //! NXDOMAIN, SERVFAIL, FORMERR, NOTIMP), what an upstream answer teaches
 //! (the CNAME chain from the query name and its addresses), removing `ech`
 //! from HTTPS/SVCB records, and fitting an answer into a client's UDP
@@ -20,21 +22,30 @@ use super::wire;
 pub const HEADER_LEN: usize = 12;
 /// The UDP payload every client may receive (RFC 1035) without EDNS.
 pub const MIN_UDP_PAYLOAD: usize = 512;
-/// The EDNS payload size the proxy advertises in its own answers.
+/// The EDNS payload size the proxy advertises in its own answers and
+/// upstream queries.
 const OWN_EDNS_PAYLOAD: u16 = 1232;
+/// An OPT record without options: root owner, type, payload size, TTL
+/// (extended rcode, version, flags), empty data.
+const OPT_LEN: usize = 11;
+/// RD in header byte 2; CD in header byte 3.
+const RD: u8 = 0x01;
+const CD: u8 = 0x10;
 /// CNAME hops followed before giving up on a chain.
 const MAX_CHAIN: usize = 16;
 
 /// A client's query that the proxy can decide on: what deciding, answering
-/// it itself and checking the upstream's answer need.
+/// it itself, asking upstream and checking the upstream's answer need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     /// The client's id.
     pub id: u16,
     /// Header bytes 2 and 3 as the client sent them (opcode and RD; CD).
     flags: [u8; 2],
-    /// The question as on the wire, uncompressed: name, type, class.
-    question: Box<[u8]>,
+    /// The query the proxy sends upstream, built by [`upstream_query`]:
+    /// its header, the question as on the wire (uncompressed: name, type,
+    /// class), the proxy's own OPT record when the client had one.
+    upstream: Box<[u8]>,
     /// The question name: ASCII, lowercase, no trailing dot (empty for the root).
     pub name: String,
     /// The question's type.
@@ -50,7 +61,27 @@ pub struct Query {
 impl Query {
     /// The question as on the wire, uncompressed: name, type, class.
     pub fn question(&self) -> &[u8] {
-        &self.question
+        let end = self
+            .upstream
+            .len()
+            .saturating_sub(if self.edns { OPT_LEN } else { 0 });
+        self.upstream.get(HEADER_LEN..end).unwrap_or_default()
+    }
+
+    /// The query to send upstream: nothing of the client's message but the
+    /// decided question (its name in the client's letter case, so a
+    /// client's case randomisation still round-trips), RD and CD, and
+    /// whether it had EDNS and the DO bit. Additional records, EDNS
+    /// options, other header bits and bytes after the last record carry
+    /// bytes the job chose, to a resolver outside; none of them go. Its id
+    /// is 0 until [`set_upstream_id`](Self::set_upstream_id).
+    pub fn upstream(&self) -> &[u8] {
+        &self.upstream
+    }
+
+    /// Give the upstream query `id` (the client's id is not ours to reuse).
+    pub fn set_upstream_id(&mut self, id: u16) {
+        set_id(&mut self.upstream, id);
     }
 }
 
@@ -68,10 +99,11 @@ pub struct Rejected {
 /// answered, silence when not even that (or when it is a response).
 pub fn parse_query(raw: &[u8]) -> Result<Query, Rejected> {
     if let Some(w) = wire::read_query(raw) {
+        let edns = w.edns_payload.map(|_| w.dnssec_ok);
         return Ok(Query {
             id: w.id,
             flags: w.flags,
-            question: w.question.into(),
+            upstream: upstream_query(w.flags, w.question, edns),
             name: w.name,
             qtype: RecordType::from(w.qtype),
             qclass: DNSClass::IN,
@@ -116,16 +148,38 @@ pub fn parse_query_parsed(raw: &[u8]) -> Result<Query, Rejected> {
     question
         .emit(&mut BinEncoder::new(&mut wire))
         .map_err(|_| formerr("DNS query cannot be parsed"))?;
+    let flags = [header[2], header[3]];
+    let edns = message.extensions().as_ref().map(|e| e.flags().dnssec_ok);
     Ok(Query {
         id: message.id(),
-        flags: [header[2], header[3]],
-        question: wire.into(),
+        flags,
+        upstream: upstream_query(flags, &wire, edns),
         name: ascii_name(question.name()),
         qtype: question.query_type(),
         qclass: question.query_class(),
         edns: message.extensions().is_some(),
         udp_payload: udp_payload(message.extensions().as_ref().map(|e| e.max_payload())),
     })
+}
+
+/// The query sent upstream for a client's `question` (as on the wire) with
+/// header bytes 2 and 3 `flags`: id 0, opcode QUERY, RD and CD as the
+/// client set them, every other bit clear; one question; with `edns`
+/// (the client had an OPT record; its DO bit), the proxy's own OPT record:
+/// [`OWN_EDNS_PAYLOAD`], version 0, DO as the client set it, no options.
+/// Exactly one allocation, of its final size.
+fn upstream_query(flags: [u8; 2], question: &[u8], edns: Option<bool>) -> Box<[u8]> {
+    let opt = if edns.is_some() { OPT_LEN } else { 0 };
+    let mut out = Vec::with_capacity(HEADER_LEN + question.len() + opt);
+    out.extend_from_slice(&[0, 0, flags[0] & RD, flags[1] & CD, 0, 1, 0, 0, 0, 0, 0]);
+    out.push(u8::from(edns.is_some()));
+    out.extend_from_slice(question);
+    if let Some(dnssec_ok) = edns {
+        let [hi, lo] = OWN_EDNS_PAYLOAD.to_be_bytes();
+        let flags = if dnssec_ok { 0x80 } else { 0 };
+        out.extend_from_slice(&[0, 0, 41, hi, lo, 0, 0, flags, 0, 0, 0]);
+    }
+    out.into_boxed_slice()
 }
 
 /// The largest UDP answer a client accepts: its EDNS payload size, never
@@ -182,14 +236,15 @@ fn header_only_error(header: &[u8], rcode: ResponseCode) -> Vec<u8> {
 /// one (it carries the rcode's high bits).
 pub fn own_answer(query: &Query, rcode: ResponseCode) -> Vec<u8> {
     let code = u16::from(rcode);
-    let mut out = Vec::with_capacity(HEADER_LEN + query.question.len() + 11);
+    let question = query.question();
+    let mut out = Vec::with_capacity(HEADER_LEN + question.len() + OPT_LEN);
     out.extend_from_slice(&query.id.to_be_bytes());
     // QR=1, opcode and RD kept, AA=0, TC=0.
     out.push(0x80 | (query.flags[0] & 0x79));
     // RA=1, Z=0, AD=0, CD kept, the rcode's low bits.
-    out.push(0x80 | (query.flags[1] & 0x10) | (code & 0x0f) as u8);
+    out.push(0x80 | (query.flags[1] & CD) | (code & 0x0f) as u8);
     out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(query.edns)]);
-    out.extend_from_slice(&query.question);
+    out.extend_from_slice(question);
     if query.edns {
         let [hi, lo] = OWN_EDNS_PAYLOAD.to_be_bytes();
         // Root owner, type OPT, payload, TTL (rcode high bits, version 0,

@@ -1,7 +1,9 @@
 //! The DNS server jobs' queries reach (redirected by the kernel hooks, or
 //! configured as their resolver): policy on the query name, exactly one
 //! audit record per query written before the answer is sent, allowed
-//! queries forwarded upstream and their answers remembered, `ech` removed.
+//! queries asked upstream (in a query egressd builds from the decided
+//! question: none of the client's other bytes leave) and their answers
+//! remembered, `ech` removed.
 //! UDP and TCP (length-prefixed, several queries per connection). In-flight
 //! UDP queries and open TCP connections are bounded.
 
@@ -194,7 +196,9 @@ async fn cut_short(engine: &Engine, client: SocketAddr, got: usize, announced: O
 }
 
 /// Answer one query: decide, audit (exactly one record, before the answer
-/// exists for the client), forward if allowed. `None`: send nothing.
+/// exists for the client), ask upstream if allowed (the query egressd
+/// builds from the decided question, [`Query::upstream`], never the
+/// client's bytes). `None`: send nothing.
 pub async fn answer(
     engine: &Engine,
     opts: &DnsOptions,
@@ -207,11 +211,13 @@ pub async fn answer(
             engine.audit(rec).await;
             reply
         }
-        Begun::Forward { query, rec } => {
-            // A fresh id upstream: the client's id is not ours to reuse.
-            let mut forward = raw.to_vec();
-            message::set_id(&mut forward, rand::random());
-            let outcome = engine.resolver().upstreams().exchange(&forward, tcp).await;
+        Begun::Forward { mut query, rec } => {
+            query.set_upstream_id(rand::random());
+            let outcome = engine
+                .resolver()
+                .upstreams()
+                .exchange(query.upstream(), tcp)
+                .await;
             let (rec, reply) = conclude(engine, &query, rec, outcome, tcp);
             engine.audit(rec).await;
             Some(reply)
@@ -234,7 +240,7 @@ pub(super) enum Begun {
         /// The answer, if any.
         reply: Option<Vec<u8>>,
     },
-    /// Allowed: ask upstream, then [`conclude`].
+    /// Allowed: ask upstream ([`Query::upstream`]), then [`conclude`].
     Forward {
         /// The client's query.
         query: Query,

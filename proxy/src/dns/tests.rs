@@ -465,7 +465,21 @@ fn resolv_conf_never_yields_a_loopback_stub() {
 type UdpReplies = fn(&[u8]) -> Vec<Vec<u8>>;
 
 async fn fake_upstream(udp_reply: Option<UdpReplies>) -> SocketAddr {
+    logged_upstream(udp_reply).await.0
+}
+
+/// Every message an upstream received, as it arrived.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// [`fake_upstream`], also keeping every query it receives (UDP and TCP).
+async fn logged_upstream(udp_reply: Option<UdpReplies>) -> (SocketAddr, Received) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let received = Received::default();
+    let log = move |log: &Received, q: &[u8]| {
+        log.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(q.to_vec());
+    };
     // UDP and TCP on one port: the UDP port's TCP twin may be taken by
     // another program's socket, so try a few ports.
     let mut attempts = 0;
@@ -481,10 +495,12 @@ async fn fake_upstream(udp_reply: Option<UdpReplies>) -> SocketAddr {
             Err(e) => panic!("no free UDP+TCP port pair: {e}"),
         }
     };
+    let udp_log = received.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65535];
         loop {
             let (n, peer) = udp.recv_from(&mut buf).await.unwrap();
+            log(&udp_log, &buf[..n]);
             if let Some(f) = udp_reply {
                 for d in f(&buf[..n]) {
                     udp.send_to(&d, peer).await.unwrap();
@@ -492,19 +508,21 @@ async fn fake_upstream(udp_reply: Option<UdpReplies>) -> SocketAddr {
             }
         }
     });
+    let tcp_log = received.clone();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = tcp.accept().await.unwrap();
             let n = usize::from(s.read_u16().await.unwrap());
             let mut q = vec![0u8; n];
             s.read_exact(&mut q).await.unwrap();
+            log(&tcp_log, &q);
             let mut r = CNAME_R.to_vec();
             r[..2].copy_from_slice(&q[..2]);
             s.write_u16(r.len() as u16).await.unwrap();
             s.write_all(&r).await.unwrap();
         }
     });
-    addr
+    (addr, received)
 }
 
 fn with_id(query: &[u8], reply: &[u8]) -> Vec<u8> {
@@ -612,6 +630,65 @@ async fn a_refusing_upstream_is_passed_over_at_once() {
         .enumerate()
     {
         burst(&client, at, 1000 + round as u16 * 1000, count).await;
+    }
+    t.engine.stop_accepting().cancel();
+}
+
+/// An allowed query carrying bytes beside its question (a TXT record named
+/// under a denied zone, EDNS padding, trailing bytes), over UDP (the
+/// batched forwarding loop) and over TCP: the upstream gets what the bare
+/// question gets, and the client its answer.
+#[tokio::test]
+async fn upstreams_get_the_question_and_nothing_else() {
+    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::rdata::opt::EdnsOption;
+    use hickory_proto::rr::{Name, Record};
+
+    const SECRET: &str = "the-secret-5eb63bbbe01e";
+    let (up, received) = logged_upstream(Some(|q| vec![with_id(q, CNAME_R)])).await;
+    let (t, at, _tasks) = udp_server(vec![up]).await;
+    let mut m = Message::from_vec(CNAME_Q).unwrap();
+    m.add_additional(Record::from_rdata(
+        Name::from_ascii("exfil.denied.test.").unwrap(),
+        0,
+        RData::TXT(TXT::new(vec![SECRET.to_owned()])),
+    ));
+    m.extensions_mut()
+        .as_mut()
+        .unwrap()
+        .options_mut()
+        .insert(EdnsOption::Unknown(12, SECRET.as_bytes().to_vec()));
+    let mut smuggling = m.to_vec().unwrap();
+    smuggling.extend_from_slice(SECRET.as_bytes());
+
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(&smuggling, at).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let over_tcp = super::server::answer(
+        &t.engine,
+        &super::DnsOptions::default(),
+        &smuggling,
+        client.local_addr().unwrap(),
+        true,
+    )
+    .await
+    .unwrap();
+    for answer in [&buf[..n], &over_tcp[..]] {
+        let a = Message::from_vec(answer).unwrap();
+        assert_eq!(a.response_code(), ResponseCode::NoError);
+        assert_eq!(&answer[..2], &CNAME_Q[..2], "the client's id");
+    }
+
+    let bare = parse_query(CNAME_Q).unwrap();
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 2, "{received:?}");
+    for q in &received {
+        assert_eq!(&q[2..], &bare.upstream()[2..], "{q:?}");
+        assert!(!q.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
     }
     t.engine.stop_accepting().cancel();
 }

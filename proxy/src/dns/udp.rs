@@ -30,7 +30,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::task::TaskTracker;
 
 use super::DnsError;
-use super::message::{self, Query};
+use super::message::Query;
 use super::mmsg::{self, RecvBuf};
 use super::server::{Begun, DnsOptions, PURGE_EVERY, begin, conclude};
 use super::upstream::{Exchanged, Upstreams, forwarding_udp, is_reply_to};
@@ -196,9 +196,9 @@ fn reuseport_twins(
 /// An allowed query waiting for its upstream answer.
 struct Pending {
     client: SocketAddr,
+    /// Also what is sent upstream ([`Query::upstream`], the current id in
+    /// its first two bytes).
     query: Query,
-    /// What was sent upstream (the current id in its first two bytes).
-    forward: Vec<u8>,
     rec: Record,
     /// Index of the upstream asked.
     upstream: usize,
@@ -334,7 +334,6 @@ impl Forwarder {
                         let pending = Box::new(Pending {
                             client,
                             query,
-                            forward: raw.to_vec(),
                             rec,
                             upstream: 0,
                             seq: 0,
@@ -391,7 +390,7 @@ impl Forwarder {
             return;
         };
         let asked = self.upstreams.addrs().get(p.upstream).copied();
-        if p.upstream != from || !is_reply_to(reply, &p.forward) {
+        if p.upstream != from || !is_reply_to(reply, p.query.upstream()) {
             return;
         }
         let Some(p) = self.pending.remove(&id) else {
@@ -503,7 +502,7 @@ impl Forwarder {
                 continue;
             }
             let id = self.free_id();
-            message::set_id(&mut p.forward, id);
+            p.query.set_upstream_id(id);
             self.seq += 1;
             p.seq = self.seq;
             self.deadlines.push_back((now + timeout, id, p.seq));
@@ -545,7 +544,7 @@ impl Forwarder {
                     .iter()
                     .take(mmsg::MAX)
                     .filter_map(|id| self.pending.get(id))
-                    .map(|p| (p.forward.as_slice(), None))
+                    .map(|p| (p.query.upstream(), None))
                     .collect();
                 let sent = sock.try_io(tokio::io::Interest::WRITABLE, || {
                     mmsg::send(sock.as_fd(), &msgs)
@@ -612,7 +611,9 @@ impl Forwarder {
         let client = Arc::clone(&self.client);
         let upstreams = self.upstreams.clone();
         self.tasks.spawn(async move {
-            let outcome = upstreams.exchange_truncated(p.upstream, &p.forward).await;
+            let outcome = upstreams
+                .exchange_truncated(p.upstream, p.query.upstream())
+                .await;
             let (rec, reply) = conclude(&engine, &p.query, p.rec, outcome, false);
             engine.audit(rec).await;
             send_answer(&client, &reply, p.client).await;

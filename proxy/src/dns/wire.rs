@@ -23,6 +23,8 @@ const TYPE_A: u16 = 1;
 const TYPE_CNAME: u16 = 5;
 const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
+/// The DO bit in an OPT record's TTL (its flags are the low 16 bits).
+const DO_BIT: u32 = 0x8000;
 /// The longest name this path reads (wire length, root byte included);
 /// hickory's limit is 255, counted its own way: longer names go its way.
 pub const MAX_NAME_WIRE: usize = 250;
@@ -54,6 +56,8 @@ pub struct QueryWire<'a> {
     pub qtype: u16,
     /// The OPT record's payload size, when there is one.
     pub edns_payload: Option<u16>,
+    /// The OPT record's DO bit (false without one).
+    pub dnssec_ok: bool,
 }
 
 /// Read a query of the everyday shape: QR clear, opcode QUERY, one question
@@ -77,10 +81,11 @@ pub fn read_query(raw: &[u8]) -> Option<QueryWire<'_>> {
         return None;
     }
     let question = raw.get(HEADER_LEN..r.at)?;
-    let edns_payload = if ar == 1 {
-        Some(r.opt_record()?.0)
+    let (edns_payload, dnssec_ok) = if ar == 1 {
+        let (payload, ttl) = r.opt_record()?;
+        (Some(payload), ttl & DO_BIT != 0)
     } else {
-        None
+        (None, false)
     };
     (r.at == raw.len()).then_some(QueryWire {
         id: u16::from_be_bytes([h[0], h[1]]),
@@ -89,6 +94,7 @@ pub fn read_query(raw: &[u8]) -> Option<QueryWire<'_>> {
         name,
         qtype,
         edns_payload,
+        dnssec_ok,
     })
 }
 

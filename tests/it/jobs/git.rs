@@ -1,6 +1,8 @@
 //! `git clone` over HTTPS (smart HTTP: `git http-backend` behind nginx and
 //! fcgiwrap), the CA given the way CI jobs give it (`GIT_SSL_CAINFO`).
 
+use egressd_e2e::corpus;
+
 use super::rollout;
 use super::world::{Backend, GIT, GREETING, World};
 use crate::runner::kit;
@@ -11,17 +13,8 @@ fn git_clone_over_https_rolls_out_without_false_denies() {
         return;
     }
     let w = World::up(&[Backend::Git]);
-    let script = format!(
-        "git clone -q https://{}/demo.git \"$T/demo\"\n\
-         cp \"$T/demo/README\" \"$T/readme\"\n",
-        GIT.name
-    );
-    let ca = w.ca().to_str().unwrap().to_owned();
-    let env = [
-        ("GIT_SSL_CAINFO", ca.as_str()),
-        ("GIT_TERMINAL_PROMPT", "0"),
-    ];
-    let e = rollout::rollout(&w, "git", &script, &env);
+    let script = corpus::git(w.ca());
+    let e = rollout::rollout(&w, "git", &script.text, &script.env());
     assert!(e.policy.contains(GIT.name), "{}", e.policy);
     if e.step.code() == Some(0) {
         assert_eq!(e.step.read("readme"), GREETING, "{}", e.step.output());

@@ -6,101 +6,29 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use egressd_audit::{Kind, Record};
+use egressd_e2e::step::Step;
 use egressd_policy::{Reason, Verdict};
 
 use super::world::{OTHER, RESOLVER4, Site, World};
 use crate::runner::kit::{self, Boot, github_env};
 
-/// A step of a job: a shell script (`sh`; the tool steps of [`rollout`] stop
-/// at the first failing command) run as a runner runs a step, inside the
-/// filtered cgroup, with a fresh directory `$T`, `$HOME` inside it, the
-/// test CA in `$CA`, a private resolv.conf naming [`RESOLVER4`], and an
-/// environment holding only what the step is given (no proxy variables, none
-/// of the tool settings this machine's environment carries).
-pub struct Step {
-    dir: tempfile::TempDir,
-    out: Output,
-}
-
-impl Step {
-    /// Its exit code.
-    pub fn code(&self) -> Option<i32> {
-        self.out.status.code()
-    }
-
-    /// What the step wrote to `$T/<name>`, trimmed ("" when it wrote nothing).
-    pub fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(name))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    }
-
-    /// Its stdout and stderr.
-    pub fn output(&self) -> String {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&self.out.stdout),
-            String::from_utf8_lossy(&self.out.stderr)
-        )
-    }
-}
-
-/// Run `script` as a step of the current job of `boot`.
+/// Run `script` as a step of the current job of `boot` (in its job cgroup,
+/// resolving through [`RESOLVER4`], which only egressd answers; the tool
+/// steps of [`rollout`] stop at the first failing command).
 pub fn step(world: &World, boot: &Boot, script: &str, env: &[(&str, &str)]) -> Step {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("home")).unwrap();
-    // apt's download method runs as _apt: let it into the step's directory.
-    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::write(d.join("resolv.conf"), format!("nameserver {RESOLVER4}\n")).unwrap();
-    std::fs::write(d.join("step.sh"), script).unwrap();
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "sh", "-c"])
-        .arg("mount --bind \"$T/resolv.conf\" /etc/resolv.conf && exec sh \"$T/step.sh\"")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("LANG", "C.UTF-8")
-        .env("T", d)
-        .env("HOME", d.join("home"))
-        .env("CA", world.ca())
-        .envs(env.iter().copied())
-        .current_dir(d)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    boot.jobs.spawn_inside(&mut cmd);
-    let child = cmd.spawn().unwrap();
-    let out = wait_output(child, Duration::from_secs(120));
-    Step { dir, out }
-}
-
-/// `wait_with_output`, bounded: the child is killed when the time is up.
-fn wait_output(child: Child, limit: Duration) -> Output {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => {
-            let _ = waiter.join();
-            out.unwrap()
-        }
-        Err(_) => {
-            // SAFETY: kill(2) on our child, still unreaped (the waiter has
-            // not returned).
-            unsafe {
-                libc::kill(i32::try_from(pid).unwrap(), libc::SIGKILL);
-            }
-            let _ = waiter.join();
-            panic!("the step did not end within {limit:?}");
-        }
-    }
+    egressd_e2e::step::run(
+        &boot.jobs,
+        world.ca(),
+        RESOLVER4,
+        script,
+        env,
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The policy of the first boot: audit mode, nothing allowed.
@@ -148,11 +76,7 @@ pub fn describe(records: &[Record]) -> String {
 
 /// The records of one job (`run_id` of the job name).
 fn job_records(boot: &Boot, job: &str, run_id: &str) -> Vec<Record> {
-    let t = kit::tags(REPOSITORY, run_id, job);
-    boot.records()
-        .into_iter()
-        .filter(|r| r.job.as_deref() == Some(&t))
-        .collect()
+    boot.records_of(&kit::tags(REPOSITORY, run_id, job))
 }
 
 const REPOSITORY: &str = "octo/corpus";
@@ -243,18 +167,8 @@ pub fn rollout(world: &World, job: &str, script: &str, env: &[(&str, &str)]) -> 
     );
     assert!(audit.terminate().success(), "{}", audit.log());
 
-    let out = Command::new(crate::support::egressd_bin())
-        .args(["audit", "suggest", "--dir"])
-        .arg(audit.path("audit"))
-        .args(["--repository", REPOSITORY])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "audit suggest: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let policy = String::from_utf8(out.stdout).unwrap();
+    let policy = egressd_e2e::boot::audit_suggest(&audit.path("audit"), REPOSITORY)
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let enforce = boot(world, dir.path(), "enforce.yaml", &policy);
     assert_eq!(enforce.ready()["state"], "enforcing", "{}", enforce.log());

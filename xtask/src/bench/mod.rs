@@ -3,14 +3,16 @@
 //! One command installs the peers (as root, from Debian's packages),
 //! configures each for the same job in a temp dir on loopback ports, runs
 //! W1-W7 against direct, the reference relay, each peer and egressd, and
-//! prints one Markdown table per workload. Every run is bounded in time and
-//! count; every process is killed on drop.
+//! prints one Markdown table per workload; J1 (on request) runs the e2e job
+//! corpus with and without egressd. Every run is bounded in time and count;
+//! every process is killed on drop.
 
 mod allowlist;
 mod audit_check;
 mod backend;
 mod cgroup;
 mod install;
+mod jobs;
 mod loadgen;
 mod machine;
 mod measure;
@@ -40,9 +42,16 @@ pub struct Args {
     /// repetition, 512 MiB bulk, 1,000 idle tunnels; every workload, every target.
     #[arg(long)]
     quick: bool,
-    /// Workloads to run, comma separated (W1..W7).
+    /// Workloads to run, comma separated (W1..W7, J1). J1, the e2e job
+    /// corpus (git, pip, npm, apt, curl, wget, python) with and without
+    /// egressd, is not in the default list: it needs root and what
+    /// scripts/install-deps.sh installs.
     #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W5,W6,W7")]
     workloads: Vec<String>,
+    /// J1's repetitions per target (default: 3 with --quick, else 5); a
+    /// job lasts seconds and its steps are noisy on a shared machine.
+    #[arg(long, value_name = "N")]
+    j1_reps: Option<usize>,
     /// Also write the Markdown report to FILE.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -106,11 +115,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     if let Some(other) = wanted
         .iter()
-        .find(|w| !["W1", "W2", "W3", "W4", "W5", "W6", "W7"].contains(&w.as_str()))
+        .find(|w| !["W1", "W2", "W3", "W4", "W5", "W6", "W7", "J1"].contains(&w.as_str()))
     {
-        bail!("unknown workload {other:?}: use W1..W7");
+        bail!("unknown workload {other:?}: use W1..W7 or J1");
     }
-    let missing = install::ensure_peers(!args.no_install)?;
+    // J1 runs no peer.
+    let missing = if wanted.iter().any(|w| w.starts_with('W')) {
+        install::ensure_peers(!args.no_install)?
+    } else {
+        Vec::new()
+    };
 
     let egressd = match args.egressd.clone() {
         Some(bin) => Some(Egressd::probe(bin)),
@@ -191,7 +205,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "W5" => workloads::w5(&bench, &hellos),
             "W6" => workloads::w6(&bench, &hellos, idle),
             "W7" => workloads::w7(&bench),
-            other => bail!("unknown workload {other:?}: use W1..W7"),
+            "J1" => jobs::j1(&bench, args.j1_reps.unwrap_or(bench.settings.reps).max(1)),
+            other => bail!("unknown workload {other:?}: use W1..W7 or J1"),
         };
         drop(phase);
         if let Some(shares) = machine::Shares::since(cpu_before) {
@@ -215,8 +230,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut md = String::new();
     md.push_str(&format!(
-        "Command: `cargo xtask bench{}{}`; {} CPUs, kernel {}; egressd: {}.\n\n",
+        "Command: `cargo xtask bench{}{}{}`; {} CPUs, kernel {}; egressd: {}.\n\n",
         if args.quick { " --quick" } else { "" },
+        args.j1_reps
+            .map_or(String::new(), |n| format!(" --j1-reps {n}")),
         if wanted.len() < 7 {
             format!(" --workloads {}", wanted.join(","))
         } else {

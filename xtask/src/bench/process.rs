@@ -186,12 +186,17 @@ pub struct TreeUsage {
     pub rss: u64,
 }
 
+/// Clock ticks per second of /proc/PID/stat's times.
+fn ticks_per_s() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1)
+}
+
 /// Reads [`TreeUsage`] for `root` and its descendants.
 pub fn tree_usage(root: u32) -> io::Result<TreeUsage> {
-    // SAFETY: sysconf has no memory effects.
-    let tick = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .unwrap_or(100)
-        .max(1);
+    let tick = ticks_per_s();
     let mut parents = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };

@@ -8,14 +8,14 @@ use std::time::Instant;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as Question, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
-use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use proptest::prelude::*;
 
 use super::*;
 use crate::dns::memory::DnsMemory;
 use crate::dns::message::{
-    Query, answers_question, facts, own_answer, parse_query, parse_query_parsed,
+    Query, answers_question, ascii_name, facts, own_answer, parse_query, parse_query_parsed,
 };
 use crate::dns::server::{relay_answer, relay_parsed};
 use crate::dns::tests::{
@@ -79,8 +79,34 @@ fn edns() -> impl Strategy<Value = Option<Edns>> {
     })
 }
 
-/// A client's query as hickory writes it.
-fn query() -> impl Strategy<Value = (Vec<u8>, Name)> {
+/// What a client's query says, before hickory writes it.
+#[derive(Debug, Clone)]
+struct Asked {
+    id: u16,
+    qname: Name,
+    qtype: RecordType,
+    rd: bool,
+    cd: bool,
+    edns: Option<Edns>,
+}
+
+impl Asked {
+    fn message(&self) -> Message {
+        let mut m = Message::new();
+        m.set_id(self.id)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(self.rd)
+            .set_checking_disabled(self.cd)
+            .add_query(Question::query(self.qname.clone(), self.qtype));
+        if let Some(e) = &self.edns {
+            m.set_edns(e.clone());
+        }
+        m
+    }
+}
+
+fn asked() -> impl Strategy<Value = Asked> {
     (
         any::<u16>(),
         name(),
@@ -95,19 +121,130 @@ fn query() -> impl Strategy<Value = (Vec<u8>, Name)> {
         any::<bool>(),
         edns(),
     )
-        .prop_map(|(id, qname, qtype, rd, cd, edns)| {
-            let mut m = Message::new();
-            m.set_id(id)
-                .set_message_type(MessageType::Query)
-                .set_op_code(OpCode::Query)
-                .set_recursion_desired(rd)
-                .set_checking_disabled(cd)
-                .add_query(Question::query(qname.clone(), qtype));
-            if let Some(e) = edns {
-                m.set_edns(e);
-            }
-            (m.to_vec().unwrap(), qname)
+        .prop_map(|(id, qname, qtype, rd, cd, edns)| Asked {
+            id,
+            qname,
+            qtype,
+            rd,
+            cd,
+            edns,
         })
+}
+
+/// A client's query as hickory writes it.
+fn query() -> impl Strategy<Value = (Vec<u8>, Name)> {
+    asked().prop_map(|a| (a.message().to_vec().unwrap(), a.qname))
+}
+
+/// Bytes a job wants out; no name [`name`] makes holds them.
+const SECRET: &[u8] = b"SECRET=exfiltrated-token-7f3a";
+
+/// Whether `haystack` holds `needle` anywhere.
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A query of every shape [`asked`] makes, with what a job could hide bytes
+/// in beside its question: records (a TXT record named under a denied zone
+/// holding [`SECRET`] in any section, an additional A record), EDNS options (padding and a
+/// cookie holding it, one of a random code with random bytes), header bits
+/// other than RD and CD, bytes after the last record. With the upstream
+/// query egressd must build for it, as hickory writes it: id 0, RD and CD
+/// as the client set them, the question, egressd's own OPT (payload 1232,
+/// version 0, the client's DO bit, no options) when the client had one.
+fn smuggling_query() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+    let option = prop_oneof![
+        Just((12u16, SECRET.to_vec())),
+        Just((10u16, [&SECRET[..8], &SECRET[8..24]].concat())),
+        (
+            any::<u16>().prop_filter("read as opaque", |c| !(5..=8).contains(c)),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ),
+    ];
+    (
+        asked(),
+        proptest::option::of(0..3u8),
+        any::<bool>(),
+        proptest::collection::vec(option, 0..3),
+        any::<u8>(),
+        any::<u8>(),
+        prop_oneof![
+            Just(Vec::new()),
+            Just(SECRET.to_vec()),
+            proptest::collection::vec(any::<u8>(), 1..8),
+        ],
+    )
+        .prop_map(|(a, txt, addr, options, b2, b3, trailing)| {
+            let mut m = a.message();
+            if let Some(section) = txt {
+                let owner = Name::from_ascii("exfil.denied.test.").unwrap();
+                let secret = String::from_utf8(SECRET.to_vec()).unwrap();
+                let data = RData::TXT(TXT::new(vec![secret]));
+                let record = Record::from_rdata(owner, 0, data);
+                // Answer and authority records in a query are read (and
+                // dropped) as they always were: only more than one
+                // question is refused.
+                match section {
+                    0 => m.add_answer(record),
+                    1 => m.add_name_server(record),
+                    _ => m.add_additional(record),
+                };
+            }
+            if addr {
+                let owner = Name::from_ascii("a.denied.test.").unwrap();
+                let data = RData::A(A(Ipv4Addr::new(83, 69, 67, 82)));
+                m.add_additional(Record::from_rdata(owner, 0, data));
+            }
+            if let Some(e) = m.extensions_mut() {
+                for (code, data) in options {
+                    e.options_mut().insert(EdnsOption::Unknown(code, data));
+                }
+            }
+            let mut raw = m.to_vec().unwrap();
+            // AA and TC; RA, Z, AD, CD and an rcode (QR and the opcode stay
+            // those of a query).
+            raw[2] |= b2 & 0x06;
+            raw[3] = b3;
+            raw.extend_from_slice(&trailing);
+            let mut own = Asked {
+                id: 0,
+                cd: b3 & 0x10 != 0,
+                ..a
+            };
+            own.edns = own.edns.as_ref().map(|client| {
+                let mut e = Edns::new();
+                e.set_max_payload(1232)
+                    .set_dnssec_ok(client.flags().dnssec_ok);
+                e
+            });
+            (raw, own.message().to_vec().unwrap())
+        })
+}
+
+/// `q`'s upstream query is its question and egressd's own OPT record, and
+/// nothing else: any other header bit, section or byte would be the
+/// client's.
+fn is_own_upstream(q: &Query) {
+    let up = q.upstream();
+    let question = q.question();
+    assert_eq!(up[2] & !0x01, 0, "only RD in header byte 2");
+    assert_eq!(up[3] & !0x10, 0, "only CD in header byte 3");
+    assert_eq!(up[4..HEADER_LEN], [0, 1, 0, 0, 0, 0, 0, u8::from(q.edns)]);
+    assert_eq!(&up[HEADER_LEN..HEADER_LEN + question.len()], question);
+    let opt = &up[HEADER_LEN + question.len()..];
+    if q.edns {
+        assert!(
+            opt == [0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0]
+                || opt == [0, 0, 41, 4, 0xd0, 0, 0, 0x80, 0, 0, 0],
+            "own OPT: {opt:?}"
+        );
+    } else {
+        assert!(opt.is_empty(), "nothing after the question: {opt:?}");
+    }
+    let m = Message::from_vec(up).expect("the upstream query parses");
+    assert_eq!(m.queries().len(), 1);
+    assert_eq!(ascii_name(m.queries()[0].name()), q.name);
+    assert_eq!(m.queries()[0].query_type(), q.qtype);
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +390,26 @@ proptest! {
         for rcode in [ResponseCode::Refused, ResponseCode::NXDomain, ResponseCode::ServFail] {
             prop_assert_eq!(own_answer(&fast, rcode), hickory_own_answer(&q, rcode));
         }
+        is_own_upstream(&fast);
+    }
+
+    /// Whatever a query carries beside its question (additional records,
+    /// EDNS options, odd header bits, trailing bytes), the query egressd
+    /// sends upstream is the question (in the client's letter case) and
+    /// egressd's own OPT, byte for byte as hickory writes them, on both
+    /// paths; the client's id, case and EDNS still shape its own answers.
+    #[test]
+    fn upstream_queries_are_the_question_and_own_opt_only((raw, expected) in smuggling_query()) {
+        let q = parse_query(&raw).unwrap();
+        prop_assert_eq!(q.upstream(), &expected[..]);
+        prop_assert!(!holds(q.upstream(), SECRET));
+        is_own_upstream(&q);
+        prop_assert_eq!(&parse_query_parsed(&raw).unwrap(), &q);
+        prop_assert_eq!(u16::from_be_bytes([raw[0], raw[1]]), q.id);
+        let refused = own_answer(&q, ResponseCode::Refused);
+        prop_assert_eq!(&refused[..2], &raw[..2]);
+        prop_assert_eq!(&refused[HEADER_LEN..HEADER_LEN + q.question().len()], q.question());
+        prop_assert_eq!(refused[11] == 1, q.edns);
     }
 
 }
@@ -268,6 +425,21 @@ proptest! {
     ) {
         if read_query(&q).is_some() {
             prop_assert_eq!(parse_query(&q), parse_query_parsed(&q));
+        }
+    }
+
+    /// Whatever bytes are taken as a query, by either path, what goes
+    /// upstream is only its question and egressd's own OPT.
+    #[test]
+    fn mutated_queries_send_only_their_question_upstream(
+        q in smuggling_query().prop_flat_map(|(q, _)| mutate(q))
+    ) {
+        if let Ok(query) = parse_query(&q) {
+            is_own_upstream(&query);
+            prop_assert!(!holds(query.upstream(), SECRET));
+            if read_query(&q).is_some() {
+                prop_assert_eq!(Ok(query), parse_query_parsed(&q));
+            }
         }
     }
 

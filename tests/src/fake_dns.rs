@@ -3,9 +3,8 @@
 //! A / AAAA / CNAME / HTTPS records (CNAME chains inside the zone followed,
 //! NXDOMAIN for names it does not hold). Per name it can drop the query
 //! (an upstream that never answers), answer late, answer SERVFAIL, or set TC
-//! over UDP (the full answer only over TCP). Every query is logged.
-
-#![allow(dead_code, reason = "each test module uses a different part")]
+//! over UDP (the full answer only over TCP). Every query is logged, with
+//! its bytes as they arrived.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -116,6 +115,8 @@ pub struct LoggedQuery {
     pub qtype: RecordType,
     /// It came over TCP.
     pub tcp: bool,
+    /// The message as it arrived (without the TCP length prefix).
+    pub raw: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +141,14 @@ fn key(name: &str) -> String {
 impl FakeDns {
     /// Serve `zone` (several records per name allowed) on 127.0.0.1:0.
     pub async fn start<R: Clone + Into<RecordSpec>>(zone: &[(&str, R)]) -> FakeDns {
+        FakeDns::start_on(zone, None).await
+    }
+
+    /// Serve `zone` on `at` (UDP and TCP), or on 127.0.0.1:0 when `None`.
+    pub async fn start_on<R: Clone + Into<RecordSpec>>(
+        zone: &[(&str, R)],
+        at: Option<SocketAddr>,
+    ) -> FakeDns {
         let mut state = State::default();
         for (name, rec) in zone {
             state
@@ -149,7 +158,10 @@ impl FakeDns {
                 .push(rec.clone().into());
         }
         let state = Arc::new(Mutex::new(state));
-        let (udp, tcp) = bind_pair().await;
+        let (udp, tcp) = match at {
+            None => bind_pair().await,
+            Some(at) => bind_at(at).await,
+        };
         let addr = udp.local_addr().expect("fake DNS address");
         let udp = Arc::new(udp);
         let udp_task = {
@@ -255,6 +267,17 @@ async fn bind_pair() -> (UdpSocket, TcpListener) {
     panic!("no loopback port free for both UDP and TCP: {last:?}");
 }
 
+/// A UDP socket and a TCP listener on `at`.
+async fn bind_at(at: SocketAddr) -> (UdpSocket, TcpListener) {
+    let udp = UdpSocket::bind(at)
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind the fake DNS on {at}/udp: {e}"));
+    let tcp = TcpListener::bind(at)
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind the fake DNS on {at}/tcp: {e}"));
+    (udp, tcp)
+}
+
 /// The answer to one query (`None`: stay silent).
 async fn respond(state: &Mutex<State>, raw: &[u8], tcp: bool) -> Option<Vec<u8>> {
     let query = Message::from_vec(raw).ok()?;
@@ -268,6 +291,7 @@ async fn respond(state: &Mutex<State>, raw: &[u8], tcp: bool) -> Option<Vec<u8>>
             name: name.clone(),
             qtype: question.query_type(),
             tcp,
+            raw: raw.to_vec(),
         });
         let behaviour = s.behaviour.get(&name).copied().unwrap_or_default();
         (
