@@ -1058,6 +1058,12 @@ fn a_job_that_fills_the_journal_budget_is_denied_further_traffic_and_loses_no_re
     );
     let summary = std::fs::read_to_string(&summary_file).unwrap();
     assert!(summary.contains("Egress stopped"), "{summary}");
+    // The 64 budget denies of the last window are more than one key's
+    // verbatim ones: their counted record is in the job's summary.
+    assert!(
+        summary.contains("repeated decision(s) were recorded as counts"),
+        "{summary}"
+    );
 
     let records = boot.records();
     let first: Vec<_> = records

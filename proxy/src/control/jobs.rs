@@ -260,3 +260,63 @@ fn job_records(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use egressd_audit::{HostSource, JobTags, Kind};
+    use egressd_policy::{Decision, Reason};
+
+    use super::*;
+    use crate::limits::Limits;
+    use crate::test_support::TestEngine;
+
+    /// No interval flusher runs here: only `job end` can write the counted
+    /// record, and the summary counts it.
+    #[tokio::test]
+    async fn job_end_writes_the_counted_records_before_it_summarises() {
+        let t = TestEngine::new("version: 1\n", Limits::default());
+        let jobs = JobService::new(
+            Arc::clone(&t.engine),
+            Vec::new(),
+            Health::Enforcing("test".into()),
+            None,
+        );
+        let tags = JobTags {
+            repository: Some("octo/flood".into()),
+            run_id: Some("1".into()),
+            ..JobTags::default()
+        };
+        let started = jobs
+            .handle(Request::JobStart {
+                tags,
+                labels: Vec::new(),
+            })
+            .await;
+        assert!(
+            matches!(started, Response::JobStarted { .. }),
+            "{started:?}"
+        );
+        let sent = 50;
+        for i in 0..sent {
+            let mut rec = t
+                .engine
+                .record(Kind::Dns, &Decision::engine_deny(Reason::DnsRefused));
+            rec.host = Some(format!("n{i}.flood.test"));
+            rec.host_source = HostSource::DnsQuery;
+            rec.src = Some("127.0.0.1:40000".parse().unwrap());
+            t.engine.audit(rec).await;
+        }
+        let Response::JobEnded(report) = jobs.handle(Request::JobEnd { id: None }).await else {
+            panic!("job end failed");
+        };
+        assert_eq!(report.denied, sent, "{}", report.markdown);
+        assert!(
+            report.markdown.contains(&format!(
+                "{} repeated decision(s) were recorded as counts",
+                sent - crate::coalesce::VERBATIM
+            )),
+            "{}",
+            report.markdown
+        );
+    }
+}
