@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "{}\n1,01JDQ3S1M7X9V0ZK4Q2W8T6B5N,2026-11-26T21:58:13.123456Z,r1,o/r,,,,,tcp,deny,,no_rule,default,\"a,b\",sni,,,,,,,,,,,,\n",
+                "{}\n1,01JDQ3S1M7X9V0ZK4Q2W8T6B5N,2026-11-26T21:58:13.123456Z,r1,o/r,,,,,tcp,deny,,no_rule,default,\"a,b\",sni,,,,,,,,,,,,,,\n",
                 export::CSV_COLUMNS.join(",")
             )
         );
