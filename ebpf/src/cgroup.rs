@@ -216,25 +216,29 @@ impl ChildCgroup {
     }
 
     fn remove_now(&mut self) -> Result<(), EbpfError> {
-        if !self.path.exists() {
-            return Ok(());
-        }
-        // cgroup.kill exists since Linux 5.14; ignore its absence.
-        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
-        let mut last = None;
-        for _ in 0..100 {
-            match std::fs::remove_dir(&self.path) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => last = Some(e),
+        kill_and_remove(&self.path, Duration::from_secs(2))
+    }
+}
+
+/// Kills every process of the cgroup at `path` (`cgroup.kill`) and removes
+/// the directory, retrying for up to `wait` while the kernel lets go of it.
+/// A directory that is not there is not an error.
+pub fn kill_and_remove(path: &Path, wait: Duration) -> Result<(), EbpfError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    // cgroup.kill exists since Linux 5.14; ignore its absence.
+    let _ = std::fs::write(path.join("cgroup.kill"), "1");
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match std::fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(EbpfError::io("removing cgroup", path, e));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
-        Err(EbpfError::io(
-            "removing cgroup",
-            &self.path,
-            last.unwrap_or_else(|| std::io::Error::other("busy")),
-        ))
     }
 }
 

@@ -26,6 +26,7 @@ mod raw_link;
 
 pub use cgroup::{
     CgroupEntry, ChildCgroup, cgroup_path_of_id, cgroup2_mount, container_id_of_cgroup_path,
+    kill_and_remove,
 };
 pub use config::EnforcerConfig;
 pub use enforcer::{Enforcer, LocalSync, OriginalDst};

@@ -90,19 +90,10 @@ impl OwnedCgroup {
         let root = Path::new(egressd_ebpf::DEFAULT_PIN_DIR)
             .parent()
             .unwrap_or(Path::new("/sys/fs/bpf"));
-        if let Ok(entries) = std::fs::read_dir(root) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(pid) = name.to_str().and_then(|n| owner_pid(n, &self.prefix)) else {
-                    continue;
-                };
-                if Path::new("/proc").join(pid.to_string()).exists() {
-                    continue;
-                }
-                tracing::info!(pins = %entry.path().display(), "removing pins left by a killed egressd");
-                if let Err(e) = egressd_ebpf::cleanup(&entry.path()) {
-                    tracing::warn!(error = %e, "leftover pins not removed");
-                }
+        for pins in left_by_dead_owners(root, &self.prefix) {
+            tracing::info!(pins = %pins.display(), "removing pins left by a killed egressd");
+            if let Err(e) = egressd_ebpf::cleanup(&pins) {
+                tracing::warn!(error = %e, "leftover pins not removed");
             }
         }
         let name = self.path().file_name().unwrap_or_default();
@@ -164,25 +155,30 @@ impl OwnedCgroup {
 /// Remove `parent/<prefix>-<pid>-*` directories whose pid is not running
 /// (left by a killed egressd). Best effort: what cannot be removed is logged.
 pub fn sweep_leftovers(parent: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| owner_pid(n, prefix)) else {
-            continue;
-        };
-        if Path::new("/proc").join(pid.to_string()).exists() {
-            continue;
-        }
-        tracing::info!(cgroup = %entry.path().display(), "removing a child cgroup left by a killed egressd");
-        // ChildCgroup::create on an existing name kills and removes it first;
-        // creating it again and dropping it removes the fresh one too.
-        match ChildCgroup::create(parent, &name.to_string_lossy()) {
-            Ok(cg) => drop(cg),
-            Err(e) => tracing::warn!(error = %e, "leftover child cgroup not removed"),
+    for cgroup in left_by_dead_owners(parent, prefix) {
+        tracing::info!(cgroup = %cgroup.display(), "removing a child cgroup left by a killed egressd");
+        if let Err(e) = egressd_ebpf::kill_and_remove(&cgroup, std::time::Duration::from_secs(2)) {
+            tracing::warn!(error = %e, "leftover child cgroup not removed");
         }
     }
+}
+
+/// The entries `dir/<prefix>-<pid>-<n>` whose egressd (`pid`) is not running.
+fn left_by_dead_owners(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| owner_pid(n, prefix))
+                .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
+        })
+        .map(|entry| entry.path())
+        .collect()
 }
 
 /// Whether `cgroup.events` says a process is still inside (a cgroup that

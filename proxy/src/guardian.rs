@@ -164,24 +164,12 @@ fn kill_cgroup(cg: &Path) -> String {
     if !cg.exists() {
         return format!("{} was already gone", cg.display());
     }
-    if let Err(e) = std::fs::write(cg.join("cgroup.kill"), "1") {
-        return format!("could not kill the processes of {}: {e}", cg.display());
-    }
-    let deadline = std::time::Instant::now() + KILL_WAIT;
-    loop {
-        match std::fs::remove_dir(cg) {
-            Ok(()) => return format!("killed the processes of {} and removed it", cg.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return format!("killed the processes of {}", cg.display());
-            }
-            Err(e) if std::time::Instant::now() >= deadline => {
-                return format!(
-                    "killed the processes of {} but could not remove it: {e}",
-                    cg.display()
-                );
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
+    match egressd_ebpf::kill_and_remove(cg, KILL_WAIT) {
+        Ok(()) => format!("killed the processes of {} and removed it", cg.display()),
+        Err(e) => format!(
+            "could not kill the processes of {} and remove it: {e}",
+            cg.display()
+        ),
     }
 }
 
