@@ -409,11 +409,7 @@ impl Lab {
         let servers = NsServers::start(&internet.0, config);
         let (tls_port, echo_port) = (servers.tls_port, servers.echo_port);
 
-        let host_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let host_rt = crate::fake_dns::runtime();
         let a = |s: &str| RecordSpec::addr(s.parse::<IpAddr>().unwrap());
         let dns = host_rt.block_on(FakeDns::start(&[
             (V4.allowed, a(V4.server)),

@@ -789,11 +789,7 @@ impl World {
         });
         let registry = with_registry.then(|| start_registry(&internet.0, &pki, f));
 
-        let host_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let host_rt = crate::fake_dns::runtime();
         let a = |s: &str| RecordSpec::addr(s.parse::<IpAddr>().unwrap());
         let dns = host_rt.block_on(FakeDns::start(&[
             (CURL_NAME, a(SERVER)),

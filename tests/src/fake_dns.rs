@@ -126,6 +126,16 @@ struct State {
     log: Vec<LoggedQuery>,
 }
 
+/// A one-worker runtime for a [`FakeDns`] served beside a synchronous test
+/// (the test blocks; the fake DNS answers on this runtime's thread).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the fake DNS")
+}
+
 /// The running server; its tasks stop when it is dropped.
 #[derive(Debug)]
 pub struct FakeDns {

@@ -291,11 +291,7 @@ impl World {
             &routed,
         );
 
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime for the fake DNS");
+        let rt = crate::fake_dns::runtime();
         let dns = rt.block_on(FakeDns::start(&zone()));
         let mut world = World {
             net,
